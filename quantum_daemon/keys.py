@@ -1,0 +1,64 @@
+"""Every Redis name the daemon reads or writes, in one place (DESIGN §2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Redis key names under a configurable prefix (default ``quantum``)."""
+
+    prefix: str = "quantum"
+
+    def bars(self, symbol: str, tf: str) -> str:
+        return f"{self.prefix}:bars:{symbol}:{tf}"
+
+    @property
+    def bars_pattern(self) -> str:
+        return f"{self.prefix}:bars:*:*"
+
+    def parse_bars(self, stream: str) -> tuple[str, str] | None:
+        """(symbol, tf) of a bar stream name, or None if it is not one."""
+        parts = stream.split(":")
+        head = self.prefix.split(":")
+        if len(parts) != len(head) + 3 or parts[: len(head)] != head or parts[len(head)] != "bars":
+            return None
+        symbol, tf = parts[-2], parts[-1]
+        if symbol == "dlq" or not symbol or not tf:
+            return None
+        return symbol, tf
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}:bars:dlq"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}:control"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}:events"
+
+    def signals(self, symbol: str, tf: str) -> str:
+        return f"{self.prefix}:signals:{symbol}:{tf}"
+
+    def trust(self, family: str) -> str:
+        return f"{self.prefix}:trust:{family}"
+
+    @property
+    def trust_history(self) -> str:
+        return f"{self.prefix}:trust:history"
+
+    def trust_events(self, family: str) -> str:
+        return f"{self.prefix}:trust:events:{family}"
+
+    @property
+    def heartbeat(self) -> str:
+        return f"{self.prefix}:daemon:heartbeat"
+
+    @property
+    def scored(self) -> str:
+        """Set of (model, version, bar) keys already scored: replays score nothing twice."""
+        return f"{self.prefix}:trust:scored"
