@@ -1,0 +1,65 @@
+"""``quantum-daemon status``: is the daemon alive and ready?
+
+Reads the heartbeat key in Redis and the API's ``/readyz`` and ``/api/status``.
+Exit 0 when healthy (fresh heartbeat and ready), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("status", help="report the running daemon's health (exit 0 healthy)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds per probe")
+    parser.set_defaults(func=status)
+
+
+def status(args: argparse.Namespace) -> int:
+    from quantum_daemon.cli import load_config
+
+    cfg = load_config(args)
+    heartbeat = read_heartbeat(cfg, args.timeout)
+    api_host = "127.0.0.1" if cfg.api.host in ("0.0.0.0", "::") else cfg.api.host
+    base = f"http://{api_host}:{cfg.api.port}"
+    ready_code, ready_body = http_get_json(f"{base}/readyz", args.timeout)
+    _, status_body = http_get_json(f"{base}/api/status", args.timeout)
+    healthy = heartbeat.get("alive", False) and ready_code == 200
+    report = {"healthy": healthy, "heartbeat": heartbeat, "readyz": ready_body,
+              "status": status_body}
+    print(json.dumps(report, indent=None if args.json else 2, default=str))
+    return 0 if healthy else 1
+
+
+def read_heartbeat(cfg: Any, timeout: float) -> dict[str, Any]:
+    import redis
+
+    from quantum_daemon.keys import Keys
+
+    client = redis.Redis.from_url(cfg.redis.url, password=cfg.redis.password.reveal() or None,
+                                  socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        raw = client.get(Keys(cfg.redis.prefix).heartbeat)
+        ttl_ms = client.pttl(Keys(cfg.redis.prefix).heartbeat)
+    except (redis.RedisError, OSError) as exc:
+        return {"alive": False, "error": f"redis: {exc}"}
+    finally:
+        client.close()
+    if raw is None:
+        return {"alive": False, "error": "no heartbeat key (daemon not running or expired)"}
+    return {"alive": True, "ttl_ms": ttl_ms, **json.loads(raw)}
+
+
+def http_get_json(url: str, timeout: float) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return 0, {"error": f"{url}: {exc}"}
