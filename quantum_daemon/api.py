@@ -98,13 +98,16 @@ def _readyz(source: StatusSource) -> web.StreamResponse:
 
 
 def _metrics(source: StatusSource) -> web.StreamResponse:
-    return web.Response(body=source.metrics_text(),
-                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    return web.Response(
+        body=source.metrics_text(),
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(body, default=str), status=status,
-                        content_type="application/json")
+    return web.Response(
+        text=json.dumps(body, default=str), status=status, content_type="application/json"
+    )
 
 
 def _token_middleware(token: str) -> Any:
@@ -113,8 +116,13 @@ def _token_middleware(token: str) -> Any:
         if request.method in SAFE_METHODS:
             return await handler(request)
         if not token:
-            return json_response({"error": "state-changing API disabled: no api token configured "
-                                           "(set QUANTUM_API_TOKEN)"}, status=403)
+            return json_response(
+                {
+                    "error": "state-changing API disabled: no api token configured "
+                    "(set QUANTUM_API_TOKEN)"
+                },
+                status=403,
+            )
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), token.encode()):
             return json_response({"error": "missing or wrong bearer token"}, status=401)

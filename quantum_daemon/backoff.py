@@ -17,7 +17,7 @@ class Backoff:
     rng: random.Random = field(default_factory=random.Random)
 
     def next_delay(self) -> float:
-        delay = min(self.cap, self.base * (2 ** self.attempt))
+        delay = min(self.cap, self.base * (2**self.attempt))
         self.attempt += 1
         return self.rng.uniform(0, delay)
 

@@ -31,14 +31,26 @@ class Bars:
     def slice(self, start: int | None, stop: int | None) -> Bars:
         s = slice(start, stop)
         return Bars(
-            self.symbol, self.tf, self.ts[s], self.open[s], self.high[s],
-            self.low[s], self.close[s], self.volume[s],
+            self.symbol,
+            self.tf,
+            self.ts[s],
+            self.open[s],
+            self.high[s],
+            self.low[s],
+            self.close[s],
+            self.volume[s],
         )
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(
-            {"ts": self.ts, "open": self.open, "high": self.high, "low": self.low,
-             "close": self.close, "volume": self.volume}
+            {
+                "ts": self.ts,
+                "open": self.open,
+                "high": self.high,
+                "low": self.low,
+                "close": self.close,
+                "volume": self.volume,
+            }
         )
 
     @classmethod

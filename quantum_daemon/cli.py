@@ -23,9 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Continuous-learning engine for crypto trading models on Redis Streams.",
     )
     parser.add_argument(
-        "--config", "-c", default=None,
+        "--config",
+        "-c",
+        default=None,
         help="config file (default: $QUANTUM_CONFIG, else ./config.toml if present, "
-             "else built-in defaults)",
+        "else built-in defaults)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:

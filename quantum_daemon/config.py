@@ -178,20 +178,40 @@ class Config:
 
 
 for _key in (
-    "redis.connect_timeout_s", "redis.reconnect_max_s", "daemon.heartbeat_interval_s",
-    "daemon.heartbeat_ttl_s", "daemon.grace_s", "daemon.loop_lag_warn_ms",
-    "ingest.discover_interval_s", "ingest.batch_size", "ingest.block_ms",
-    "ingest.claim_idle_ms", "ingest.max_entry_bytes", "ingest.max_in_flight",
-    "ingest.stream_maxlen", "evaluation.horizon", "evaluation.n_test_windows",
-    "evaluation.n_trials", "training.workers", "training.job_timeout_s",
-    "training.worker_threads", "training.history_bars", "training.restart_window_s",
-    "models.retrain_every_bars", "trust.learning_rate", "trust.history_len",
+    "redis.connect_timeout_s",
+    "redis.reconnect_max_s",
+    "daemon.heartbeat_interval_s",
+    "daemon.heartbeat_ttl_s",
+    "daemon.grace_s",
+    "daemon.loop_lag_warn_ms",
+    "ingest.discover_interval_s",
+    "ingest.batch_size",
+    "ingest.block_ms",
+    "ingest.claim_idle_ms",
+    "ingest.max_entry_bytes",
+    "ingest.max_in_flight",
+    "ingest.stream_maxlen",
+    "evaluation.horizon",
+    "evaluation.n_test_windows",
+    "evaluation.n_trials",
+    "training.workers",
+    "training.job_timeout_s",
+    "training.worker_threads",
+    "training.history_bars",
+    "training.restart_window_s",
+    "models.retrain_every_bars",
+    "trust.learning_rate",
+    "trust.history_len",
     "promotion.shadow_min_bars",
 ):
     _check(_key, _positive, "> 0")
 for _key in (
-    "evaluation.fee_bps", "evaluation.slippage_bps", "models.retrain_interval_s",
-    "training.restart_budget", "promotion.min_trades", "promotion.min_profit_factor",
+    "evaluation.fee_bps",
+    "evaluation.slippage_bps",
+    "models.retrain_interval_s",
+    "training.restart_budget",
+    "promotion.min_trades",
+    "promotion.min_profit_factor",
     "models.seed",
 ):
     _check(_key, _non_negative, ">= 0")
@@ -200,14 +220,20 @@ for _key in ("evaluation.val_fraction", "evaluation.test_fraction", "trust.share
 _check("api.port", _port, "a TCP port (0-65535)")
 _check("promotion.min_dsr", lambda v: 0 <= v <= 1, "a probability in [0, 1]")
 _check("redis.prefix", lambda v: bool(v) and ":" not in v, "non-empty, without ':'")
-_check("ingest.timeframes", lambda v: all(t in TIMEFRAME_MS for t in v),
-       f"timeframes among {list(TIMEFRAME_MS)}")
-_check("models.timeframes", lambda v: all(t in TIMEFRAME_MS for t in v),
-       f"timeframes among {list(TIMEFRAME_MS)}")
-_check("models.families", lambda v: all(f in FAMILIES for f in v),
-       f"families among {list(FAMILIES)}")
-_check("redis.url", lambda v: v.startswith(("redis://", "rediss://", "unix://")),
-       "a redis:// URL")
+_check(
+    "ingest.timeframes",
+    lambda v: all(t in TIMEFRAME_MS for t in v),
+    f"timeframes among {list(TIMEFRAME_MS)}",
+)
+_check(
+    "models.timeframes",
+    lambda v: all(t in TIMEFRAME_MS for t in v),
+    f"timeframes among {list(TIMEFRAME_MS)}",
+)
+_check(
+    "models.families", lambda v: all(f in FAMILIES for f in v), f"families among {list(FAMILIES)}"
+)
+_check("redis.url", lambda v: v.startswith(("redis://", "rediss://", "unix://")), "a redis:// URL")
 
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "QUANTUM_REDIS_URL": ("redis", "url"),
@@ -258,7 +284,9 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
                 try:
                     value = int(value)
                 except ValueError:
-                    raise ConfigError(f"{var} (api.port) must be an integer, got {value!r}") from None
+                    raise ConfigError(
+                        f"{var} (api.port) must be an integer, got {value!r}"
+                    ) from None
             raw.setdefault(section, {})[key] = value
 
 
@@ -305,7 +333,9 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     origin = get_origin(hint)
     if origin is Literal:
         if value not in get_args(hint):
-            raise ConfigError(f"config key {key!r} must be one of {list(get_args(hint))}, got {value!r}")
+            raise ConfigError(
+                f"config key {key!r} must be one of {list(get_args(hint))}, got {value!r}"
+            )
         return value
     if origin is tuple:
         item = get_args(hint)[0]

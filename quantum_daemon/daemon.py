@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -27,6 +28,9 @@ from quantum_daemon.sdnotify import Notifier
 from quantum_daemon.telemetry import DaemonMetrics
 
 log = get_logger()
+
+# Model libraries that must never load in the daemon process (DESIGN §7).
+HEAVY_MODULES = frozenset({"torch", "xgboost", "lightgbm", "sklearn", "stable_baselines3"})
 
 LoopFactory = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
@@ -58,8 +62,10 @@ class Daemon:
             )
             self._register_core_loops()
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(factory(self.stop), name=name)
-                         for name, factory in self.loops.items()]
+                tasks = [
+                    tg.create_task(factory(self.stop), name=name)
+                    for name, factory in self.loops.items()
+                ]
                 self._announce_ready()
                 await self.stop.wait()
                 await self._drain(tasks)
@@ -76,7 +82,11 @@ class Daemon:
         link = self.link
         self.loops["redis-watch"] = link.watch
         self.loops["heartbeat"] = lambda stop: heartbeat_loop(
-            stop, link, self.keys.heartbeat, self.cfg.daemon, self.notifier,
+            stop,
+            link,
+            self.keys.heartbeat,
+            self.cfg.daemon,
+            self.notifier,
             lambda: self.readiness()[0],
         )
         self.loops["loop-lag"] = lambda stop: loop_lag_monitor(
@@ -91,8 +101,12 @@ class Daemon:
         ready, reason = self.readiness()
         self.metrics.ready.set(1 if ready else 0)
         self.notifier.ready(status="ready" if ready else f"started, not ready: {reason}")
-        log.info("daemon.ready", api_port=self.api.port if self.api else None,
-                 redis_up=ready, reason=reason)
+        log.info(
+            "daemon.ready",
+            api_port=self.api.port if self.api else None,
+            redis_up=ready,
+            reason=reason,
+        )
 
     async def _drain(self, tasks: list[asyncio.Task[None]]) -> None:
         """Stop intake (the event is set), give loops ``grace_s`` to finish,
@@ -140,7 +154,11 @@ class Daemon:
             "uptime_s": round(time.time() - self.started_at, 3),
             "ready": ready,
             "reason": reason,
-            "redis": {"url": redact_url(self.cfg.redis.url), "up": bool(self.link and self.link.up)},
+            "redis": {
+                "url": redact_url(self.cfg.redis.url),
+                "up": bool(self.link and self.link.up),
+            },
+            "heavy_modules_loaded": sorted(HEAVY_MODULES & sys.modules.keys()),
         }
         for name, section in self.status_sections.items():
             body[name] = section()

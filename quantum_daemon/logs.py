@@ -15,8 +15,12 @@ import structlog
 
 LogFormat = Literal["auto", "json", "console"]
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
@@ -43,4 +47,4 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
 
 
 def get_logger(**context: object) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger(**context)  # type: ignore[no-any-return]
+    return structlog.get_logger(**context)

