@@ -94,8 +94,14 @@ class Bar(NamedTuple):
 
     def values(self) -> dict[str, float | int]:
         """The stored values, as put in DLQ entries and logs."""
-        return {"ts": self.ts, "open": self.open, "high": self.high, "low": self.low,
-                "close": self.close, "volume": self.volume}  # fmt: skip
+        return {
+            "ts": self.ts,
+            "open": self.open,
+            "high": self.high,
+            "low": self.low,
+            "close": self.close,
+            "volume": self.volume,
+        }
 
 
 class Outcome(StrEnum):
@@ -282,9 +288,15 @@ class BarStore:
         rows = self._select(symbol, tf, start_ms, end_ms, last_n)
         table = np.array(rows, dtype=np.float64).reshape(-1, 6)
         return Bars(
-            symbol, tf, table[:, 0].astype(np.int64), table[:, 1].copy(), table[:, 2].copy(),
-            table[:, 3].copy(), table[:, 4].copy(), table[:, 5].copy(),
-        )  # fmt: skip
+            symbol,
+            tf,
+            table[:, 0].astype(np.int64),
+            table[:, 1].copy(),
+            table[:, 2].copy(),
+            table[:, 3].copy(),
+            table[:, 4].copy(),
+            table[:, 5].copy(),
+        )
 
     def read_frame(
         self,

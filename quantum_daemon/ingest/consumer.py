@@ -1,0 +1,532 @@
+"""The ingest service: bar streams -> bar store, acknowledged after commit.
+
+One reader task reads batches (``XREADGROUP ... COUNT batch_size BLOCK
+block_ms``) and hands each to the store's single writer thread; one acker
+task waits for each batch's commit, then writes its dead letters and its
+``XACK`` in one ``MULTI``. A semaphore of ``max_in_flight`` slots is taken
+before a read and given back after the ack, so when the store is slow the
+reader reads less instead of buffering.
+
+Start-up (``prepare``) is recovery: ensure the groups, take over the pending
+entries of dead consumers of this host, re-read this consumer's own pending
+entries, and ``XAUTOCLAIM`` entries that other consumers left idle for
+``claim_idle_ms`` (also done periodically while running). Every store write is
+idempotent (a re-delivered bar is a no-op), so at-least-once delivery stores
+every bar exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from quantum_daemon.aio import sleep_or_stop
+from quantum_daemon.backoff import Backoff
+from quantum_daemon.config import Config
+from quantum_daemon.ingest.batch import BatchOutcome, BatchProcessor, ReadBatch, StreamEntries
+from quantum_daemon.ingest.decode import Series
+from quantum_daemon.ingest.metrics import IngestMetrics
+from quantum_daemon.ingest.streams import (
+    claim_from_dead_local_consumers,
+    configured_streams,
+    consumer_name,
+    discover_streams,
+    ensure_group,
+)
+from quantum_daemon.keys import Keys
+from quantum_daemon.logs import get_logger
+from quantum_daemon.store import BarStore
+
+log = get_logger()
+
+T = TypeVar("T")
+DLQ_MAXLEN = 100_000
+HOUSEKEEPING_S = 1.0
+PROGRESS_LOG_S = 10.0
+TRANSIENT_REDIS = (RedisError, OSError)
+
+
+@dataclass
+class IngestTotals:
+    """Running totals since start (the status API and tests read them)."""
+
+    entries: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    conflicts: int = 0
+    gaps: int = 0
+    missing: int = 0
+    claimed: int = 0
+    batches: int = 0
+
+
+@dataclass
+class _InFlight:
+    batch: ReadBatch
+    outcome: asyncio.Future[BatchOutcome]
+
+
+@dataclass
+class _Schedule:
+    """When the periodic chores are next due (monotonic seconds)."""
+
+    discover: float = 0.0
+    claim: float = 0.0
+    progress: float = 0.0
+    progress_entries: int = 0
+    pending_lag: dict[str, tuple[int | None, int]] = field(default_factory=dict)
+
+
+class IngestService:
+    """Reads the bar streams into the store. Use as an async context manager
+    (it owns the store's writer thread): ``prepare()``, then ``run(stop)``."""
+
+    def __init__(
+        self,
+        config: Config,
+        redis: aioredis.Redis,
+        store: BarStore,
+        metrics: IngestMetrics,
+        consumer: str | None = None,
+    ) -> None:
+        self.cfg = config.ingest
+        self.reconnect_max_s = config.redis.reconnect_max_s
+        self.keys = Keys(config.redis.prefix)
+        self.redis = redis
+        self.store = store
+        self.metrics = metrics
+        self.consumer = consumer or consumer_name()
+        self.streams: dict[bytes, Series] = {}
+        self.totals = IngestTotals()
+        self.prepared = False
+        self._processor = BatchProcessor(store, self.cfg.max_entry_bytes)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bar-store")
+        self._pending_cursors: dict[bytes, bytes] = {}
+        self._in_flight = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._schedule = _Schedule()
+
+    async def __aenter__(self) -> IngestService:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Wait for the writer thread to finish its transaction, then stop it."""
+        self._writer.shutdown(wait=True)
+
+    # -- start-up: recovery --------------------------------------------------
+
+    async def prepare(self) -> None:
+        """Ensure the groups, then recover: entries of dead local consumers,
+        this consumer's pending entries, and stale entries of others."""
+        await self._in_writer(self._processor.seed)
+        await self.refresh_streams()
+        for stream in list(self.streams):
+            await claim_from_dead_local_consumers(
+                self.redis, stream, self.cfg.group, self.consumer, self.cfg.batch_size
+            )
+        await self.claim_stale()
+        await self._recover_pending()
+        self.prepared = True
+        log.info(
+            "ingest.prepared",
+            streams=len(self.streams),
+            consumer=self.consumer,
+            claimed=self.totals.claimed,
+        )
+
+    async def refresh_streams(self) -> None:
+        """Configured streams, plus existing bar streams when ``discover``;
+        groups created where missing."""
+        wanted = configured_streams(self.cfg, self.keys)
+        if self.cfg.discover:
+            wanted.update(await discover_streams(self.redis, self.keys))
+        for stream, series in wanted.items():
+            if stream not in self.streams and await ensure_group(
+                self.redis, stream, self.cfg.group
+            ):
+                self.streams[stream] = series
+                log.info(
+                    "ingest.stream_added",
+                    stream=stream.decode(),
+                    symbol=series.symbol,
+                    tf=series.tf,
+                )
+
+    async def _recover_pending(self) -> None:
+        self._pending_cursors = dict.fromkeys(self.streams, b"0")
+        while (batch := await self._read_pending()) is not None:
+            self._count_claimed(batch.size)
+            await self._handle(batch)
+
+    async def claim_stale(self) -> int:
+        """Move entries that other consumers left pending for ``claim_idle_ms``
+        into our pending list (ids only: the pending pass delivers them)."""
+        claimed = 0
+        for stream in list(self.streams):
+            while True:
+                ids = await self.redis.xautoclaim(
+                    stream,
+                    self.cfg.group,
+                    self.consumer,
+                    self.cfg.claim_idle_ms,
+                    "0-0",
+                    count=self.cfg.batch_size,
+                    justid=True,
+                )
+                claimed += len(ids)
+                if len(ids) < self.cfg.batch_size:
+                    break
+        if claimed:
+            log.info("ingest.claimed", entries=claimed)
+        return claimed
+
+    # -- the loops -----------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Ingest until ``stop`` is set; then finish the batches in flight
+        (stored and acknowledged) and return."""
+        if not await self._prepare_until_done(stop):
+            return
+        queue: asyncio.Queue[_InFlight | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(self.cfg.max_in_flight)
+        self._schedule = _Schedule(claim=time.monotonic() + self.cfg.claim_idle_ms / 1000)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._ack_loop(queue, slots), name="ingest-ack")
+            tg.create_task(self._housekeeping(stop), name="ingest-housekeeping")
+            try:
+                await self._read_loop(stop, queue, slots)
+            finally:
+                queue.put_nowait(None)
+        log.info("ingest.stopped", **vars(self.totals))
+
+    async def run_until_idle(self) -> IngestTotals:
+        """Deterministic mode for tests: prepare if needed, then read, store
+        and acknowledge batch by batch until nothing new is left."""
+        if not self.prepared:
+            await self.prepare()
+        while (batch := await self._read_new(block_ms=None)) is not None:
+            await self._handle(batch)
+        return self.totals
+
+    async def _prepare_until_done(self, stop: asyncio.Event) -> bool:
+        backoff = Backoff(cap=self.reconnect_max_s)
+        while not self.prepared and not stop.is_set():
+            try:
+                await self.prepare()
+            except TRANSIENT_REDIS as exc:
+                await self._redis_trouble(exc, backoff, stop)
+        return self.prepared
+
+    async def _read_loop(
+        self, stop: asyncio.Event, queue: asyncio.Queue[_InFlight | None], slots: asyncio.Semaphore
+    ) -> None:
+        backoff = Backoff(cap=self.reconnect_max_s)
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            await slots.acquire()
+            if stop.is_set():
+                slots.release()
+                return
+            try:
+                batch = await self._next_batch(stop)
+            except TRANSIENT_REDIS as exc:
+                slots.release()
+                await self._redis_trouble(exc, backoff, stop)
+                # A reply lost with the connection leaves entries in our
+                # pending list: re-read it once the batches in flight are done.
+                self._pending_cursors = dict.fromkeys(self.streams, b"0")
+                continue
+            if batch is None:
+                slots.release()
+                continue
+            backoff.reset()
+            self._set_in_flight(+1)
+            outcome = loop.run_in_executor(self._writer, self._processor.process, batch)
+            queue.put_nowait(_InFlight(batch, outcome))
+
+    async def _next_batch(self, stop: asyncio.Event) -> ReadBatch | None:
+        if self._pending_cursors:
+            await self._drained.wait()  # never re-read entries that are still in flight
+            batch = await self._read_pending()
+            if batch is not None:
+                self._count_claimed(batch.size)
+                return batch
+        if time.monotonic() >= self._schedule.claim:
+            self._schedule.claim = time.monotonic() + self.cfg.claim_idle_ms / 1000
+            if await self.claim_stale():
+                self._pending_cursors = dict.fromkeys(self.streams, b"0")
+                return None
+        if not self.streams:
+            await sleep_or_stop(stop, self.cfg.block_ms / 1000)
+            return None
+        return await self._read_new(self.cfg.block_ms)
+
+    async def _ack_loop(
+        self, queue: asyncio.Queue[_InFlight | None], slots: asyncio.Semaphore
+    ) -> None:
+        while (item := await queue.get()) is not None:
+            outcome = await self._outcome_of(item)
+            await self._retry_redis(functools.partial(self._finish, outcome))
+            self._record(item.batch, outcome)
+            self._set_in_flight(-1)
+            slots.release()
+
+    async def _housekeeping(self, stop: asyncio.Event) -> None:
+        now = time.monotonic()
+        self._schedule.discover = now + self.cfg.discover_interval_s
+        self._schedule.progress = now + PROGRESS_LOG_S
+        while not await sleep_or_stop(stop, HOUSEKEEPING_S):
+            with contextlib.suppress(*TRANSIENT_REDIS):
+                await self._chores()
+
+    async def _chores(self) -> None:
+        now = time.monotonic()
+        if self.cfg.discover and now >= self._schedule.discover:
+            self._schedule.discover = now + self.cfg.discover_interval_s
+            await self.refresh_streams()
+        if now >= self._schedule.progress:
+            self._schedule.progress = now + PROGRESS_LOG_S
+            self._log_progress()
+        await self.refresh_lag()
+
+    # -- reading -------------------------------------------------------------
+
+    async def _read_new(self, block_ms: int | None) -> ReadBatch | None:
+        if not self.streams:
+            return None
+        streams: dict[Any, Any] = dict.fromkeys(self.streams, b">")
+        reply = await self.redis.xreadgroup(
+            self.cfg.group,
+            self.consumer,
+            streams,
+            count=self.cfg.batch_size,
+            block=block_ms,
+        )
+        return self._batch_of(reply, "new")
+
+    async def _read_pending(self) -> ReadBatch | None:
+        """The next entries of this consumer's pending list, one batch at a
+        time; clears the cursors when every stream is done."""
+        if not self._pending_cursors:
+            return None
+        cursors: dict[Any, Any] = dict(self._pending_cursors)
+        reply = await self.redis.xreadgroup(
+            self.cfg.group, self.consumer, cursors, count=self.cfg.batch_size
+        )
+        batch = self._batch_of(reply, "pending")
+        done = set(self._pending_cursors)
+        for part in batch.parts if batch else ():
+            self._pending_cursors[part.stream] = part.entries[-1][0]
+            done.discard(part.stream)
+        for stream in done:
+            del self._pending_cursors[stream]
+        return batch
+
+    def _batch_of(self, reply: Any, source: str) -> ReadBatch | None:
+        parts = [
+            StreamEntries(stream, self.streams[stream], entries)
+            for stream, entries in reply or ()
+            if entries and stream in self.streams
+        ]
+        return ReadBatch(parts, source, time.monotonic()) if parts else None
+
+    # -- storing and acknowledging ---------------------------------------------
+
+    async def _handle(self, batch: ReadBatch) -> BatchOutcome:
+        """Store one batch and acknowledge it (sequentially: recovery, tests)."""
+        outcome = await self._in_writer(self._processor.process, batch)
+        await self._finish(outcome)
+        self._record(batch, outcome)
+        return outcome
+
+    async def _outcome_of(self, item: _InFlight) -> BatchOutcome:
+        """The batch's outcome; a failed store transaction (nothing was
+        committed) is retried with backoff."""
+        backoff = Backoff(cap=self.reconnect_max_s)
+        future = item.outcome
+        while True:
+            try:
+                return await future
+            except sqlite3.OperationalError as exc:
+                delay = backoff.next_delay()
+                self.metrics.store_retries.inc()
+                log.warning("store.retrying", error=str(exc), retry_in_s=round(delay, 3))
+                await asyncio.sleep(delay)
+                future = asyncio.get_running_loop().run_in_executor(
+                    self._writer, self._processor.process, item.batch
+                )
+
+    async def _finish(self, outcome: BatchOutcome) -> None:
+        """Dead letters and acknowledgements of a committed batch, atomically."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for letter in outcome.dead_letters:
+                pipe.xadd(self.keys.dlq, letter.as_fields(), maxlen=DLQ_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            for stream, ids in outcome.acks.items():
+                if ids:
+                    pipe.xack(stream, self.cfg.group, *ids)
+            await pipe.execute()
+
+    async def _retry_redis(self, action: Callable[[], Awaitable[T]]) -> T:
+        backoff = Backoff(cap=self.reconnect_max_s)
+        while True:
+            try:
+                return await action()
+            except TRANSIENT_REDIS as exc:
+                await self._redis_trouble(exc, backoff, None)
+
+    async def _redis_trouble(
+        self, exc: BaseException, backoff: Backoff, stop: asyncio.Event | None
+    ) -> None:
+        """Log and wait before retrying; a group lost with Redis' data is recreated."""
+        self.metrics.redis_errors.inc()
+        if isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP"):
+            log.warning("ingest.group_missing", error=str(exc))
+            self.streams.clear()
+            with contextlib.suppress(*TRANSIENT_REDIS):
+                await self.refresh_streams()
+                return
+        delay = backoff.next_delay()
+        log.warning(
+            "redis.reconnecting", error=f"{type(exc).__name__}: {exc}", retry_in_s=round(delay, 3)
+        )
+        if stop is None:
+            await asyncio.sleep(delay)
+        else:
+            await sleep_or_stop(stop, delay)
+
+    async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
+
+    # -- bookkeeping ----------------------------------------------------------
+
+    def _set_in_flight(self, delta: int) -> None:
+        self._in_flight += delta
+        self.metrics.in_flight.set(self._in_flight)
+        if self._in_flight == 0:
+            self._drained.set()
+        else:
+            self._drained.clear()
+
+    def _count_claimed(self, n: int) -> None:
+        if n:
+            self.totals.claimed += n
+            self.metrics.claimed.inc(n)
+
+    def _record(self, batch: ReadBatch, outcome: BatchOutcome) -> None:
+        t, m = self.totals, self.metrics
+        inserted = sum(outcome.inserted.values())
+        rejected = outcome.rejected_by_reason
+        t.batches += 1
+        t.entries += outcome.size
+        t.inserted += inserted
+        t.duplicates += outcome.duplicates
+        t.rejected += len(outcome.dead_letters)
+        t.conflicts += rejected.get("conflict", 0)
+        m.batch_entries.inc(outcome.size)
+        m.batch_seconds.observe(time.monotonic() - batch.read_at)
+        for (symbol, tf), n in outcome.inserted.items():
+            m.ingested.labels(symbol, tf).inc(n)
+        if outcome.duplicates:
+            m.duplicates.inc(outcome.duplicates)
+        for reason, n in rejected.items():
+            m.rejected.labels(reason).inc(n)
+        if rejected.get("conflict"):
+            m.conflicts.inc(rejected["conflict"])
+        for gap in outcome.gaps:
+            t.gaps += 1
+            t.missing += gap.missing
+            m.gaps.labels(gap.symbol, gap.tf).inc()
+            m.missing.labels(gap.symbol, gap.tf).inc(gap.missing)
+        self._log_batch(batch, outcome, inserted, rejected)
+
+    def _log_batch(
+        self, batch: ReadBatch, outcome: BatchOutcome, inserted: int, rejected: dict[str, int]
+    ) -> None:
+        log.debug(
+            "bars.ingested",
+            source=batch.source,
+            entries=outcome.size,
+            inserted=inserted,
+            duplicates=outcome.duplicates,
+            rejected=len(outcome.dead_letters),
+        )
+        if outcome.dead_letters:
+            first = outcome.dead_letters[0]
+            log.warning(
+                "bars.rejected",
+                reasons=rejected,
+                example_stream=first.stream.decode(),
+                example_id=first.entry_id.decode(),
+                example_detail=first.detail,
+            )
+        for gap in outcome.gaps:
+            log.warning(
+                "bars.gap",
+                symbol=gap.symbol,
+                tf=gap.tf,
+                missing=gap.missing,
+                from_ts=gap.first_missing_ts,
+                to_ts=gap.last_missing_ts,
+            )
+
+    def _log_progress(self) -> None:
+        done = self.totals.entries - self._schedule.progress_entries
+        if done:
+            self._schedule.progress_entries = self.totals.entries
+            log.info(
+                "ingest.progress",
+                entries=done,
+                per_s=round(done / PROGRESS_LOG_S),
+                **vars(self.totals),
+            )
+
+    # -- lag -----------------------------------------------------------------
+
+    async def refresh_lag(self) -> dict[str, tuple[int | None, int]]:
+        """(lag, pending) of the group on every stream; lag is None when
+        Redis cannot tell (after deletions)."""
+        result: dict[str, tuple[int | None, int]] = {}
+        for stream in list(self.streams):
+            for info in await self.redis.xinfo_groups(stream):
+                if _text(info["name"]) == self.cfg.group:
+                    lag, pending = info.get("lag"), int(info["pending"])
+                    result[stream.decode()] = (lag, pending)
+                    self.metrics.lag.labels(stream.decode()).set(lag if lag is not None else -1)
+                    self.metrics.pending.labels(stream.decode()).set(pending)
+        self._schedule.pending_lag = result
+        return result
+
+    def status(self) -> dict[str, Any]:
+        """The ingest section of ``/api/status``."""
+        return {
+            "consumer": self.consumer,
+            "group": self.cfg.group,
+            "streams": {
+                s: {"lag": lag, "pending": pending}
+                for s, (lag, pending) in self._schedule.pending_lag.items()
+            },
+            "in_flight_batches": self._in_flight,
+            "totals": vars(self.totals).copy(),
+        }
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

@@ -1,0 +1,164 @@
+"""The edge: one stream entry's fields -> a ``Bar`` or a ``Rejection``.
+
+Pure and total: no I/O, and it never raises, whatever the fields hold (the
+consumer dead-letters a rejection and keeps the stream flowing). Fields are
+the raw bytes that Redis returns (``decode_responses=False``); ``float`` and
+``int`` parse bytes directly, which keeps the hot path short.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from quantum_daemon.store import Bar
+from quantum_daemon.timeframes import TIMEFRAME_MS
+
+FIELDS = ("ts", "open", "high", "low", "close", "volume")
+_FIELD_KEYS = tuple(name.encode() for name in FIELDS)
+_FIELD_KEY_BYTES = sum(len(key) for key in _FIELD_KEYS)
+MAX_TS_DIGITS = 15  # epoch ms below 10**15 (year 33658): fits SQLite's int64 with room
+DLQ_VALUE_PREVIEW = 64  # characters kept per value of an oversized entry in the DLQ
+
+
+class Reason(StrEnum):
+    """Why an entry was rejected (the ``reason`` of its DLQ entry)."""
+
+    TOO_LARGE = "too_large"
+    UNKNOWN_TIMEFRAME = "unknown_timeframe"
+    TRIMMED = "trimmed"  # pending, but deleted from the stream before it was stored
+    MISSING_FIELD = "missing_field"
+    UNEXPECTED_FIELD = "unexpected_field"
+    NOT_NUMERIC = "not_numeric"
+    TS_OUT_OF_RANGE = "ts_out_of_range"
+    NOT_FINITE = "not_finite"
+    NON_POSITIVE_PRICE = "non_positive_price"
+    NEGATIVE_VOLUME = "negative_volume"
+    HIGH_BELOW_OPEN_CLOSE = "high_below_open_close"
+    LOW_ABOVE_OPEN_CLOSE = "low_above_open_close"
+    OFF_GRID = "off_grid"
+    CONFLICT = "conflict"  # differs from the stored bar of the same key (found by the store)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: Reason
+    detail: str
+
+
+@dataclass(frozen=True)
+class Series:
+    """The series a stream carries; ``step_ms`` is None for an unknown timeframe."""
+
+    symbol: str
+    tf: str
+    step_ms: int | None
+
+    @classmethod
+    def of(cls, symbol: str, tf: str) -> Series:
+        return cls(symbol, tf, TIMEFRAME_MS.get(tf))
+
+
+def decode_bar(
+    series: Series, fields: Mapping[Any, Any] | None, max_entry_bytes: int
+) -> Bar | Rejection:
+    """Validate one entry of ``series``' stream; never raises."""
+    try:
+        return _decode(series, fields, max_entry_bytes)
+    except Exception as exc:  # the edge must hold whatever arrives
+        return Rejection(Reason.NOT_NUMERIC, f"undecodable entry: {type(exc).__name__}")
+
+
+def _decode(series: Series, fields: Mapping[Any, Any] | None, max_bytes: int) -> Bar | Rejection:
+    if not fields:  # redis-py gives None or {} for a pending entry deleted from the stream
+        return Rejection(Reason.TRIMMED, "the entry was deleted from the stream before it was read")
+    if len(fields) != len(FIELDS):
+        return _reject_shape(fields, max_bytes)
+    try:
+        raw_ts, *raw_values = [fields[key] for key in _FIELD_KEYS]
+    except KeyError:
+        return _reject_shape(fields, max_bytes)
+    size = _FIELD_KEY_BYTES + len(raw_ts) + sum(len(v) for v in raw_values)
+    if size > max_bytes:
+        return Rejection(Reason.TOO_LARGE, f"{size} bytes > {max_bytes}")
+    if series.step_ms is None:
+        return Rejection(Reason.UNKNOWN_TIMEFRAME, f"timeframe {series.tf!r}")
+    ts = _parse_ts(raw_ts)
+    if isinstance(ts, Rejection):
+        return ts
+    try:
+        o, h, lo, c, v = map(float, raw_values)
+    except (ValueError, TypeError):
+        return Rejection(Reason.NOT_NUMERIC, _first_bad_float(raw_values))
+    problem = _check_values(o, h, lo, c, v)
+    if problem is not None:
+        return problem
+    if ts % series.step_ms:
+        return Rejection(Reason.OFF_GRID, f"ts {ts} is not a multiple of {series.tf}")
+    return Bar(series.symbol, series.tf, ts, o, h, lo, c, v)
+
+
+def _reject_shape(fields: Mapping[Any, Any], max_bytes: int) -> Rejection:
+    size = sum(len(k) + len(v) for k, v in fields.items())
+    if size > max_bytes:
+        return Rejection(Reason.TOO_LARGE, f"{size} bytes > {max_bytes}")
+    names = {_text(k) for k in fields}
+    missing = [name for name in FIELDS if name not in names]
+    if missing:
+        return Rejection(Reason.MISSING_FIELD, f"missing {missing}")
+    extra = sorted(names - set(FIELDS))
+    if not extra:
+        return Rejection(Reason.UNEXPECTED_FIELD, "field names repeated or not bytes")
+    return Rejection(Reason.UNEXPECTED_FIELD, f"unexpected {extra}")
+
+
+def _parse_ts(raw: Any) -> int | Rejection:
+    if not raw.isdigit():
+        return Rejection(Reason.NOT_NUMERIC, "ts is not a non-negative integer")
+    if len(raw) > MAX_TS_DIGITS:
+        return Rejection(Reason.TS_OUT_OF_RANGE, f"ts has {len(raw)} digits")
+    return int(raw)
+
+
+def _first_bad_float(raw_values: list[Any]) -> str:
+    for name, raw in zip(FIELDS[1:], raw_values, strict=True):
+        try:
+            float(raw)
+        except (ValueError, TypeError):
+            return f"{name} is not a number"
+    return "not a number"
+
+
+def _check_values(o: float, h: float, lo: float, c: float, v: float) -> Rejection | None:
+    if not all(map(math.isfinite, (o, h, lo, c, v))):
+        return Rejection(Reason.NOT_FINITE, "NaN or infinity")
+    if o <= 0 or h <= 0 or lo <= 0 or c <= 0:
+        return Rejection(Reason.NON_POSITIVE_PRICE, "a price is <= 0")
+    if v < 0:
+        return Rejection(Reason.NEGATIVE_VOLUME, f"volume {v} < 0")
+    if h < o or h < c:
+        return Rejection(Reason.HIGH_BELOW_OPEN_CLOSE, f"high {h} < max(open, close)")
+    if lo > o or lo > c:
+        return Rejection(Reason.LOW_ABOVE_OPEN_CLOSE, f"low {lo} > min(open, close)")
+    return None
+
+
+def fields_json(fields: Mapping[Any, Any] | None, preview: int | None = None) -> str:
+    """The original fields as JSON text (for the DLQ); values cut to
+    ``preview`` characters when given (oversized entries)."""
+    if fields is None:
+        return "null"
+    items = {_text(k): _text(v) for k, v in fields.items()}
+    if preview is not None:
+        items = {k: v if len(v) <= preview else v[:preview] + "…" for k, v in items.items()}
+    return json.dumps(items, ensure_ascii=False)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    return str(value)
