@@ -1,0 +1,191 @@
+"""What the gradient-boosted tree families (``xgb``, ``lgbm``) share.
+
+Both regress ``mu``, the log return over the next ``horizon`` bars, on the
+engineered features of ``quantum_daemon.features`` (scale-free, so no scaler
+is fitted), with early stopping on the validation window. ``p_up`` comes from
+``mu`` through a Gaussian mapping calibrated on the validation window only:
+``p_up = Phi(mu / s)``, where ``s`` is the standard deviation of the
+validation residuals ``target - mu``. Training rows inside the features'
+warm-up (any NaN) are dropped; at prediction time the trees route missing
+values natively.
+
+A subclass supplies the library calls: train with early stopping, predict,
+save to and load from the library's own file format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+from scipy.special import ndtr
+
+from quantum_daemon.bars import Bars
+from quantum_daemon.features import FEATURE_NAMES, build_features, horizon_log_return
+from quantum_daemon.models.base import FitInfo, Forecast, TrainSet
+
+MIN_SIGMA = 1e-12
+
+
+class TreeParamsBase:
+    """Mixin for a frozen dataclass of hyper-parameters built from a mapping."""
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Self:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(names)}")
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class TreeData:
+    """Feature rows and targets of the training and validation decisions."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A trained booster and what predicting with it needs."""
+
+    booster: Any
+    n_trees: int
+    val_loss: float
+    native_best_iteration: int
+    threads: int = 1
+
+
+def tree_data(data: TrainSet) -> TreeData:
+    """Rows of the train and validation decisions; warm-up train rows dropped."""
+    features = build_features(data.bars)
+    target = horizon_log_return(data.bars.close, data.horizon)
+    train = data.train_idx[_complete(features[data.train_idx], target[data.train_idx])]
+    val = data.val_idx[~np.isnan(target[data.val_idx])]
+    if train.size == 0 or val.size == 0:
+        raise ValueError(f"no usable rows: {train.size} train, {val.size} validation")
+    return TreeData(features[train], target[train], features[val], target[val])
+
+
+def _threads(params: Any) -> int:
+    return int(getattr(params, "nthread", getattr(params, "num_threads", 1)))
+
+
+def _complete(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return ~np.isnan(x).any(axis=1) & ~np.isnan(y)
+
+
+class TreeFamily:
+    """Shared fit / predict / save / load of a tree family; see the module docstring."""
+
+    name: ClassVar[str]
+    artifact_name: ClassVar[str]
+    params_type: ClassVar[type[TreeParamsBase]]
+
+    def __init__(self) -> None:
+        self._fitted: Fitted | None = None
+        self._params: TreeParamsBase | None = None
+        self._sigma = 1.0
+        self._seed = 0
+        self._horizon = 0
+
+    # -- what a library subclass implements -----------------------------------------------
+
+    def _train(self, params: Any, seed: int, rows: TreeData) -> Fitted:
+        raise NotImplementedError
+
+    def _predict_raw(self, fitted: Fitted, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _save_booster(self, fitted: Fitted, path: Path) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def _load_booster(cls, path: Path, params: Any) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def library_versions(cls) -> dict[str, str]:
+        raise NotImplementedError
+
+    # -- the family interface -------------------------------------------------------------
+
+    def fit(self, data: TrainSet) -> FitInfo:
+        params = self.params_type.from_mapping(data.params)
+        rows = tree_data(data)
+        fitted = self._train(params, data.seed, rows)
+        residual = rows.y_val - self._predict_raw(fitted, rows.x_val)
+        self._fitted, self._params = fitted, params
+        self._seed, self._horizon = data.seed, data.horizon
+        self._sigma = max(float(np.std(residual, ddof=1)) if residual.size > 1 else 0.0, MIN_SIGMA)
+        return FitInfo(
+            best_iteration=fitted.n_trees,
+            val_loss=fitted.val_loss,
+            extra={
+                "native_best_iteration": fitted.native_best_iteration,
+                "residual_sigma": self._sigma,
+                "n_train": int(rows.y_train.size),
+                "n_val": int(rows.y_val.size),
+            },
+        )
+
+    def predict(self, bars: Bars, idx: np.ndarray) -> Forecast:
+        fitted = self._require_fitted()
+        mu = self._predict_raw(fitted, build_features(bars)[idx]).astype(np.float64)
+        return Forecast(mu=mu, p_up=ndtr(mu / self._sigma))
+
+    def save(self, directory: Path) -> list[Path]:
+        path = directory / self.artifact_name
+        self._save_booster(self._require_fitted(), path)
+        return [path]
+
+    @classmethod
+    def load(cls, directory: Path, meta: Mapping[str, Any]) -> Self:
+        state = meta["model"]
+        if list(state["features"]) != list(FEATURE_NAMES):
+            raise ValueError(f"{cls.name} artifact was fitted on another feature set")
+        model = cls()
+        params = cls.params_type.from_mapping(state["params"])
+        booster = cls._load_booster(directory / cls.artifact_name, params)
+        model._fitted = Fitted(
+            booster,
+            int(state["n_trees"]),
+            float(state["val_loss"]),
+            int(state["native_best_iteration"]),
+            _threads(params),
+        )
+        model._params, model._sigma = params, float(state["residual_sigma"])
+        model._seed, model._horizon = int(state["seed"]), int(state["horizon"])
+        return model
+
+    def metadata(self) -> dict[str, Any]:
+        fitted = self._require_fitted()
+        assert self._params is not None
+        return {
+            "features": list(FEATURE_NAMES),
+            "params": self._params.as_dict(),
+            "seed": self._seed,
+            "horizon": self._horizon,
+            "library_versions": self.library_versions(),
+            "n_trees": fitted.n_trees,
+            "native_best_iteration": fitted.native_best_iteration,
+            "val_loss": fitted.val_loss,
+            "residual_sigma": self._sigma,
+            "p_up": "Phi(mu / residual_sigma), residual_sigma from the validation window",
+        }
+
+    def _require_fitted(self) -> Fitted:
+        if self._fitted is None:
+            raise RuntimeError(f"{self.name} model is not fitted")
+        return self._fitted
