@@ -12,7 +12,7 @@ from pathlib import Path
 from quantum_daemon import config as config_mod
 
 # Sub-command modules under quantum_daemon.commands, in help order.
-COMMAND_MODULES: tuple[str, ...] = ("run", "check_config", "status", "version")
+COMMAND_MODULES: tuple[str, ...] = ("run", "check_config", "status", "train", "version")
 
 DEFAULT_CONFIG = "config.toml"
 
