@@ -12,7 +12,15 @@ from pathlib import Path
 from quantum_daemon import config as config_mod
 
 # Sub-command modules under quantum_daemon.commands, in help order.
-COMMAND_MODULES: tuple[str, ...] = ("run", "check_config", "status", "train", "version")
+COMMAND_MODULES: tuple[str, ...] = (
+    "run",
+    "check_config",
+    "status",
+    "train",
+    "replay",
+    "bars",
+    "version",
+)
 
 DEFAULT_CONFIG = "config.toml"
 
