@@ -19,6 +19,17 @@ with ``V`` the variance of the trials' Sharpe ratios and ``gamma`` the
 Euler-Mascheroni constant; ``SR0 = 0`` for a single trial, where DSR equals
 PSR(0). When ``V`` is not known it is taken as the sampling variance of a
 Sharpe estimate under the null (true Sharpe 0): ``1 / (n - 1)``.
+
+The functions of the papers are exact (``floor_at_normal=False``). The
+evaluator (``psr_of_returns``, ``dsr_of_returns``) floors the moment factor
+``1 - g3 * SR + (g4 - 1) / 4 * SR^2`` at its value for normal returns,
+``1 + SR^2 / 2``: skewness may widen a Sharpe ratio's error but never make it
+look more precise than normal returns would. A strategy that is flat most of
+the time and in the market on a few lucky bars has a return series whose
+sample skewness is created by the luck itself; the plug-in formula rewards
+that skewness (two lucky bars in 1,300 reach PSR 0.97), the floor does not.
+With negative skewness or fat tails, the case the papers address, the
+numbers are the papers'.
 """
 
 from __future__ import annotations
@@ -56,13 +67,26 @@ def sharpe_moments(returns: np.ndarray) -> SharpeMoments:
     return SharpeMoments(sharpe, skew, kurtosis, n)
 
 
+def sharpe_spread(sharpe: float, skew: float, kurtosis: float, floor_at_normal: bool) -> float:
+    """(n - 1) times the variance of a Sharpe estimate: the papers' factor, or
+    with ``floor_at_normal`` at least the value for normal returns, 1 + SR^2 / 2."""
+    spread = 1.0 - skew * sharpe + (kurtosis - 1.0) / 4.0 * sharpe**2
+    return max(spread, 1.0 + sharpe**2 / 2.0) if floor_at_normal else spread
+
+
 def probabilistic_sharpe_ratio(
-    sharpe: float, n: int, skew: float, kurtosis: float, benchmark: float = 0.0
+    sharpe: float,
+    n: int,
+    skew: float,
+    kurtosis: float,
+    benchmark: float = 0.0,
+    floor_at_normal: bool = False,
 ) -> float:
-    """PSR: probability that the true per-period Sharpe exceeds ``benchmark``."""
+    """PSR: probability that the true per-period Sharpe exceeds ``benchmark``.
+    ``floor_at_normal``: see the module docstring (the evaluator sets it)."""
     if n < 2:
         return math.nan
-    spread = 1.0 - skew * sharpe + (kurtosis - 1.0) / 4.0 * sharpe**2
+    spread = sharpe_spread(sharpe, skew, kurtosis, floor_at_normal)
     z = (sharpe - benchmark) * math.sqrt(n - 1) / math.sqrt(max(spread, 1e-300))
     return _NORMAL.cdf(z)
 
@@ -86,22 +110,26 @@ def deflated_sharpe_ratio(
     kurtosis: float,
     n_trials: int,
     trial_sharpe_variance: float | None = None,
+    floor_at_normal: bool = False,
 ) -> float:
     """DSR: PSR against the expected maximum Sharpe of ``n_trials`` null trials."""
     if n < 2:
         return math.nan
     variance = 1.0 / (n - 1) if trial_sharpe_variance is None else trial_sharpe_variance
     benchmark = expected_max_sharpe(n_trials, variance)
-    return probabilistic_sharpe_ratio(sharpe, n, skew, kurtosis, benchmark)
+    return probabilistic_sharpe_ratio(sharpe, n, skew, kurtosis, benchmark, floor_at_normal)
 
 
 def psr_of_returns(returns: np.ndarray, benchmark: float = 0.0) -> float:
+    """The evaluator's PSR of a return series (moment factor floored at normal)."""
     m = sharpe_moments(returns)
-    return probabilistic_sharpe_ratio(m.sharpe, m.n, m.skew, m.kurtosis, benchmark)
+    return probabilistic_sharpe_ratio(m.sharpe, m.n, m.skew, m.kurtosis, benchmark, True)
 
 
 def dsr_of_returns(
     returns: np.ndarray, n_trials: int, trial_sharpe_variance: float | None = None
 ) -> float:
+    """The evaluator's DSR of a return series (moment factor floored at normal)."""
     m = sharpe_moments(returns)
-    return deflated_sharpe_ratio(m.sharpe, m.n, m.skew, m.kurtosis, n_trials, trial_sharpe_variance)
+    variance = trial_sharpe_variance
+    return deflated_sharpe_ratio(m.sharpe, m.n, m.skew, m.kurtosis, n_trials, variance, True)
