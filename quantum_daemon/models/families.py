@@ -16,6 +16,8 @@ from quantum_daemon.models.base import Family
 _FAMILY_MODULES: dict[str, tuple[str, str]] = {
     "xgb": ("quantum_daemon.models.xgb", "XGBFamily"),
     "lgbm": ("quantum_daemon.models.lgbm", "LGBMFamily"),
+    "nhits": ("quantum_daemon.models.neural", "NHiTSFamily"),
+    "patchtst": ("quantum_daemon.models.neural", "PatchTSTFamily"),
 }
 
 
