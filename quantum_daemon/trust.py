@@ -50,6 +50,8 @@ def align(weights: Mapping[str, float], live: Sequence[str]) -> Weights:
     n = len(live)
     kept_mass = (n - len(newcomers)) / n
     total = math.fsum(staying.values())
+    if len(staying) == len(weights) == n and math.isclose(total, 1.0, abs_tol=1e-12):
+        return staying  # nothing joined or left: keep the exact values
     aligned = {f: kept_mass * w / total for f, w in staying.items()}
     aligned.update({f: 1.0 / n for f in newcomers})
     return {f: aligned[f] for f in live}
