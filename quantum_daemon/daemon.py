@@ -21,10 +21,12 @@ from quantum_daemon import __version__
 from quantum_daemon.api import ApiServer
 from quantum_daemon.config import Config
 from quantum_daemon.heartbeat import heartbeat_loop, loop_lag_monitor
+from quantum_daemon.ingest import IngestMetrics, IngestService
 from quantum_daemon.keys import Keys
 from quantum_daemon.logs import get_logger
 from quantum_daemon.redis_link import RedisLink
 from quantum_daemon.sdnotify import Notifier
+from quantum_daemon.store import BarStore
 from quantum_daemon.telemetry import DaemonMetrics
 
 log = get_logger()
@@ -48,6 +50,8 @@ class Daemon:
         self.status_sections: dict[str, Callable[[], dict[str, Any]]] = {}
         self._sigint_count = 0
         self.link: RedisLink | None = None
+        self.store: BarStore | None = None
+        self.ingest: IngestService | None = None
         self.api: ApiServer | None = None
 
     # -- lifecycle -------------------------------------------------------
@@ -57,6 +61,8 @@ class Daemon:
         async with contextlib.AsyncExitStack() as stack:
             self._prepare_data_dir()
             self.link = await stack.enter_async_context(RedisLink(self.cfg.redis, self.metrics))
+            self.store = stack.enter_context(BarStore.in_dir(self.cfg.storage.data_dir))
+            self.ingest = await stack.enter_async_context(self._ingest_service())
             self.api = await stack.enter_async_context(
                 ApiServer(self.cfg.api, self, self._extra_routes())
             )
@@ -76,6 +82,15 @@ class Daemon:
 
     def _prepare_data_dir(self) -> None:
         self.cfg.storage.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def _ingest_service(self) -> IngestService:
+        assert self.link is not None and self.store is not None
+        service = IngestService(
+            self.cfg, self.link.client, self.store, IngestMetrics(self.metrics.registry)
+        )
+        self.loops["ingest"] = service.run
+        self.status_sections["ingest"] = service.status
+        return service
 
     def _register_core_loops(self) -> None:
         assert self.link is not None

@@ -87,9 +87,12 @@ def summary_line(base: str) -> str:
     if code != 200:
         return f"api: {status}"
     parts = [f"ready={status['ready']}", f"redis={'up' if status['redis']['up'] else 'DOWN'}"]
-    for name, section in status.items():
-        if isinstance(section, dict) and name not in ("redis",) and "summary" in section:
-            parts.append(f"{name}: {section['summary']}")
+    ingest = status.get("ingest", {}).get("totals")
+    if ingest:
+        parts.append(
+            f"bars stored={ingest['inserted']:,} duplicates={ingest['duplicates']:,} "
+            f"rejected={ingest['rejected']:,} gaps={ingest['gaps']}"
+        )
     return f"[{time.strftime('%H:%M:%S')}] " + "  ".join(parts)
 
 
