@@ -112,8 +112,12 @@ class TrainRequest:
         return self.key.model_id
 
     def priority(self) -> tuple[bool, bool, float, str]:
-        return (self.has_active, Trigger.OPERATOR not in self.reasons, self.requested_at,
-                self.model_id)  # fmt: skip
+        return (
+            self.has_active,
+            Trigger.OPERATOR not in self.reasons,
+            self.requested_at,
+            self.model_id,
+        )
 
     def merged(self, other: TrainRequest) -> TrainRequest:
         return replace(

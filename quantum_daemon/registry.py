@@ -1,0 +1,564 @@
+"""The model registry: versions, their stages and history, and the events
+that record them (DESIGN §4, §5).
+
+Storage, under ``data_dir/models/{model_id}/``:
+
+- ``{version}/``: the version folder that ``artifacts.write_version`` wrote
+  atomically (artifacts + ``metadata.json`` with their sha256);
+- ``state.json``: the model's source of truth: the stage and full stage
+  history of every version, the active version, the gate verdicts, the
+  durable event outbox, and the ids of the control commands applied.
+
+Every transition (register, evaluate, promote, retire, rollback, refuse) is
+one atomic rewrite of ``state.json`` (temp file, fsync, rename, fsync of the
+folder) under an exclusive ``flock`` of the model (the daemon and the CLI
+may both write), and that same write puts the transition's events in the
+outbox: after a crash, either both the transition and its events exist or
+neither does. The stage history is then mirrored into each changed
+version's ``metadata.json`` (``stage``, ``stage_history``); ``recover``
+repairs a mirror that a crash left behind, registers version folders that a
+worker wrote but the daemon never recorded, and removes stale temporary
+folders of killed workers.
+
+Stages: ``trained -> candidate | rejected``; ``candidate -> active |
+retired | rejected``; ``active -> retired``; ``retired -> active``
+(rollback, operator promotion). At most one version per model is active;
+promoting one retires the one it replaces in the same write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from quantum_daemon import artifacts
+from quantum_daemon.events import (
+    MODEL_EVALUATED,
+    MODEL_LOAD_REFUSED,
+    MODEL_PROMOTED,
+    MODEL_REGISTERED,
+    MODEL_REJECTED,
+    MODEL_RETIRED,
+    Event,
+    make_event,
+)
+from quantum_daemon.logs import get_logger
+from quantum_daemon.promotion import HeadToHead, Verdict
+from quantum_daemon.scheduler import ModelKey
+
+log = get_logger()
+
+STAGES = ("trained", "candidate", "active", "rejected", "retired")
+ALLOWED: dict[str, frozenset[str]] = {
+    "trained": frozenset({"candidate", "rejected"}),
+    "candidate": frozenset({"active", "retired", "rejected"}),
+    "active": frozenset({"retired"}),
+    "retired": frozenset({"active"}),
+    "rejected": frozenset(),
+}
+STATE_FILE = "state.json"
+LOCK_FILE = ".lock"
+KEEP_COMMAND_IDS = 200
+STALE_TMP_S = 600.0  # a worker's temporary version folder lives seconds; older ones are debris
+
+
+class RegistryError(Exception):
+    """An operator request the registry refuses (unknown model or version,
+    a transition that the stages do not allow); the message says why."""
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One version, as ``models list --json`` prints it."""
+
+    model_id: str
+    family: str
+    symbol: str
+    tf: str
+    version: str
+    stage: str
+    created_at: str
+    metrics: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "family": self.family,
+            "symbol": self.symbol,
+            "tf": self.tf,
+            "version": self.version,
+            "stage": self.stage,
+            "created_at": self.created_at,
+            "metrics": dict(self.metrics),
+        }
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Registry:
+    """Stages, history and outbox of every model under ``data_dir/models``."""
+
+    def __init__(self, data_dir: Path, clock: Callable[[], datetime] = utc_now) -> None:
+        self.data_dir = Path(data_dir)
+        self.root = self.data_dir / artifacts.MODELS_DIR
+        self.clock = clock
+
+    # -- queries -------------------------------------------------------------
+    def model_ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _is_model_id(p.name))
+
+    def versions(self, model_id: str | None = None) -> list[VersionInfo]:
+        ids = self.model_ids() if model_id is None else [model_id]
+        return [info for mid in ids for info in self._infos(self._read(mid))]
+
+    def active_version(self, model_id: str) -> str | None:
+        active = self._read(model_id).get("active")
+        return None if active is None else str(active)
+
+    def stage(self, model_id: str, version: str) -> str:
+        return str(self._version(self._read(model_id), version)["stage"])
+
+    def version_path(self, model_id: str, version: str) -> Path:
+        return artifacts.model_dir(self.data_dir, model_id) / version
+
+    def show(self, model_id: str) -> dict[str, Any]:
+        state = self._read(model_id)
+        if not state["versions"]:
+            raise RegistryError(f"unknown model {model_id!r} (no versions under {self.root})")
+        return {
+            "model_id": model_id,
+            "family": state["family"],
+            "symbol": state["symbol"],
+            "tf": state["tf"],
+            "active": state["active"],
+            "pending_events": len(state["outbox"]),
+            "versions": [
+                {"version": v, **entry, "path": str(self.version_path(model_id, v))}
+                for v, entry in sorted(state["versions"].items())
+            ],
+        }
+
+    def newest(self, model_id: str) -> tuple[float, int] | None:
+        """(creation time in epoch s, open time of its last bar in ms) of the
+        newest version: when the model last trained, on which data."""
+        state = self._read(model_id)
+        if not state["versions"]:
+            return None
+        entry = state["versions"][max(state["versions"])]
+        created = datetime.fromisoformat(entry["created_at"]).timestamp()
+        return created, int(entry.get("data_last_ts") or 0)
+
+    def verify(self, model_id: str, version: str) -> None:
+        """Check every artifact's sha256; raises ``artifacts.ArtifactCorrupt``."""
+        artifacts.load_version(self.version_path(model_id, version))
+
+    # -- transitions ---------------------------------------------------------
+    def register(
+        self,
+        model_id: str,
+        version: str,
+        head_to_head: HeadToHead | None = None,
+        job_id: str | None = None,
+    ) -> list[Event]:
+        """Record a version folder that a worker wrote, at stage ``trained``."""
+        meta = artifacts.read_metadata(self.version_path(model_id, version))
+        with self._edit(model_id, meta) as state:
+            if version in state["versions"]:
+                return []
+            entry = state["versions"][version] = _new_entry(meta, head_to_head)
+            if entry["stage"] == "active":  # restored from the metadata mirror
+                state["active"] = version
+            window = meta.get("data_window", {})
+            return self._emit(
+                state,
+                MODEL_REGISTERED,
+                version,
+                "registered",
+                artifact_dir=str(self.version_path(model_id, version)),
+                data_window=window,
+                job_id=job_id,
+            )
+
+    def apply_verdict(self, model_id: str, version: str, verdict: Verdict) -> list[Event]:
+        """trained -> candidate or rejected, and on to active when the
+        verdict promotes (retiring the version it replaces): one write."""
+        with self._edit(model_id) as state:
+            entry = self._version(state, version)
+            if entry["stage"] != "trained":
+                return []
+            entry["verdict"] = verdict.to_dict()
+            self._move(state, version, verdict.stage, verdict.reason)
+            events = self._emit(
+                state,
+                MODEL_EVALUATED,
+                version,
+                _step(entry),
+                metrics=entry["metrics"],
+                verdict=verdict.to_dict(),
+            )
+            if verdict.stage == "rejected":
+                events += self._emit(
+                    state,
+                    MODEL_REJECTED,
+                    version,
+                    _step(entry),
+                    gate=verdict.failed_gate,
+                    reason=verdict.reason,
+                    gates=[g.to_dict() for g in verdict.gates],
+                    metrics=entry["metrics"],
+                )
+            elif verdict.promote:
+                events += self._activate(state, version, verdict.reason)
+            return events
+
+    def promote(
+        self, model_id: str, version: str, reason: str, command_id: str | None = None
+    ) -> list[Event]:
+        """Operator promotion of a candidate or retired version to active."""
+        with self._edit(model_id) as state:
+            if self._seen(state, command_id):
+                return []
+            entry = self._version(state, version)
+            if entry["stage"] == "active":
+                return []
+            if entry["stage"] not in ("candidate", "retired"):
+                raise RegistryError(
+                    f"{model_id} {version} is {entry['stage']}: only a candidate or a "
+                    "retired version can be promoted"
+                )
+            return self._activate(state, version, reason)
+
+    def retire(
+        self, model_id: str, version: str, reason: str, command_id: str | None = None
+    ) -> list[Event]:
+        """Retire an active or candidate version (the model may be left
+        without an active version)."""
+        with self._edit(model_id) as state:
+            if self._seen(state, command_id):
+                return []
+            entry = self._version(state, version)
+            if entry["stage"] == "retired":
+                return []
+            if entry["stage"] not in ("active", "candidate"):
+                raise RegistryError(f"{model_id} {version} is {entry['stage']}: cannot retire it")
+            return self._retire(state, version, reason, replaced_by=None)
+
+    def rollback(self, model_id: str, reason: str, command_id: str | None = None) -> list[Event]:
+        """Retire the active version and bring back the one active before it."""
+        with self._edit(model_id) as state:
+            if self._seen(state, command_id):
+                return []
+            previous = _previous_active(state)
+            if previous is None:
+                raise RegistryError(f"{model_id}: no earlier active version to roll back to")
+            return self._activate(state, previous, f"rollback: {reason}")
+
+    def refuse(self, model_id: str, version: str, reason: str) -> list[Event]:
+        """An artifact failed its integrity check: report it, and retire the
+        version if it was active (it must never be loaded)."""
+        with self._edit(model_id) as state:
+            entry = self._version(state, version)
+            at = self.clock()
+            events = self._emit(
+                state,
+                MODEL_LOAD_REFUSED,
+                version,
+                f"refused@{at.isoformat()}",
+                reason=reason,
+                stage=entry["stage"],
+            )
+            if entry["stage"] in ("active", "candidate"):
+                events += self._retire(state, version, f"artifact refused: {reason}", None)
+            return events
+
+    def add_events(self, model_id: str, events: Sequence[Event]) -> None:
+        """Put events that are not transitions (``training.*``) in the outbox."""
+        with self._edit(model_id) as state:
+            state["outbox"].extend(e.to_dict() for e in events)
+
+    # -- the outbox ----------------------------------------------------------
+    def pending_events(self) -> list[Event]:
+        return [Event.from_dict(e) for mid in self.model_ids() for e in self._read(mid)["outbox"]]
+
+    def confirm_events(self, model_id: str, event_ids: Sequence[str]) -> None:
+        gone = set(event_ids)
+        with self._edit(model_id) as state:
+            state["outbox"] = [e for e in state["outbox"] if e["data"]["event_id"] not in gone]
+
+    # -- start-up ------------------------------------------------------------
+    def recover(self) -> list[tuple[str, str]]:
+        """Crash recovery; returns the (model_id, version) still ``trained``
+        (they await their verdict)."""
+        waiting: list[tuple[str, str]] = []
+        for model_id in self.model_ids():
+            self._remove_stale_tmp(model_id)
+            for version in artifacts.list_versions(self.data_dir, model_id):
+                self._adopt(model_id, version)
+            state = self._read(model_id)
+            self._mirror(model_id, state, only_changed_from=None)
+            waiting += [
+                (model_id, v) for v, e in state["versions"].items() if e["stage"] == "trained"
+            ]
+        return sorted(waiting)
+
+    def _adopt(self, model_id: str, version: str) -> None:
+        if version in self._read(model_id)["versions"]:
+            return
+        try:
+            self.register(model_id, version, job_id="recovered")
+        except artifacts.ArtifactCorrupt as exc:
+            log.warning(
+                "registry.unreadable_version", model_id=model_id, version=version, error=str(exc)
+            )
+            return
+        log.info("registry.adopted", model_id=model_id, version=version)
+
+    def _remove_stale_tmp(self, model_id: str) -> None:
+        folder = artifacts.model_dir(self.data_dir, model_id)
+        for tmp in folder.glob(".tmp-*"):
+            if tmp.is_dir() and time.time() - tmp.stat().st_mtime > STALE_TMP_S:
+                shutil.rmtree(tmp, ignore_errors=True)
+                log.info("registry.removed_stale_tmp", path=str(tmp))
+
+    # -- internals -----------------------------------------------------------
+    def _emit(
+        self, state: dict[str, Any], type: str, version: str, transition: str, **fields: Any
+    ) -> list[Event]:
+        event = make_event(
+            type,
+            model_id=state["model_id"],
+            family=state["family"],
+            symbol=state["symbol"],
+            tf=state["tf"],
+            version=version,
+            at=self.clock(),
+            transition=transition,
+            **fields,
+        )
+        state["outbox"].append(event.to_dict())
+        return [event]
+
+    def _move(self, state: dict[str, Any], version: str, stage: str, reason: str) -> None:
+        entry = self._version(state, version)
+        if stage not in ALLOWED[entry["stage"]]:
+            raise RegistryError(
+                f"{state['model_id']} {version}: {entry['stage']} -> {stage} is not allowed"
+            )
+        entry["stage"] = stage
+        entry["history"].append(artifacts.stage_entry(stage, self.clock(), reason))
+        if stage == "active":
+            state["active"] = version
+        elif state["active"] == version:
+            state["active"] = None
+
+    def _activate(self, state: dict[str, Any], version: str, reason: str) -> list[Event]:
+        previous = state["active"]
+        events: list[Event] = []
+        if previous is not None and previous != version:
+            events += self._retire(state, previous, f"replaced by {version}", replaced_by=version)
+        self._move(state, version, "active", reason)
+        entry = state["versions"][version]
+        return events + self._emit(
+            state,
+            MODEL_PROMOTED,
+            version,
+            _step(entry),
+            **{"from": previous, "to": version},
+            reason=reason,
+            metrics=entry["metrics"],
+        )
+
+    def _retire(
+        self, state: dict[str, Any], version: str, reason: str, replaced_by: str | None
+    ) -> list[Event]:
+        self._move(state, version, "retired", reason)
+        entry = state["versions"][version]
+        return self._emit(
+            state, MODEL_RETIRED, version, _step(entry), reason=reason, replaced_by=replaced_by
+        )
+
+    def _seen(self, state: dict[str, Any], command_id: str | None) -> bool:
+        """Whether the control command was applied before (a redelivery);
+        records it otherwise."""
+        if command_id is None:
+            return False
+        if command_id in state["commands"]:
+            return True
+        state["commands"] = [*state["commands"], command_id][-KEEP_COMMAND_IDS:]
+        return False
+
+    def _version(self, state: dict[str, Any], version: str) -> dict[str, Any]:
+        entry = state["versions"].get(version)
+        if entry is None:
+            raise RegistryError(f"unknown version {version!r} of {state['model_id']}")
+        return entry
+
+    def _infos(self, state: dict[str, Any]) -> list[VersionInfo]:
+        return [
+            VersionInfo(
+                state["model_id"],
+                state["family"],
+                state["symbol"],
+                state["tf"],
+                version,
+                entry["stage"],
+                entry["created_at"],
+                entry["metrics"],
+            )
+            for version, entry in sorted(state["versions"].items())
+        ]
+
+    @contextlib.contextmanager
+    def _edit(
+        self, model_id: str, meta: Mapping[str, Any] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Read-modify-write of the model's state under its lock: one atomic
+        write if anything changed, then the metadata mirror."""
+        folder = artifacts.model_dir(self.data_dir, model_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        with _locked(folder / LOCK_FILE):
+            state = self._read(model_id, meta)
+            before = copy.deepcopy(state)
+            yield state
+            if state != before:
+                write_json_atomic(folder / STATE_FILE, state)
+                self._mirror(model_id, state, only_changed_from=before)
+
+    def _read(self, model_id: str, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        _check_model_id(model_id)
+        path = artifacts.model_dir(self.data_dir, model_id) / STATE_FILE
+        try:
+            state: dict[str, Any] = json.loads(path.read_text())
+        except FileNotFoundError:
+            return _empty_state(model_id, meta)
+        return state
+
+    def _mirror(
+        self, model_id: str, state: dict[str, Any], only_changed_from: dict[str, Any] | None
+    ) -> None:
+        """Copy each version's stage and history into its metadata.json."""
+        for version, entry in state["versions"].items():
+            old = (only_changed_from or {}).get("versions", {}).get(version)
+            if only_changed_from is not None and old == entry:
+                continue
+            path = self.version_path(model_id, version)
+            try:
+                meta = artifacts.read_metadata(path)
+            except artifacts.ArtifactCorrupt:
+                continue
+            if (
+                meta.get("stage_history") == entry["history"]
+                and meta.get("stage") == entry["stage"]
+            ):
+                continue
+            artifacts.rewrite_metadata(
+                path, {**meta, "stage": entry["stage"], "stage_history": entry["history"]}
+            )
+
+
+def _new_entry(meta: Mapping[str, Any], head_to_head: HeadToHead | None) -> dict[str, Any]:
+    """A state entry for a version folder. Its stage is the last one of the
+    metadata's history: ``trained`` for a new version, the mirrored stage
+    when ``state.json`` was lost and is being rebuilt."""
+    history = list(meta.get("stage_history") or [])
+    if not history or history[-1].get("stage") not in STAGES:
+        history = [{"stage": "trained", "at": meta.get("created_at"), "reason": "registered"}]
+    bars = meta.get("data_window", {}).get("bars", {})
+    return {
+        "stage": history[-1]["stage"],
+        "created_at": meta.get("created_at"),
+        "metrics": meta.get("metrics", {}),
+        "data_last_ts": bars.get("last_ts"),
+        "head_to_head": None if head_to_head is None else head_to_head.to_dict(),
+        "verdict": None,
+        "history": history,
+    }
+
+
+def _empty_state(model_id: str, meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    key = ModelKey.parse(model_id)
+    meta = meta or {}
+    return {
+        "model_id": model_id,
+        "family": meta.get("family", key.family),
+        "symbol": meta.get("symbol", key.symbol),
+        "tf": meta.get("tf", key.tf),
+        "active": None,
+        "versions": {},
+        "outbox": [],
+        "commands": [],
+    }
+
+
+def _previous_active(state: dict[str, Any]) -> str | None:
+    """The retired version whose last active period ended most recently."""
+    best: tuple[str, str] | None = None
+    for version, entry in state["versions"].items():
+        if entry["stage"] != "retired" or version == state["active"]:
+            continue
+        was_active = [h for h in entry["history"] if h["stage"] == "active"]
+        if was_active:
+            ended = entry["history"][-1]["at"]
+            if best is None or ended > best[0]:
+                best = (ended, version)
+    return None if best is None else best[1]
+
+
+def _step(entry: Mapping[str, Any]) -> str:
+    """The transition's place in the version's history: a stable event id part."""
+    return f"h{len(entry['history'])}"
+
+
+def _is_model_id(name: str) -> bool:
+    try:
+        ModelKey.parse(name)
+    except ValueError:
+        return False
+    return not name.startswith(".")
+
+
+def _check_model_id(model_id: str) -> None:
+    if not _is_model_id(model_id) or "/" in model_id or model_id in (".", ".."):
+        raise RegistryError(f"not a model id (family_SYMBOL_TF): {model_id!r}")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Write JSON to ``path`` so that a reader sees the old or the new file,
+    never a part, and a crash keeps one of them (temp, fsync, rename, fsync dir)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with tmp.open("w") as fh:
+        json.dump(value, fh, indent=1, sort_keys=True, default=str)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
