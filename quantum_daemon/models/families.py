@@ -18,6 +18,7 @@ _FAMILY_MODULES: dict[str, tuple[str, str]] = {
     "lgbm": ("quantum_daemon.models.lgbm", "LGBMFamily"),
     "nhits": ("quantum_daemon.models.neural", "NHiTSFamily"),
     "patchtst": ("quantum_daemon.models.neural", "PatchTSTFamily"),
+    "evo_model": ("quantum_daemon.models.evo", "EvoFamily"),
 }
 
 
