@@ -29,6 +29,8 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -72,6 +74,7 @@ ON CONFLICT (symbol, tf) DO UPDATE SET
     last_ts = max(last_ts, excluded.last_ts)
 """
 _VALUE_COLUMNS = "ts, open, high, low, close, volume"
+_SERIES = itemgetter(0, 1)  # (symbol, tf) of a Bar
 _LOOKUP_CHUNK = 500  # host parameters per IN (...) lookup, well under SQLite's limit
 
 
@@ -374,8 +377,8 @@ class BarStore:
 
 def _group_ts(bars: Iterable[Bar]) -> dict[tuple[str, str], list[int]]:
     groups: dict[tuple[str, str], list[int]] = {}
-    for bar in bars:
-        groups.setdefault((bar.symbol, bar.tf), []).append(bar.ts)
+    for key, run in groupby(bars, key=_SERIES):
+        groups.setdefault(key, []).extend([bar[2] for bar in run])
     return groups
 
 

@@ -9,12 +9,13 @@ event loop then writes the dead letters and acknowledgements.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from operator import itemgetter
 
 from quantum_daemon.ingest.decode import (
     DLQ_VALUE_PREVIEW,
+    RawFields,
     Reason,
     Rejection,
     Series,
@@ -24,8 +25,9 @@ from quantum_daemon.ingest.decode import (
 from quantum_daemon.ingest.gaps import Gap, GapTracker
 from quantum_daemon.store import Bar, BarStore
 
-Fields = Mapping[bytes, bytes] | None
-Entry = tuple[bytes, Fields]  # (entry id, fields) as redis-py returns them
+Fields = RawFields
+Entry = tuple[bytes, Fields]  # (entry id, fields) as Redis returns them
+_SERIES = itemgetter(0, 1)  # (symbol, tf) of a Bar
 
 
 @dataclass(frozen=True)
@@ -121,50 +123,43 @@ class BatchProcessor:
 
     def process(self, batch: ReadBatch) -> BatchOutcome:
         bars: list[Bar] = []
-        origins: list[tuple[bytes, bytes, Fields]] = []
         dead: list[DeadLetter] = []
-        acks: dict[bytes, list[bytes]] = {}
         for part in batch.parts:
-            acks[part.stream] = self._decode_part(part, bars, origins, dead)
+            self._decode_part(part, bars, dead)
         result = self.store.insert_bars(bars)
-        for conflict in result.conflicts:
-            stream, entry_id, fields = origins[conflict.index]
-            dead.append(DeadLetter.conflict(stream, entry_id, fields, conflict.stored))
+        if result.conflicts:
+            origins = _origins(batch, dead)
+            for conflict in result.conflicts:
+                stream, entry_id, fields = origins[conflict.index]
+                dead.append(DeadLetter.conflict(stream, entry_id, fields, conflict.stored))
         stored = result.inserted_bars(bars)
         return BatchOutcome(
             size=batch.size,
-            acks=acks,
+            acks={part.stream: [entry[0] for entry in part.entries] for part in batch.parts},
             dead_letters=dead,
-            inserted=_count_series(stored),
+            inserted=dict(Counter(map(_SERIES, stored))),
             duplicates=result.duplicates,
             gaps=self.gaps.observe(stored),
         )
 
-    def _decode_part(
-        self,
-        part: StreamEntries,
-        bars: list[Bar],
-        origins: list[tuple[bytes, bytes, Fields]],
-        dead: list[DeadLetter],
-    ) -> list[bytes]:
-        """Append the part's bars (with where each came from) and rejections;
-        return the ids of all its entries."""
+    def _decode_part(self, part: StreamEntries, bars: list[Bar], dead: list[DeadLetter]) -> None:
+        """Append the part's bars to ``bars`` and its rejections to ``dead``."""
         stream, series, limit = part.stream, part.series, self.max_entry_bytes
-        ids: list[bytes] = []
         for entry_id, fields in part.entries:
-            ids.append(entry_id)
             decoded = decode_bar(series, fields, limit)
             if type(decoded) is Bar:
                 bars.append(decoded)
-                origins.append((stream, entry_id, fields))
             else:
                 dead.append(DeadLetter.rejected(stream, entry_id, fields, decoded))  # type: ignore[arg-type]
-        return ids
 
 
-def _count_series(bars: Any) -> dict[tuple[str, str], int]:
-    counts: dict[tuple[str, str], int] = {}
-    for bar in bars:
-        key = (bar.symbol, bar.tf)
-        counts[key] = counts.get(key, 0) + 1
-    return counts
+def _origins(batch: ReadBatch, dead: list[DeadLetter]) -> list[tuple[bytes, bytes, Fields]]:
+    """(stream, id, fields) of each decoded bar, in the order of the bars
+    (rebuilt only for the rare batch with conflicts)."""
+    rejected = {(letter.stream, letter.entry_id) for letter in dead}
+    return [
+        (part.stream, entry_id, fields)
+        for part in batch.parts
+        for entry_id, fields in part.entries
+        if (part.stream, entry_id) not in rejected
+    ]

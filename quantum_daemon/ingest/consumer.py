@@ -105,6 +105,7 @@ class IngestService:
         self.reconnect_max_s = config.redis.reconnect_max_s
         self.keys = Keys(config.redis.prefix)
         self.redis = redis
+        self._raw = raw_reads(redis)
         self.store = store
         self.metrics = metrics
         self.consumer = consumer or consumer_name()
@@ -313,7 +314,7 @@ class IngestService:
         if not self.streams:
             return None
         streams: dict[Any, Any] = dict.fromkeys(self.streams, b">")
-        reply = await self.redis.xreadgroup(
+        reply = await self._raw.xreadgroup(
             self.cfg.group,
             self.consumer,
             streams,
@@ -328,7 +329,7 @@ class IngestService:
         if not self._pending_cursors:
             return None
         cursors: dict[Any, Any] = dict(self._pending_cursors)
-        reply = await self.redis.xreadgroup(
+        reply = await self._raw.xreadgroup(
             self.cfg.group, self.consumer, cursors, count=self.cfg.batch_size
         )
         batch = self._batch_of(reply, "pending")
@@ -341,9 +342,12 @@ class IngestService:
         return batch
 
     def _batch_of(self, reply: Any, source: str) -> ReadBatch | None:
+        """A batch of a raw XREADGROUP reply: [[stream, [[id, [name, value,
+        ...]], ...]], ...] (RESP2) or {stream: [...]} (RESP3)."""
+        items = reply.items() if isinstance(reply, dict) else reply or ()
         parts = [
             StreamEntries(stream, self.streams[stream], entries)
-            for stream, entries in reply or ()
+            for stream, entries in items
             if entries and stream in self.streams
         ]
         return ReadBatch(parts, source, time.monotonic()) if parts else None
@@ -526,6 +530,19 @@ class IngestService:
             "in_flight_batches": self._in_flight,
             "totals": vars(self.totals).copy(),
         }
+
+
+def raw_reads(client: aioredis.Redis) -> aioredis.Redis:
+    """A client on the same connection pool whose XREADGROUP replies stay
+    as Redis sent them: the decoder reads the flat field lists directly,
+    without redis-py building a dict per entry (the hot path)."""
+    raw = aioredis.Redis(connection_pool=client.connection_pool)
+    raw.set_response_callback("XREADGROUP", _as_sent)
+    return raw
+
+
+def _as_sent(response: Any, **options: Any) -> Any:
+    return response
 
 
 def _text(value: bytes | str) -> str:

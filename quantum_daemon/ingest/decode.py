@@ -1,16 +1,20 @@
 """The edge: one stream entry's fields -> a ``Bar`` or a ``Rejection``.
 
 Pure and total: no I/O, and it never raises, whatever the fields hold (the
-consumer dead-letters a rejection and keeps the stream flowing). Fields are
-the raw bytes that Redis returns (``decode_responses=False``); ``float`` and
-``int`` parse bytes directly, which keeps the hot path short.
+consumer dead-letters a rejection and keeps the stream flowing).
+
+Fields come as Redis sends them: a flat list ``[name, value, name, value,
+...]`` of bytes (the consumer skips redis-py's conversion to a dict), or as a
+mapping. ``float`` and ``int`` parse bytes directly. A valid entry in the
+contract's field order takes one straight path (``_decode_valid``); anything
+else goes through ``explain_entry``, which names the first problem.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -23,6 +27,11 @@ _FIELD_KEYS = tuple(name.encode() for name in FIELDS)
 _FIELD_KEY_BYTES = sum(len(key) for key in _FIELD_KEYS)
 MAX_TS_DIGITS = 15  # epoch ms below 10**15 (year 33658): fits SQLite's int64 with room
 DLQ_VALUE_PREVIEW = 64  # characters kept per value of an oversized entry in the DLQ
+_INF = math.inf
+_new_bar = tuple.__new__  # Bar(...) at C speed: the named tuple's __new__ is Python code
+
+# An entry's fields: a flat [name, value, ...] list, a mapping, or None (deleted).
+RawFields = Sequence[Any] | Mapping[Any, Any] | None
 
 
 class Reason(StrEnum):
@@ -63,19 +72,57 @@ class Series:
         return cls(symbol, tf, TIMEFRAME_MS.get(tf))
 
 
-def decode_bar(
-    series: Series, fields: Mapping[Any, Any] | None, max_entry_bytes: int
-) -> Bar | Rejection:
+def decode_bar(series: Series, fields: RawFields, max_entry_bytes: int) -> Bar | Rejection:
     """Validate one entry of ``series``' stream; never raises."""
     try:
-        return _decode(series, fields, max_entry_bytes)
-    except Exception as exc:  # the edge must hold whatever arrives
+        bar = _decode_valid(series, fields, max_entry_bytes)
+    except Exception:  # the edge must hold whatever arrives
+        bar = None
+    return bar if bar is not None else explain_entry(series, fields, max_entry_bytes)
+
+
+def _decode_valid(series: Series, fields: Any, max_bytes: int) -> Bar | None:
+    """The bar if the entry is valid and in the contract's field order,
+    else None (or an exception)."""
+    k_ts, raw_ts, k_o, raw_o, k_h, raw_h, k_lo, raw_lo, k_c, raw_c, k_v, raw_v = fields
+    if (k_ts != b"ts" or k_o != b"open" or k_h != b"high" or k_lo != b"low"
+            or k_c != b"close" or k_v != b"volume"):  # fmt: skip
+        return None
+    size = len(raw_ts) + len(raw_o) + len(raw_h) + len(raw_lo) + len(raw_c) + len(raw_v)
+    if size + _FIELD_KEY_BYTES > max_bytes or len(raw_ts) > MAX_TS_DIGITS or not raw_ts.isdigit():
+        return None
+    ts, step = int(raw_ts), series.step_ms
+    o, h, lo, c, v = float(raw_o), float(raw_h), float(raw_lo), float(raw_c), float(raw_v)
+    # One chain covers every value check: NaN fails any comparison, lo > 0
+    # makes every price positive, h < inf makes every price finite.
+    if 0.0 < lo <= o <= h and lo <= c <= h < _INF and 0.0 <= v < _INF and step and not ts % step:
+        return _new_bar(Bar, (series.symbol, series.tf, ts, o, h, lo, c, v))
+    return None
+
+
+def explain_entry(series: Series, fields: RawFields, max_entry_bytes: int) -> Bar | Rejection:
+    """The thorough decoder: checks one thing after the other, so a
+    rejection names its first reason. Never raises."""
+    try:
+        return _explain(series, fields, max_entry_bytes)
+    except Exception as exc:
         return Rejection(Reason.NOT_NUMERIC, f"undecodable entry: {type(exc).__name__}")
 
 
-def _decode(series: Series, fields: Mapping[Any, Any] | None, max_bytes: int) -> Bar | Rejection:
-    if not fields:  # redis-py gives None or {} for a pending entry deleted from the stream
+def as_mapping(fields: RawFields) -> Mapping[Any, Any] | None:
+    """The fields as a mapping (a flat list's repeated names keep the last value)."""
+    if fields is None or isinstance(fields, Mapping):
+        return fields
+    return dict(zip(fields[::2], fields[1::2], strict=False))
+
+
+def _explain(series: Series, raw: RawFields, max_bytes: int) -> Bar | Rejection:
+    if not raw:  # Redis gives nil (redis-py None or {}) for a pending entry since deleted
         return Rejection(Reason.TRIMMED, "the entry was deleted from the stream before it was read")
+    fields = as_mapping(raw)
+    assert fields is not None
+    if not isinstance(raw, Mapping) and (len(raw) % 2 or len(raw) != 2 * len(fields)):
+        return Rejection(Reason.UNEXPECTED_FIELD, "field names repeated, or a name without value")
     if len(fields) != len(FIELDS):
         return _reject_shape(fields, max_bytes)
     try:
@@ -147,9 +194,10 @@ def _check_values(o: float, h: float, lo: float, c: float, v: float) -> Rejectio
     return None
 
 
-def fields_json(fields: Mapping[Any, Any] | None, preview: int | None = None) -> str:
+def fields_json(raw: RawFields, preview: int | None = None) -> str:
     """The original fields as JSON text (for the DLQ); values cut to
     ``preview`` characters when given (oversized entries)."""
+    fields = as_mapping(raw)
     if fields is None:
         return "null"
     items = {_text(k): _text(v) for k, v in fields.items()}
