@@ -1,0 +1,131 @@
+"""Benchmark: fit + walk-forward evaluation time per model family.
+
+Two datasets of real Binance bars from ../shared/data/market:
+
+- 2,105 bars: the last 2,105 BTC/USDT 1h bars (90 days of 1h bars, the
+  daemon's production training size, ``training.history_bars``);
+- 45,000 bars: the last 45,000 BTC/USDT 5m bars (the 1h file has only 5,980;
+  the 5m file is the same market at a finer grid).
+
+Each run is ``walk_forward`` with the default evaluation settings (three test
+windows, a refit for each: three fits) plus the backtest and all metrics,
+in one process with the family's default thread count (1). The table shows
+the median of ``--repeats`` runs (after one warm-up run), the share of one
+test window (one fit + its predictions), and the trees the last fit kept.
+Adding a family is one line in ``FAMILIES``.
+
+    .venv/bin/python scripts/bench_train.py [--repeats 3] [--families xgb,lgbm] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quantum_daemon.barfiles import read_bar_file
+from quantum_daemon.bars import Bars
+from quantum_daemon.evaluation.walkforward import EvaluationSettings, walk_forward
+from quantum_daemon.models.families import family_class
+
+MARKET = Path(__file__).resolve().parents[2] / "shared" / "data" / "market"
+
+# row label -> (family, hyper-parameter overrides); {} is the family's defaults. The
+# "-400" rows switch early stopping off (patience 400 = all 400 rounds): the worst case.
+FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "xgb": ("xgb", {}),
+    "lgbm": ("lgbm", {}),
+    "xgb-400": ("xgb", {"early_stopping_rounds": 400}),
+    "lgbm-400": ("lgbm", {"early_stopping_rounds": 400}),
+}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    label: str
+    file: str
+    n_bars: int
+
+
+DATASETS = (
+    Dataset("2105 x BTC 1h", "BTC_USDT-1h.feather", 2105),
+    Dataset("45000 x BTC 5m", "BTC_USDT-5m.feather", 45_000),
+)
+
+
+def load(dataset: Dataset) -> Bars:
+    file = read_bar_file(MARKET / dataset.file)
+    bars = Bars.from_frame(file.frame, file.symbol, file.tf)
+    return bars.slice(len(bars) - dataset.n_bars, None)
+
+
+def time_once(label: str, bars: Bars, settings: EvaluationSettings) -> dict[str, float]:
+    family, params = FAMILIES[label]
+    started = time.perf_counter()
+    evaluation = walk_forward(family_class(family), bars, settings, seed=0, params=params)
+    seconds = time.perf_counter() - started
+    report = evaluation.report
+    return {
+        "seconds": seconds,
+        "fits": float(sum(o.refitted for o in report.folds)),
+        "trees": float(report.folds[-1].fit.best_iteration),
+        "sharpe": report.trading.sharpe,
+    }
+
+
+def bench(family: str, dataset: Dataset, repeats: int) -> dict[str, Any]:
+    bars = load(dataset)
+    settings = EvaluationSettings()
+    time_once(family, bars, settings)  # warm-up: imports, first allocation
+    runs = [time_once(family, bars, settings) for _ in range(repeats)]
+    median = statistics.median(r["seconds"] for r in runs)
+    return {
+        "family": family,
+        "dataset": dataset.label,
+        "n_bars": len(bars),
+        "repeats": repeats,
+        "median_s": round(median, 4),
+        "per_window_s": round(median / runs[0]["fits"], 4),
+        "min_s": round(min(r["seconds"] for r in runs), 4),
+        "max_s": round(max(r["seconds"] for r in runs), 4),
+        "trees_last_fit": int(runs[0]["trees"]),
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = f"{'family':<10}{'dataset':<16}{'bars':>7}{'median s':>10}{'per window s':>14}"
+    head += f"{'min s':>8}{'max s':>8}{'trees':>7}"
+    lines = [head]
+    for r in rows:
+        lines.append(
+            f"{r['family']:<10}{r['dataset']:<16}{r['n_bars']:>7}{r['median_s']:>10.3f}"
+            f"{r['per_window_s']:>14.3f}{r['min_s']:>8.3f}{r['max_s']:>8.3f}{r['trees_last_fit']:>7}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--json", type=Path, help="also write the results to this file")
+    args = parser.parse_args()
+    rows = [
+        bench(family, dataset, args.repeats)
+        for dataset in DATASETS
+        for family in args.families.split(",")
+    ]
+    result = {"machine": platform.platform(), "python": platform.python_version(), "rows": rows}
+    print(table(rows))
+    print(json.dumps(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
