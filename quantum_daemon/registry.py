@@ -163,6 +163,10 @@ class Registry:
         created = datetime.fromisoformat(entry["created_at"]).timestamp()
         return created, int(entry.get("data_last_ts") or 0)
 
+    def previous_active(self, model_id: str) -> str | None:
+        """The version that ``rollback`` would bring back."""
+        return _previous_active(self._read(model_id))
+
     def verify(self, model_id: str, version: str) -> None:
         """Check every artifact's sha256; raises ``artifacts.ArtifactCorrupt``."""
         artifacts.load_version(self.version_path(model_id, version))
