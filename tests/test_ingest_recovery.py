@@ -194,3 +194,26 @@ async def restart_midway(server: RedisServer, store: BarStore, config, second) -
         await wait_until(lambda: store.count() == 6_000, within=60, what="all bars stored")
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+def test_a_deleted_stream_and_group_are_recreated(redis_url: str, tmp_path: Path) -> None:
+    r = redis.Redis.from_url(redis_url)
+    bars = make_bars(200, symbol="BTCUSDT")
+    config = make_config(redis_url)
+
+    async def scenario(store: BarStore) -> None:
+        stop = asyncio.Event()
+        async with ingest_service(config, store) as service:
+            task = asyncio.create_task(service.run(stop))
+            publish(r, bars.slice(0, 100))
+            await wait_until(lambda: store.count() == 100, what="first half stored")
+            r.delete(BTC)  # an operator removed the stream, and its group with it
+            publish(r, bars.slice(100, None))
+            await wait_until(lambda: store.count() == 200, what="second half stored")
+            stop.set()
+            await asyncio.wait_for(task, 5)
+
+    with BarStore.in_dir(tmp_path) as store, capture_logs() as logs:
+        asyncio.run(scenario(store))
+    assert any(e["event"] == "ingest.group_missing" for e in logs)
+    assert group_state(r, BTC) == (0, 0)

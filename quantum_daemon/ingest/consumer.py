@@ -126,7 +126,7 @@ class IngestService:
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        await asyncio.to_thread(self.close)
 
     def close(self) -> None:
         """Wait for the writer thread to finish its transaction, then stop it."""
@@ -170,6 +170,13 @@ class IngestService:
                     symbol=series.symbol,
                     tf=series.tf,
                 )
+
+    async def _recreate_groups(self) -> None:
+        """After a stream or its group vanished (deleted, or Redis lost its
+        data): create them again; re-reading from the start is harmless."""
+        for stream in list(self.streams):
+            if not await ensure_group(self.redis, stream, self.cfg.group):
+                del self.streams[stream]
 
     async def _recover_pending(self) -> None:
         self._pending_cursors = dict.fromkeys(self.streams, b"0")
@@ -403,9 +410,8 @@ class IngestService:
         self.metrics.redis_errors.inc()
         if isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP"):
             log.warning("ingest.group_missing", error=str(exc))
-            self.streams.clear()
             with contextlib.suppress(*TRANSIENT_REDIS):
-                await self.refresh_streams()
+                await self._recreate_groups()
                 return
         delay = backoff.next_delay()
         log.warning(
