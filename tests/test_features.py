@@ -27,10 +27,13 @@ def _with_future(bars: Bars, future: Bars) -> Bars:
     scale = bars.close[-1] / future.open[0]
     step = bars.ts[1] - bars.ts[0]
     ts = bars.ts[-1] + step * (1 + np.arange(len(future)))
-    parts = [(getattr(bars, k), getattr(future, k) * (scale if k != "volume" else 1.0))
-             for k in ("open", "high", "low", "close", "volume")]
-    return Bars(bars.symbol, bars.tf, np.concatenate([bars.ts, ts]),
-                *(np.concatenate(p) for p in parts))
+    parts = [
+        (getattr(bars, k), getattr(future, k) * (scale if k != "volume" else 1.0))
+        for k in ("open", "high", "low", "close", "volume")
+    ]
+    return Bars(
+        bars.symbol, bars.tf, np.concatenate([bars.ts, ts]), *(np.concatenate(p) for p in parts)
+    )
 
 
 def test_at_least_30_named_and_documented_features() -> None:
@@ -65,8 +68,16 @@ def test_appending_future_bars_never_changes_earlier_rows(n: int, k: int) -> Non
 def test_features_are_scale_free() -> None:
     """Prices times 1,000 (another quote currency) give the same features."""
     bars = make_bars(800, seed=2)
-    scaled = Bars(bars.symbol, bars.tf, bars.ts, bars.open * 1e3, bars.high * 1e3,
-                  bars.low * 1e3, bars.close * 1e3, bars.volume)
+    scaled = Bars(
+        bars.symbol,
+        bars.tf,
+        bars.ts,
+        bars.open * 1e3,
+        bars.high * 1e3,
+        bars.low * 1e3,
+        bars.close * 1e3,
+        bars.volume,
+    )
     x, y = build_features(bars), build_features(scaled)
     cols = [FEATURE_NAMES.index(n) for n in PRICE_ONLY]
     np.testing.assert_allclose(y[:, cols], x[:, cols], rtol=1e-7, atol=1e-9)
