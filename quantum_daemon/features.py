@@ -17,7 +17,9 @@ quantity every forecaster predicts at the close of bar ``t``; NaN where
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -205,8 +207,29 @@ FEATURES: tuple[Feature, ...] = (
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 
 
+# (bars, matrix) while a ``shared_features`` block runs; see there.
+_SHARED: ContextVar[tuple[Bars, np.ndarray] | None] = ContextVar("shared_features", default=None)
+
+
+@contextlib.contextmanager
+def shared_features(bars: Bars) -> Iterator[np.ndarray]:
+    """Compute the features of ``bars`` once for a block: inside it,
+    ``build_features`` of this very ``bars`` object returns that matrix
+    (read-only). The inference worker asks several models about one window."""
+    matrix = build_features(bars)
+    matrix.setflags(write=False)
+    token = _SHARED.set((bars, matrix))
+    try:
+        yield matrix
+    finally:
+        _SHARED.reset(token)
+
+
 def build_features(bars: Bars) -> np.ndarray:
     """The (len(bars), len(FEATURE_NAMES)) float64 feature matrix; warm-up rows hold NaN."""
+    shared = _SHARED.get()
+    if shared is not None and shared[0] is bars:
+        return shared[1]
     columns: Columns = {}
     for group in _GROUPS:
         columns.update(group(bars))

@@ -55,6 +55,10 @@ DLQ_MAXLEN = 100_000
 HOUSEKEEPING_S = 1.0
 PROGRESS_LOG_S = 10.0
 TRANSIENT_REDIS = (RedisError, OSError)
+# Called on the event loop after a batch was committed and acknowledged, once
+# per series that got new bars: (symbol, tf, bars inserted). Inference and the
+# lifecycle hang here; a hook must be quick and must not raise.
+BarsStoredHook = Callable[[str, str, int], None]
 
 
 @dataclass
@@ -119,6 +123,7 @@ class IngestService:
         self._drained = asyncio.Event()
         self._drained.set()
         self._schedule = _Schedule()
+        self.on_stored: list[BarsStoredHook] = []
 
     async def __aenter__(self) -> IngestService:
         return self
@@ -441,6 +446,9 @@ class IngestService:
             self.metrics.claimed.inc(n)
 
     def _record(self, batch: ReadBatch, outcome: BatchOutcome) -> None:
+        for (symbol, tf), n in outcome.inserted.items():
+            for hook in self.on_stored:
+                hook(symbol, tf, n)
         t, m = self.totals, self.metrics
         inserted = sum(outcome.inserted.values())
         rejected = outcome.rejected_by_reason
