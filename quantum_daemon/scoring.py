@@ -35,7 +35,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quantum_daemon.evaluation.backtest import position_changes
+from quantum_daemon.evaluation.backtest import (
+    DEFAULT_POSITION_THRESHOLD,
+    position_changes,
+    position_from_forecast,
+    run_backtest,
+)
+from quantum_daemon.evaluation.performance import sharpe_ratio, total_return
 
 LOG_LOSS_EPS = 1e-6
 PARITY_ODDS = 3.0  # loss at zero excess = 1 / (1 + 3) = 0.25, a coin flip's Brier score
@@ -146,3 +152,40 @@ def shadow_verdict(
     cand = math.fsum(candidate[t] for t in common) / len(common)
     act = math.fsum(active[t] for t in common) / len(common)
     return ShadowVerdict(len(common), cand, act, len(common) >= min_bars and cand < act)
+
+
+@dataclass(frozen=True)
+class PlainRuleComparison:
+    """A position family's costed track against the plain rule's on the same
+    signal and bars; Sharpe ratios annualized with ``periods_per_year``."""
+
+    sharpe: float
+    plain_sharpe: float
+    total_return: float
+    plain_total_return: float
+
+    @property
+    def beats(self) -> bool:
+        return self.sharpe > self.plain_sharpe
+
+
+def compare_with_plain_rule(
+    positions: np.ndarray,
+    mu: np.ndarray,
+    p_up: np.ndarray,
+    asset_returns: np.ndarray,
+    rate: float,
+    threshold: float = DEFAULT_POSITION_THRESHOLD,
+    periods_per_year: float = 1.0,
+) -> PlainRuleComparison:
+    """Backtest ``positions`` and the plain rule's positions for (``mu``,
+    ``p_up``) against the same next-bar returns: the gate a sizer must pass."""
+    own = run_backtest(np.asarray(positions, dtype=np.float64), asset_returns, rate).net
+    plain_positions = position_from_forecast(np.asarray(mu), np.asarray(p_up), threshold)
+    plain = run_backtest(plain_positions, asset_returns, rate).net
+    return PlainRuleComparison(
+        sharpe_ratio(own, periods_per_year),
+        sharpe_ratio(plain, periods_per_year),
+        total_return(own),
+        total_return(plain),
+    )

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quantum_daemon.evaluation.backtest import cost_rate, run_backtest
+from quantum_daemon.evaluation.backtest import cost_rate, position_from_forecast, run_backtest
 from quantum_daemon.scoring import (
     bar_net_return,
+    compare_with_plain_rule,
     position_loss,
     realized_log_return,
     return_scale,
@@ -116,3 +117,15 @@ def test_shadow_verdict_pairs_bars_and_needs_enough_of_them() -> None:
     assert not shadow_verdict(better, active, min_bars=6).promote
     assert not shadow_verdict(active, better, min_bars=1).promote
     assert not shadow_verdict({}, active, min_bars=1).promote
+
+
+def test_compare_with_plain_rule() -> None:
+    rng = np.random.default_rng(10)
+    returns = rng.normal(0, 0.01, 500)
+    mu = rng.normal(0, 0.01, 500)
+    p_up = rng.uniform(0.3, 0.7, 500)
+    plain = position_from_forecast(mu, p_up)
+    same = compare_with_plain_rule(plain, mu, p_up, returns, RATE)
+    assert same.sharpe == same.plain_sharpe and not same.beats
+    foresight = compare_with_plain_rule(np.sign(returns), mu, p_up, returns, RATE)
+    assert foresight.beats and foresight.total_return > foresight.plain_total_return

@@ -19,6 +19,7 @@ _FAMILY_MODULES: dict[str, tuple[str, str]] = {
     "nhits": ("quantum_daemon.models.neural", "NHiTSFamily"),
     "patchtst": ("quantum_daemon.models.neural", "PatchTSTFamily"),
     "evo_model": ("quantum_daemon.models.evo", "EvoFamily"),
+    "rl_sizer": ("quantum_daemon.models.rl_sizer", "RlSizerFamily"),
 }
 
 
