@@ -256,7 +256,7 @@ class LifecycleService:
 
     # -- one job -------------------------------------------------------------
     def _can_run(self, key: ModelKey) -> bool:
-        return self.executor.has_capacity(key.family)
+        return self.executor.reserve(key.family)
 
     def _has_active(self, model_id: str) -> bool:
         return any(m["model_id"] == model_id and m["active"] for m in self.models)
@@ -264,7 +264,12 @@ class LifecycleService:
     async def _launch(self, request: TrainRequest) -> bool:
         """Run one job to its end; every failure is reported, only a crash
         loop of the workers escapes (fatal)."""
-        spec = await self._spec(request)
+        try:
+            spec = await self._spec(request)
+        except Exception as exc:  # a task boundary: the job cannot start, the daemon goes on
+            self.executor.release(request.key.family)
+            log.error("training.not_started", model_id=request.model_id, error=repr(exc))
+            return False
         record = self._start_record(request, spec)
         await self._emit(spec, TRAINING_STARTED, reasons=record.reasons)
         try:

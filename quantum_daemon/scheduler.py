@@ -211,8 +211,9 @@ class Scheduler:
 
     # -- outputs -----------------------------------------------------------
     def next_job(self, now: float, can_run: Callable[[ModelKey], bool]) -> TrainRequest | None:
-        """The first ready request that ``can_run`` accepts; the model is then
-        running and its bar count restarts from zero."""
+        """The first ready request that ``can_run`` accepts (``can_run`` may
+        claim a worker: it is asked only for the request it would start); the
+        model is then running and its bar count restarts from zero."""
         for request in self.pending():
             if not self.is_ready(request, now) or not can_run(request.key):
                 continue
@@ -269,8 +270,8 @@ class SchedulerLoop:
 
     ``launch(request)`` runs one job to its end and returns whether it
     produced a version; it must handle its own errors (an exception from it
-    is fatal and ends the loop). ``can_run(key)`` says whether a worker is
-    free for the model. The loop wakes on ``wake()`` (bars stored, a command,
+    is fatal and ends the loop). ``can_run(key)`` claims a free worker for
+    the model, or says there is none. The loop wakes on ``wake()`` (bars stored, a command,
     a job done) or every ``tick_s``.
     """
 

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -40,3 +41,46 @@ def crash(spec: Spec) -> None:
 
 def unpicklable_result(spec: Spec) -> object:
     return lambda: spec
+
+
+# -- lifecycle jobs: real version folders without a model library ----------------
+
+FAKE_METRICS_FILE = "fake_metrics.json"
+
+
+def fake_train(spec: Any) -> Any:
+    """Stands in for ``run_job``: writes a real version folder whose metrics
+    come from ``data_dir/fake_metrics.json`` (``{family: metrics}``, a
+    ``"crash"`` value kills the worker), compares with the active version by
+    the metrics' ``sharpe``."""
+    import json
+    from pathlib import Path
+
+    from quantum_daemon import artifacts
+    from quantum_daemon.promotion import HeadToHead
+    from quantum_daemon.training.jobs import TrainJobResult
+
+    plan = json.loads((Path(spec.data_dir) / FAKE_METRICS_FILE).read_text())
+    metrics = plan[spec.family]
+    if metrics == "crash":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if metrics == "hang":
+        time.sleep(600)
+
+    def files(folder: Path) -> list[Path]:
+        (folder / "weights.bin").write_bytes(os.urandom(64))
+        return [folder / "weights.bin"]
+
+    window = {"bars": {"first_ts": int(spec.bars.ts[0]), "last_ts": int(spec.bars.ts[-1])}}
+    meta = {"family": spec.family, "symbol": spec.symbol, "tf": spec.tf, "metrics": metrics,
+            "data_window": window}  # fmt: skip
+    stored = artifacts.write_version(
+        Path(spec.data_dir), spec.model_id, files, meta, spec.version_time
+    )
+    h2h = None
+    if spec.active is not None:
+        old = artifacts.read_metadata(Path(spec.active.path))["metrics"]
+        h2h = HeadToHead(spec.active.version, 100, 0, 1, metrics["sharpe"], old["sharpe"])
+    return TrainJobResult(spec.job_id, spec.model_id, spec.family, spec.symbol, spec.tf,
+                          stored.version, str(stored.path), metrics, h2h, 0.01, len(spec.bars),
+                          os.getpid())  # fmt: skip

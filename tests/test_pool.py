@@ -174,3 +174,16 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_a_reserved_worker_is_not_offered_twice() -> None:
+    async def body(pool: ProcessPool) -> tuple[bool, bool, bool, JobOutcome]:
+        first = pool.reserve("xgb")
+        second = pool.reserve("xgb")
+        pool.release("xgb")
+        again = pool.reserve("xgb")
+        return first, second, again, await submit(pool, jobs.echo, Spec(1))
+
+    first, second, again, outcome = run_with_pool(body)
+    assert (first, second, again) == (True, False, True)
+    assert outcome.ok

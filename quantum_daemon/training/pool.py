@@ -81,6 +81,15 @@ class Executor(Protocol):
 
     def has_capacity(self, family: str) -> bool: ...
 
+    def reserve(self, family: str) -> bool:
+        """Claim a worker for a job about to be run (``run`` consumes the
+        claim): the scheduler hands out a job only with a claim in hand."""
+        ...
+
+    def release(self, family: str) -> None:
+        """Give back a claim whose job will not run."""
+        ...
+
     async def run(
         self, fn: JobFn, spec: Any, *, family: str, job_id: str, timeout_s: float
     ) -> JobOutcome: ...
@@ -211,6 +220,7 @@ class Lane:
     use_gpu: bool
     idle: list[WorkerProcess] = field(default_factory=list)
     busy: dict[str, tuple[WorkerProcess, float]] = field(default_factory=dict)
+    reserved: int = 0
     started: int = 0
     busy_s: float = 0.0
 
@@ -218,6 +228,7 @@ class Lane:
         return {
             "workers": self.size,
             "idle": len(self.idle),
+            "reserved": self.reserved,
             "busy": [
                 {"job_id": job, "pid": w.pid, "worker": w.name, "running_s": round(now - t, 3)}
                 for job, (w, t) in self.busy.items()
@@ -273,7 +284,18 @@ class ProcessPool:
         return self.lanes["cpu"]
 
     def has_capacity(self, family: str) -> bool:
-        return not self._closing and bool(self.lane_for(family).idle)
+        lane = self.lane_for(family)
+        return not self._closing and len(lane.idle) > lane.reserved
+
+    def reserve(self, family: str) -> bool:
+        if not self.has_capacity(family):
+            return False
+        self.lane_for(family).reserved += 1
+        return True
+
+    def release(self, family: str) -> None:
+        lane = self.lane_for(family)
+        lane.reserved = max(0, lane.reserved - 1)
 
     def busy_seconds(self) -> float:
         now = self.clock()
@@ -293,8 +315,10 @@ class ProcessPool:
         self, fn: JobFn, spec: Any, *, family: str, job_id: str, timeout_s: float
     ) -> JobOutcome:
         """Run ``fn(spec)`` in a worker of the family's lane (one must be idle:
-        check ``has_capacity``). Failures are outcomes; only a crash loop raises."""
+        reserve one first, or check ``has_capacity``). Failures are outcomes;
+        only a crash loop raises."""
         lane = self.lane_for(family)
+        lane.reserved = max(0, lane.reserved - 1)
         if not lane.idle or self._closing:
             raise RuntimeError(f"no idle {lane.name} worker for job {job_id}")
         worker = lane.idle.pop()

@@ -84,6 +84,7 @@ class RayExecutor:
         self.clock = clock
         self.budget = RestartBudget(settings.restart_budget, settings.restart_window_s)
         self.running: dict[str, float] = {}
+        self.reserved = 0
         self.failures = 0
         self._busy_s = 0.0
         self._owns_ray = False
@@ -131,7 +132,16 @@ class RayExecutor:
             await asyncio.to_thread(ray.shutdown)
 
     def has_capacity(self, family: str) -> bool:
-        return len(self.running) < self.settings.max_jobs
+        return len(self.running) + self.reserved < self.settings.max_jobs
+
+    def reserve(self, family: str) -> bool:
+        if not self.has_capacity(family):
+            return False
+        self.reserved += 1
+        return True
+
+    def release(self, family: str) -> None:
+        self.reserved = max(0, self.reserved - 1)
 
     def busy_seconds(self) -> float:
         now = self.clock()
@@ -175,6 +185,7 @@ class RayExecutor:
     ) -> JobOutcome:
         import ray
 
+        self.release(family)
         options = self._options(family, job_id)
         ref = self._task.options(**options).remote(fn, spec, self._worker_settings(options))
         started = self.clock()

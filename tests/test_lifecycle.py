@@ -1,0 +1,158 @@
+"""The continuous-learning loop in one service, on real Redis, a real bar store
+and real spawn workers: models train at start-up, are evaluated and promoted
+or rejected with events; a killed or overrunning job fails alone; new bars
+retrain; an altered artifact is refused; a restart keeps the active versions."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import redis
+
+from quantum_daemon import artifacts
+from quantum_daemon.lifecycle import LifecycleService
+from quantum_daemon.registry import Registry
+from quantum_daemon.store import BarStore
+from tests.lifecycle_harness import (
+    BAD,
+    BETTER,
+    GOOD,
+    add_bars,
+    events,
+    make_config,
+    of_model,
+    plan,
+    published,
+    run_service,
+    with_timeout,
+)
+
+XGB, LGBM = "xgb_BTCUSDT_1h", "lgbm_BTCUSDT_1h"
+STARTED_TO_EVALUATED = [
+    "training.started",
+    "training.completed",
+    "model.registered",
+    "model.evaluated",
+]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> BarStore:
+    with BarStore.in_dir(tmp_path) as bar_store:
+        add_bars(bar_store, 400)
+        yield bar_store
+
+
+def test_models_train_at_startup_and_are_promoted_or_rejected_with_events(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, store: BarStore
+) -> None:
+    cfg = make_config(tmp_path, redis_url, families=("xgb", "lgbm"))
+    plan(tmp_path, xgb=GOOD, lgbm=BAD)
+    done = published(redis_client, ("model.promoted", XGB), ("model.rejected", LGBM))
+    svc = asyncio.run(run_service(cfg, store, done))
+    got = events(redis_client)
+    assert of_model(got, XGB) == [*STARTED_TO_EVALUATED, "model.promoted"]
+    assert of_model(got, LGBM) == [*STARTED_TO_EVALUATED, "model.rejected"]
+    evaluated = next(e for e in got if e.type == "model.evaluated" and e.model_id == XGB)
+    assert evaluated.data["metrics"] == GOOD
+    rejected = next(e for e in got if e.type == "model.rejected")
+    assert rejected.data["gate"] == "min_trades"
+    for event in got:
+        for key in ("model_id", "family", "symbol", "tf", "version", "timestamp"):
+            assert event.data.get(key), (event.type, key)
+    assert {m["model_id"]: m["active"] is not None for m in svc.models} == {XGB: True, LGBM: False}
+    assert svc.metrics.totals() == {"done": 2, "failed": 0}
+    assert [j["stage"] for j in svc.jobs_view()["recent"]].count("active") == 1
+
+
+def test_a_restart_keeps_the_active_version_and_does_not_retrain_it(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, store: BarStore
+) -> None:
+    cfg = make_config(tmp_path, redis_url)
+    plan(tmp_path, xgb=GOOD)
+    asyncio.run(run_service(cfg, store, published(redis_client, ("model.promoted", XGB))))
+    active = Registry(tmp_path).active_version(XGB)
+    assert active is not None
+
+    def settled(svc: LifecycleService) -> bool:
+        return bool(svc.models)
+
+    svc = asyncio.run(run_service(cfg, store, settled))
+    assert svc.scheduler.pending() == [] and svc.jobs == {}
+    assert Registry(tmp_path).active_version(XGB) == active
+    assert of_model(events(redis_client), XGB).count("training.started") == 1
+
+
+def test_a_worker_killed_mid_job_fails_its_job_and_the_next_job_runs(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, store: BarStore
+) -> None:
+    cfg = make_config(tmp_path, redis_url, families=("xgb", "lgbm"))
+    plan(tmp_path, xgb="crash", lgbm=GOOD)
+    done = published(redis_client, ("training.failed", XGB), ("model.promoted", LGBM))
+    svc = asyncio.run(run_service(cfg, store, done))
+    failed = next(e for e in events(redis_client) if e.type == "training.failed")
+    assert failed.data["status"] == "crashed"
+    assert failed.data["reason"] == "worker killed by SIGKILL"
+    assert svc.metrics.totals() == {"done": 1, "failed": 1}
+
+
+def test_a_job_past_its_time_limit_is_stopped(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, store: BarStore
+) -> None:
+    cfg = with_timeout(make_config(tmp_path, redis_url), 1.5)
+    plan(tmp_path, xgb="hang")
+    asyncio.run(run_service(cfg, store, published(redis_client, ("training.failed", XGB))))
+    failed = next(e for e in events(redis_client) if e.type == "training.failed")
+    assert failed.data["status"] == "timeout"
+    assert failed.data["reason"] == "time limit of 1.5s exceeded"
+
+
+def test_new_bars_retrain_and_a_better_version_replaces_the_active_one(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, store: BarStore
+) -> None:
+    cfg = make_config(tmp_path, redis_url)
+    plan(tmp_path, xgb=GOOD)
+
+    async def more_bars(svc: LifecycleService) -> None:
+        for _ in range(600):
+            if svc.models and svc.models[0]["active"]:
+                break
+            await asyncio.sleep(0.05)
+        plan(tmp_path, xgb=BETTER)
+        await asyncio.to_thread(add_bars, store, 100, 400)
+        svc.on_bars_stored("BTCUSDT", "1h", 100)
+
+    def two_versions(svc: LifecycleService) -> bool:
+        return sum(1 for e in events(redis_client) if e.type == "model.promoted") == 2
+
+    asyncio.run(run_service(cfg, store, two_versions, during=more_bars))
+    registry = Registry(tmp_path)
+    first, second = [v.version for v in registry.versions(XGB)]
+    assert (registry.stage(XGB, first), registry.active_version(XGB)) == ("retired", second)
+    promoted = [e for e in events(redis_client) if e.type == "model.promoted"][-1]
+    assert promoted.data["from"] == first and promoted.data["to"] == second
+    started = [e for e in events(redis_client) if e.type == "training.started"]
+    assert started[-1].data["reasons"] == ["bars"]
+
+
+def test_an_altered_active_artifact_is_refused_at_startup_and_the_model_retrains(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, store: BarStore
+) -> None:
+    cfg = make_config(tmp_path, redis_url)
+    plan(tmp_path, xgb=GOOD)
+    asyncio.run(run_service(cfg, store, published(redis_client, ("model.promoted", XGB))))
+    registry = Registry(tmp_path)
+    altered = registry.active_version(XGB)
+    assert altered is not None
+    (artifacts.model_dir(tmp_path, XGB) / altered / "weights.bin").write_bytes(b"tampered")
+
+    def retrained(svc: LifecycleService) -> bool:
+        return of_model(events(redis_client), XGB).count("model.promoted") == 2
+
+    asyncio.run(run_service(cfg, store, retrained))
+    refused = next(e for e in events(redis_client) if e.type == "model.load_refused")
+    assert refused.data["version"] == altered and "sha256" in refused.data["reason"]
+    assert registry.stage(XGB, altered) == "retired"
+    assert registry.active_version(XGB) not in (None, altered)
