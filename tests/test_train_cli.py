@@ -111,12 +111,14 @@ def test_train_from_the_bar_store_with_a_time_range(tmp_path: Path, config: Path
     assert json.loads(ranged.stdout)["n_test_bars"] == round(0.15 * 1999)
 
 
-def test_table_output_shows_the_strategy_beside_the_baselines(tmp_path: Path, config: Path) -> None:
-    _fill_store(tmp_path / "data", 2500)
-    done = run_cli(tmp_path, "train", "--family", "xgb", "--symbol", "SYNUSDT", "--tf", "1h")
+def test_table_output_from_a_csv_file(tmp_path: Path, config: Path) -> None:
+    """A CSV with a Freqtrade-style name (symbol and timeframe from the name)."""
+    csv = tmp_path / "SYN_USDT-1h.csv"
+    make_bars(2500, seed=22).to_frame().to_csv(csv, index=False)
+    done = run_cli(tmp_path, "train", "--family", "xgb", "--data", str(csv))
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("xgb_SYNUSDT_1h v")
+    assert lines[0].startswith("xgb_SYNUSDT_1h v") and "(2500 bars)" in lines[0]
     assert lines[1].split() == ["metric", "strategy", "buy_and_hold", "flat"]
     assert {line.split()[0] for line in lines[2:]} >= {"sharpe", "dsr", "mase", "trades"}
 

@@ -67,7 +67,10 @@ class EvaluationSettings:
     @classmethod
     def from_config(cls, config: EvaluationConfig, **overrides: Any) -> EvaluationSettings:
         known = {f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)}
-        return cls(**{**known, **overrides})
+        values = {**known, **overrides}
+        if not values.get("trial_sharpe_variance"):  # a config's 0 means "not known"
+            values["trial_sharpe_variance"] = None
+        return cls(**values)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ class LGBMParams(TreeParamsBase):
     bagging_fraction: float = 0.8
     bagging_freq: int = 1
     lambda_l2: float = 1.0
-    num_threads: int = 1  # the worker pool pins threads; also needed for determinism
+    threads: int = 1  # the worker pool pins threads (LightGBM num_threads)
 
 
 class LGBMFamily(TreeFamily):
@@ -56,7 +56,7 @@ class LGBMFamily(TreeFamily):
         )
         best = int(booster.best_iteration) or booster.current_iteration()
         val_mse = float(history["val"]["l2"][best - 1])
-        return Fitted(booster, best, val_mse, int(booster.best_iteration), params.num_threads)
+        return Fitted(booster, best, val_mse, int(booster.best_iteration), params.threads)
 
     def _predict_raw(self, fitted: Fitted, x: np.ndarray) -> np.ndarray:
         return np.asarray(
@@ -87,7 +87,7 @@ def _booster_params(params: LGBMParams, seed: int) -> dict[str, Any]:
         "bagging_fraction": params.bagging_fraction,
         "bagging_freq": params.bagging_freq,
         "lambda_l2": params.lambda_l2,
-        "num_threads": params.num_threads,
+        "num_threads": params.threads,
         "seed": seed,
         "deterministic": True,
         "force_row_wise": True,

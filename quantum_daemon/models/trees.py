@@ -79,7 +79,7 @@ def tree_data(data: TrainSet) -> TreeData:
 
 
 def _threads(params: Any) -> int:
-    return int(getattr(params, "nthread", getattr(params, "num_threads", 1)))
+    return int(getattr(params, "threads", 1))
 
 
 def _complete(x: np.ndarray, y: np.ndarray) -> np.ndarray:

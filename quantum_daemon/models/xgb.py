@@ -27,7 +27,7 @@ class XGBParams(TreeParamsBase):
     subsample: float = 0.8
     colsample_bytree: float = 0.8
     reg_lambda: float = 1.0
-    nthread: int = 1  # the worker pool pins threads; determinism does not depend on it
+    threads: int = 1  # the worker pool pins threads (XGBoost nthread)
 
 
 class XGBFamily(TreeFamily):
@@ -36,8 +36,8 @@ class XGBFamily(TreeFamily):
     params_type: ClassVar[type[TreeParamsBase]] = XGBParams
 
     def _train(self, params: Any, seed: int, rows: TreeData) -> Fitted:
-        dtrain = xgb.DMatrix(rows.x_train, label=rows.y_train, nthread=params.nthread)
-        dval = xgb.DMatrix(rows.x_val, label=rows.y_val, nthread=params.nthread)
+        dtrain = xgb.DMatrix(rows.x_train, label=rows.y_train, nthread=params.threads)
+        dval = xgb.DMatrix(rows.x_val, label=rows.y_val, nthread=params.threads)
         history: dict[str, Any] = {}
         booster = xgb.train(
             _booster_params(params, seed),
@@ -50,7 +50,7 @@ class XGBFamily(TreeFamily):
         )
         best = int(booster.best_iteration)
         val_mse = float(history["val"]["rmse"][best]) ** 2
-        return Fitted(booster, best + 1, val_mse, best, params.nthread)
+        return Fitted(booster, best + 1, val_mse, best, params.threads)
 
     def _predict_raw(self, fitted: Fitted, x: np.ndarray) -> np.ndarray:
         data = xgb.DMatrix(x, nthread=fitted.threads)
@@ -61,7 +61,7 @@ class XGBFamily(TreeFamily):
 
     @classmethod
     def _load_booster(cls, path: Path, params: Any) -> Any:
-        booster = xgb.Booster(params={"nthread": params.nthread})
+        booster = xgb.Booster(params={"nthread": params.threads})
         booster.load_model(str(path))
         return booster
 
@@ -81,6 +81,6 @@ def _booster_params(params: XGBParams, seed: int) -> dict[str, Any]:
         "subsample": params.subsample,
         "colsample_bytree": params.colsample_bytree,
         "lambda": params.reg_lambda,
-        "nthread": params.nthread,
+        "nthread": params.threads,
         "seed": seed,
     }
