@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "check_config",
     "status",
     "train",
+    "models",
     "replay",
     "bars",
     "version",
