@@ -124,6 +124,7 @@ class LifecycleService:
         executor: Executor | None = None,
         job_fn: JobFn = run_job,
         clock: Callable[[], float] = time.time,
+        consumer: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -140,6 +141,7 @@ class LifecycleService:
             cfg.ingest.group,
             self.handle_command,
             publisher,
+            consumer=consumer,
             reconnect_max_s=cfg.redis.reconnect_max_s,
         )
         self.scheduler = Scheduler(self._model_keys(), self._policy())

@@ -54,6 +54,10 @@ def with_timeout(cfg: Config, seconds: float) -> Config:
     return replace(cfg, training=replace(cfg.training, job_timeout_s=seconds))
 
 
+def without_bar_triggers(cfg: Config) -> Config:
+    return replace(cfg, models=replace(cfg.models, retrain_every_bars=10**6))
+
+
 def plan(data_dir: Path, **metrics: Any) -> None:
     """What ``fake_train`` will report per family."""
     (data_dir / jobs_for_tests.FAKE_METRICS_FILE).write_text(json.dumps(metrics))
@@ -95,12 +99,16 @@ async def run_service(
     timeout_s: float = 60.0,
     job_fn: JobFn = jobs_for_tests.fake_train,
     during: Callable[[LifecycleService], Awaitable[None]] | None = None,
+    consumer: str | None = None,
 ) -> LifecycleService:
     """Start the service and its loops, run ``during``, stop when ``until``
     holds (or fail after ``timeout_s``)."""
     client = aioredis.Redis.from_url(cfg.redis.url)
     try:
-        async with LifecycleService(cfg, client, store, CollectorRegistry(), job_fn=job_fn) as svc:
+        service = LifecycleService(
+            cfg, client, store, CollectorRegistry(), job_fn=job_fn, consumer=consumer
+        )
+        async with service as svc:
             stop = asyncio.Event()
             async with asyncio.TaskGroup() as tg:
                 for name, factory in svc.loops().items():
@@ -108,7 +116,7 @@ async def run_service(
                 try:
                     if during is not None:
                         await during(svc)
-                    await _wait(svc, until, timeout_s)
+                    await wait_until(svc, until, timeout_s)
                 finally:
                     stop.set()
             return svc
@@ -116,7 +124,7 @@ async def run_service(
         await client.aclose()
 
 
-async def _wait(svc: LifecycleService, until: Check, timeout_s: float) -> None:
+async def wait_until(svc: LifecycleService, until: Check, timeout_s: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while loop.time() < deadline:

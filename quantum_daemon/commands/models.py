@@ -161,6 +161,7 @@ def apply_directly(cfg: Config, command: Command) -> int:
         events = apply_to_registry(registry, command)
     except RegistryError as exc:
         print(f"quantum-daemon: {exc}", file=sys.stderr)
+        flush_model_outbox(cfg, registry, command.model_id)  # a refusal has its event
         return 1
     published = flush_model_outbox(cfg, registry, command.model_id)
     print(
@@ -189,7 +190,8 @@ def flush_model_outbox(cfg: Config, registry: Registry, model_id: str) -> bool:
             if event.model_id == model_id:
                 publish_sync(client, keys, event)
                 done.append(event.event_id)
-        registry.confirm_events(model_id, done)
+        if done:
+            registry.confirm_events(model_id, done)
         return True
     except (redis.RedisError, OSError):
         print("quantum-daemon: redis unreachable; events wait in the outbox", file=sys.stderr)
