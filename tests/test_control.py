@@ -82,7 +82,7 @@ def test_commands_are_parsed_and_bad_ones_refused() -> None:
 def test_models_list_json_has_one_object_per_version(
     tmp_path: Path, redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    v1, _ = two_active_versions(tmp_path)
+    v1, v2 = two_active_versions(tmp_path)
     assert cli(tmp_path, redis_url, "models", "list", "--json") == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(v["version"], v["stage"]) for v in listed] == [(v1, "retired"), (v2, "active")]
