@@ -169,19 +169,21 @@ def test_regret_against_switching_sequences_within_the_theorem(
 ) -> None:
     rng = np.random.default_rng(seed)
     n_rounds = 60
-    losses = rng.uniform(0, 1, size=(n_rounds, n_experts))
+    width = float(rng.choice([1.0, 0.2]))  # full range, or Brier scores of p_up in [0.4, 0.6]
+    losses = 0.16 * (width < 1) + width * rng.uniform(0, 1, size=(n_rounds, n_experts))
     best_blocks = rng.integers(0, n_experts, size=switches + 1)
     for block, rows in zip(
         best_blocks, np.array_split(np.arange(n_rounds), switches + 1), strict=True
     ):
-        losses[rows, block] *= 0.2  # make a switching sequence worth tracking
+        losses[rows, block] = losses[rows].min()  # make a switching sequence worth tracking
     names = [f"f{i}" for i in range(n_experts)]
     weights, weighted_loss = uniform(names), 0.0
     for row in losses:
         weighted_loss += sum(weights[f] * loss for f, loss in zip(names, row, strict=True))
         weights = update(weights, dict(zip(names, map(float, row), strict=True)), eta, alpha)
     regret = weighted_loss - _best_switching_loss(losses, switches)
-    assert regret <= switching_regret_bound(n_rounds, switches, n_experts, eta, alpha) + 1e-9
+    bound = switching_regret_bound(n_rounds, switches, n_experts, eta, alpha, loss_range=width)
+    assert regret <= bound + 1e-9
 
 
 def test_tuned_parameters_give_the_corollary_bound() -> None:
