@@ -6,15 +6,18 @@ retrain; an altered artifact is refused; a restart keeps the active versions."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
 
 from quantum_daemon import artifacts
+from quantum_daemon.config import PromotionConfig
 from quantum_daemon.lifecycle import LifecycleService
 from quantum_daemon.registry import Registry
 from quantum_daemon.store import BarStore
+from quantum_daemon.training.jobs import run_job
 from tests.lifecycle_harness import (
     BAD,
     BETTER,
@@ -26,6 +29,7 @@ from tests.lifecycle_harness import (
     plan,
     published,
     run_service,
+    wait_until,
     with_timeout,
 )
 
@@ -156,3 +160,36 @@ def test_an_altered_active_artifact_is_refused_at_startup_and_the_model_retrains
     assert refused.data["version"] == altered and "sha256" in refused.data["reason"]
     assert registry.stage(XGB, altered) == "retired"
     assert registry.active_version(XGB) not in (None, altered)
+
+
+def test_the_real_training_job_trains_evaluates_and_compares_head_to_head(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """run_job in a spawn worker: xgboost walk-forward, a version folder, and
+    for the second version a head-to-head comparison with the active one."""
+    cfg = make_config(tmp_path, redis_url)
+    cfg = replace(
+        cfg,
+        training=replace(cfg.training, history_bars=900),
+        promotion=PromotionConfig(min_trades=0, min_dsr=0.0, min_profit_factor=0.0),
+    )
+
+    async def retrain(svc: LifecycleService) -> None:
+        await wait_until(svc, published(redis_client, ("model.promoted", XGB)), 240)
+        svc.loop.request(XGB)
+
+    def second_judged(_: LifecycleService) -> bool:
+        return of_model(events(redis_client), XGB).count("model.evaluated") == 2
+
+    with BarStore.in_dir(tmp_path) as bar_store:
+        add_bars(bar_store, 1000)
+        asyncio.run(run_service(cfg, bar_store, second_judged, 240, run_job, during=retrain))
+    evaluated = [e for e in events(redis_client) if e.type == "model.evaluated"]
+    assert {"trades", "sharpe", "dsr", "profit_factor", "mase"} <= set(evaluated[0].data["metrics"])
+    first, second = (e.data["version"] for e in evaluated)
+    entry = next(v for v in Registry(tmp_path).show(XGB)["versions"] if v["version"] == second)
+    h2h = entry["head_to_head"]
+    assert h2h["active_version"] == first and h2h["n_decisions"] > 0
+    assert entry["verdict"]["gates"][3]["gate"] == "beats_active"
+    registry = Registry(tmp_path)
+    registry.verify(XGB, second)  # the artifact the worker wrote passes its sha256 check
