@@ -14,15 +14,18 @@ Keys (``Keys``):
   ``scored_retention_ms`` behind the newest; a score older than that window
   counts as applied, so a replayed bar never moves a weight twice.
 
-One round (``apply``) is one optimistic transaction: ``WATCH`` the weights,
-history and scored set, read them, compute the new state with the pure
+One round (``apply``) is one optimistic transaction: ``WATCH`` the weights
+and the scored set, read them, compute the new state with the pure
 ``plan_round`` (``trust.align`` then ``trust.update``), and write everything
-in one ``MULTI``/``EXEC``; a concurrent writer makes it retry. Candidates'
-(shadow) scores are marked as scored but never move a weight.
+in one ``MULTI``/``EXEC``; a concurrent writer makes it retry. The history
+is appended to and trimmed by a small Lua script inside the same ``EXEC``, so
+the daemon never parses it on the hot path. Candidates' (shadow) scores are
+marked as scored but never move a weight.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -33,6 +36,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
 from quantum_daemon import trust
+from quantum_daemon.backoff import Backoff
 from quantum_daemon.config import FAMILIES, TrustConfig
 from quantum_daemon.keys import Keys
 from quantum_daemon.timeframes import DAY_MS
@@ -40,6 +44,31 @@ from quantum_daemon.timeframes import DAY_MS
 EVENTS_MAXLEN = 100
 DEFAULT_SCORED_RETENTION_MS = 90 * DAY_MS
 MAX_ATTEMPTS = 20
+
+# KEYS[1]: the history hash; ARGV[1]: history_len; then field, entry pairs.
+# Each field holds a JSON list of "[ts,weight]" entries written without
+# spaces, so "],[" separates entries: append one, drop the oldest beyond the limit.
+APPEND_HISTORY_LUA = """
+local limit = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  local old = redis.call('HGET', KEYS[1], ARGV[i])
+  local list
+  if (not old) or old == '[]' then
+    list = '[' .. ARGV[i + 1] .. ']'
+  else
+    list = string.sub(old, 1, -2) .. ',' .. ARGV[i + 1] .. ']'
+  end
+  local _, separators = string.gsub(list, '%],%[', '')
+  local count = separators + 1
+  while count > limit do
+    local cut = string.find(list, '],[', 1, true)
+    list = '[' .. string.sub(list, cut + 2)
+    count = count - 1
+  end
+  redis.call('HSET', KEYS[1], ARGV[i], list)
+end
+return 1
+"""
 
 History = dict[str, list[tuple[int, float]]]
 
@@ -72,7 +101,6 @@ class StoredState:
     """What a round reads before it writes."""
 
     weights: Mapping[str, float]
-    history: History
     applied: frozenset[str]  # members of the round's scores already in the scored set
     newest_scored_ts: int | None
 
@@ -98,7 +126,7 @@ class RoundPlan:
     round: TrustRound
     set_weights: Mapping[str, float]
     delete_families: tuple[str, ...]
-    history: Mapping[str, list[tuple[int, float]]]
+    history: Mapping[str, tuple[int, float]]  # family -> entry to append
     events: tuple[tuple[str, dict[str, str]], ...]  # (family, fields)
     scored: Mapping[str, int]  # member -> bar_ts
     trim_scored_below: int | None
@@ -153,7 +181,7 @@ def plan_round(
     losses = _family_losses(moving)
     after = trust.update(before, losses, config.learning_rate, config.share)
     changed = after != stored
-    history = _extend_history(state.history, after, round_ts, config.history_len) if changed else {}
+    history = {f: (round_ts, w) for f, w in after.items()} if changed else {}
     events = tuple((s.family, _event_fields(s, losses, before, after, round_ts)) for s in moving)
     return RoundPlan(
         round=TrustRound(round_ts, fresh, duplicates, losses, before, after, changed),
@@ -187,12 +215,6 @@ def _family_losses(scores: Sequence[Score]) -> dict[str, float]:
     for score in scores:
         by_family.setdefault(score.family, []).append(score.loss)
     return {f: math.fsum(ls) / len(ls) for f, ls in by_family.items()}
-
-
-def _extend_history(
-    history: History, weights: Mapping[str, float], round_ts: int, length: int
-) -> dict[str, list[tuple[int, float]]]:
-    return {f: [*history.get(f, []), (round_ts, w)][-length:] for f, w in weights.items()}
 
 
 def _event_fields(
@@ -248,11 +270,12 @@ class TrustStore:
         """Apply the scores of one round (the bar that closed at ``round_ts``)
         to the weights of the ``live`` families, atomically and at most once each."""
         self._check_families([s.family for s in scores] + list(live))
+        backoff = Backoff(base=0.001, cap=0.05)  # two writers must not retry in step
         for _ in range(MAX_ATTEMPTS):
             try:
                 return await self._attempt(scores, live, round_ts)
             except WatchError:
-                continue
+                await asyncio.sleep(backoff.next_delay())
         raise TrustConflict(f"trust round {round_ts} lost {MAX_ATTEMPTS} races; not applied")
 
     async def set_live(self, live: Sequence[str], round_ts: int) -> TrustRound:
@@ -283,7 +306,7 @@ class TrustStore:
     ) -> TrustRound:
         weight_keys = [self.keys.trust(f) for f in self.families]
         async with self.client.pipeline(transaction=True) as pipe:
-            await pipe.watch(*weight_keys, self.keys.trust_history, self.keys.scored)
+            await pipe.watch(*weight_keys, self.keys.scored)
             state = await self._read(pipe, weight_keys, [s.member for s in scores])
             plan = plan_round(state, scores, live, round_ts, self.config, self.retention_ms)
             if not plan.scored and not plan.round.changed:
@@ -297,7 +320,6 @@ class TrustStore:
     async def _read(self, pipe: Any, weight_keys: list[str], members: list[str]) -> StoredState:
         values = await pipe.mget(weight_keys)
         weights = {f: float(v) for f, v in zip(self.families, values, strict=True) if v is not None}
-        raw_history = await pipe.hgetall(self.keys.trust_history)
         applied: frozenset[str] = frozenset()
         if members:
             found = await pipe.zmscore(self.keys.scored, members)
@@ -305,7 +327,6 @@ class TrustStore:
         newest = await pipe.zrange(self.keys.scored, -1, -1, withscores=True)
         return StoredState(
             weights=weights,
-            history={_text(f): _parse_history(v) for f, v in raw_history.items()},
             applied=applied,
             newest_scored_ts=int(newest[0][1]) if newest else None,
         )
@@ -316,9 +337,13 @@ class TrustStore:
         for family in plan.delete_families:
             pipe.delete(self.keys.trust(family))
         if plan.history:
-            pipe.hset(
-                self.keys.trust_history,
-                mapping={f: json.dumps([list(p) for p in h]) for f, h in plan.history.items()},
+            entries = [
+                part
+                for family, (ts, weight) in plan.history.items()
+                for part in (family, f"[{ts},{weight!r}]")
+            ]
+            pipe.eval(
+                APPEND_HISTORY_LUA, 1, self.keys.trust_history, self.config.history_len, *entries
             )
         for family, fields in plan.events:
             pipe.xadd(

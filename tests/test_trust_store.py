@@ -134,7 +134,9 @@ def test_trust_keys_exactly_as_specified_after_a_replay(
     assert set(redis_client.hkeys(KEYS.trust_history)) == set(FAMILIES)
     for family in FAMILIES:
         assert redis_client.xlen(KEYS.trust_events(family)) == 100
-        assert len(json.loads(redis_client.hget(KEYS.trust_history, family))) == 50
+        history = json.loads(redis_client.hget(KEYS.trust_history, family))
+        assert [ts for ts, _ in history] == [int(ts) for ts in market.bars.ts[-50:]]
+        assert history[-1][1] == float(redis_client.get(KEYS.trust(family)))
 
 
 def test_weights_stay_positive_and_sum_to_one(redis_url: str) -> None:
