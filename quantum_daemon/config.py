@@ -122,6 +122,9 @@ class EvaluationConfig:
     fee_bps: float = 10.0
     slippage_bps: float = 2.0
     n_trials: int = 1
+    position_threshold: float = 0.05
+    refit_every_window: bool = True
+    trial_sharpe_variance: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -217,6 +220,8 @@ for _key in (
     _check(_key, _non_negative, ">= 0")
 for _key in ("evaluation.val_fraction", "evaluation.test_fraction", "trust.share"):
     _check(_key, _fraction, "between 0 and 1 (exclusive)")
+_check("evaluation.position_threshold", lambda v: 0 <= v < 0.5, "in [0, 0.5)")
+_check("evaluation.trial_sharpe_variance", _non_negative, ">= 0 (0: not known)")
 _check("api.port", _port, "a TCP port (0-65535)")
 _check("promotion.min_dsr", lambda v: 0 <= v <= 1, "a probability in [0, 1]")
 _check("redis.prefix", lambda v: bool(v) and ":" not in v, "non-empty, without ':'")
