@@ -1,0 +1,127 @@
+"""What the daemon and the inference worker say to each other over their pipe.
+
+Small frozen dataclasses of plain Python values (no numpy), pickled by
+``multiprocessing.Connection``. The daemon sends ``PredictRequest`` (or
+``None`` to stop); the worker answers ``LoadReport`` whenever its set of
+loaded models changed (and once at start), and one ``PredictAnswer`` or
+``RequestFailed`` per request.
+
+This module is imported by the worker before its thread counts are pinned:
+it must stay free of numpy and model libraries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ACTIVE = "active"
+CANDIDATE = "candidate"
+MULTI_SYMBOL = "multi"  # the symbol part of ``{family}_multi_{TF}``: a model over several symbols
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How the worker runs. ``family_classes`` maps a family name to a
+    ``"module:Class"`` that replaces its registered class: a test-only hook
+    (planted experts); the daemon never sets it."""
+
+    data_dir: str
+    store_path: str
+    horizon: int = 24  # for versions whose metadata has none
+    cost_rate: float = 0.0012  # the evaluator's (fee + slippage) per unit traded
+    context_bars: int = 512  # history read before the first bar to predict
+    threads: int = 1
+    seed: int = 42
+    log_level: str = "info"
+    log_format: str = "json"
+    family_classes: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """Predict the bars of ``symbol``/``tf`` stored after ``after_ts`` (open
+    time; ``None``: the newest bar only), at most ``max_bars`` of them.
+    ``weights`` are the trust weights the sizer's ensemble input is pooled with."""
+
+    request_id: int
+    symbol: str
+    tf: str
+    after_ts: int | None
+    max_bars: int
+    weights: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelAnswer:
+    """One live model's outputs, one value per answered bar. Position
+    families (``evo_model``, ``rl_sizer``) fill ``position``; the sizer's
+    ``mu``/``p_up`` are the ensemble values it sized."""
+
+    model_id: str
+    family: str
+    version: str
+    stage: str
+    horizon: int
+    mu: tuple[float, ...]
+    p_up: tuple[float, ...]
+    position: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class PredictAnswer:
+    """The bars answered (open times ascending, their closes) and every live
+    model's outputs on them; ``errors`` are (model_id, message) of models
+    that failed on this request (the others still answered)."""
+
+    request_id: int
+    symbol: str
+    tf: str
+    ts: tuple[int, ...]
+    close: tuple[float, ...]
+    models: tuple[ModelAnswer, ...]
+    errors: tuple[tuple[str, str], ...] = ()
+    worker_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class RequestFailed:
+    """The request as a whole failed (the bar store could not be read, ...)."""
+
+    request_id: int
+    error: str
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model_id: str
+    family: str
+    symbol: str
+    tf: str
+    version: str
+    stage: str
+    horizon: int
+
+
+@dataclass(frozen=True)
+class LoadProblem:
+    """A version the worker did not load. ``refused``: its artifacts failed
+    their sha256 check (the registry must refuse it); otherwise loading
+    raised (an unknown family, a library error)."""
+
+    model_id: str
+    version: str
+    reason: str
+    refused: bool
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """The models the worker now holds, and the versions it could not load."""
+
+    pid: int
+    loaded: tuple[LoadedModel, ...]
+    problems: tuple[LoadProblem, ...] = ()
+    load_s: float = 0.0
+
+
+WorkerReply = PredictAnswer | RequestFailed | LoadReport

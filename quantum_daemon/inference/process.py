@@ -1,0 +1,216 @@
+"""The daemon's end of the inference worker: spawn, talk, supervise.
+
+The worker is one ``spawn`` process with a duplex pipe. Requests are written
+to the pipe from the event loop (a few hundred bytes: the write never
+waits); answers are read by a callback that the loop runs when the pipe
+becomes readable (``loop.add_reader``), so no thread sits between the worker
+and the loop. End of file on the pipe is the worker's death: every request
+in flight fails with ``WorkerDied``, and ``supervise`` starts a new worker
+(more than ``budget`` deaths within ``window_s`` is a crash loop, raised as
+``InferenceCrashLoop``: fatal). A request without an answer after its time
+limit kills the worker (it is then replaced the same way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import signal
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
+from typing import Any
+
+from quantum_daemon.inference.messages import (
+    LoadReport,
+    PredictAnswer,
+    PredictRequest,
+    RequestFailed,
+    WorkerSettings,
+)
+from quantum_daemon.inference.worker import worker_main
+from quantum_daemon.logs import get_logger
+from quantum_daemon.training.pool import RestartBudget
+
+log = get_logger()
+
+
+class WorkerDied(Exception):
+    """The worker ended (or was killed) before it answered."""
+
+
+class InferenceCrashLoop(RuntimeError):
+    """The inference worker died more often than its restart budget allows (fatal)."""
+
+
+class WorkerLink:
+    """One supervised inference worker; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        on_report: Callable[[LoadReport], None],
+        budget: RestartBudget,
+        on_state: Callable[[bool], None] = lambda up: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.on_report = on_report
+        self.on_state = on_state
+        self.budget = budget
+        self.clock = clock
+        self.ctx = multiprocessing.get_context("spawn")
+        self.proc: SpawnProcess | None = None
+        self.conn: Connection | None = None
+        self.ready = asyncio.Event()  # the current worker has reported its models
+        self.died = asyncio.Event()
+        self.restarts = 0
+        self.closing = False
+        self._pending: dict[int, asyncio.Future[PredictAnswer | RequestFailed]] = {}
+        self._next_id = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def next_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    # -- start and stop ------------------------------------------------------
+    async def start(self) -> None:
+        proc, conn = await asyncio.to_thread(self._spawn)
+        self.proc, self.conn = proc, conn
+        self.died.clear()
+        asyncio.get_running_loop().add_reader(conn.fileno(), self._readable)
+        log.info("inference.worker_started", pid=proc.pid)
+
+    def _spawn(self) -> tuple[SpawnProcess, Connection]:
+        conn, child = self.ctx.Pipe(duplex=True)
+        proc = self.ctx.Process(
+            target=worker_main, args=(child, self.settings), name="inference", daemon=True
+        )
+        proc.start()
+        child.close()  # only the child holds its end now: its death is EOF here
+        return proc, conn
+
+    async def close(self, grace_s: float) -> None:
+        """Ask the worker to stop, wait up to ``grace_s``, then kill it."""
+        self.closing = True
+        if self.conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.conn.send(None)
+        await asyncio.to_thread(self._join, grace_s)
+        self._lost("daemon stopping")
+
+    def _join(self, grace_s: float) -> None:
+        if self.proc is None:
+            return
+        self.proc.join(timeout=grace_s)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout=10)
+
+    def kill(self) -> None:
+        """Kill the worker now (a hung request); ``supervise`` replaces it."""
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()
+
+    # -- the pipe ------------------------------------------------------------
+    async def ask(self, request: PredictRequest, timeout_s: float) -> PredictAnswer | RequestFailed:
+        """Send ``request``; its answer. Raises ``WorkerDied``."""
+        if self.conn is None or self.died.is_set():
+            raise WorkerDied("no worker")
+        future = asyncio.get_running_loop().create_future()
+        self._pending[request.request_id] = future
+        try:
+            self.conn.send(request)
+            return await asyncio.wait_for(future, timeout_s)
+        except (OSError, ValueError) as exc:
+            raise WorkerDied(f"cannot write to the worker: {exc}") from None
+        except TimeoutError:
+            log.error("inference.worker_hung", pid=self.pid, timeout_s=timeout_s)
+            self.kill()
+            raise WorkerDied(f"no answer within {timeout_s:g}s") from None
+        finally:
+            self._pending.pop(request.request_id, None)
+
+    def _readable(self) -> None:
+        """The loop's reader callback: take every complete message there is."""
+        assert self.conn is not None
+        try:
+            while self.conn.poll():
+                self._dispatch(self.conn.recv())
+        except (EOFError, OSError):
+            self._lost("end of pipe")
+        except Exception as exc:  # an unreadable message: treat the worker as broken
+            log.error("inference.bad_message", error=repr(exc))
+            self.kill()
+            self._lost(f"bad message: {exc!r}")
+
+    def _dispatch(self, message: Any) -> None:
+        if isinstance(message, LoadReport):
+            self.ready.set()
+            self.on_state(True)
+            self.on_report(message)
+            return
+        future = self._pending.get(getattr(message, "request_id", -1))
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    def _lost(self, why: str) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(ValueError, OSError):
+                asyncio.get_running_loop().remove_reader(self.conn.fileno())
+            self.conn.close()
+            self.conn = None
+        self.ready.clear()
+        self.on_state(False)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(WorkerDied(why))
+        self.died.set()
+
+    # -- supervision ---------------------------------------------------------
+    async def supervise(self, stop: asyncio.Event) -> None:
+        """Replace the worker whenever it dies, within the restart budget."""
+        while not stop.is_set():
+            if not await _first(self.died, stop) or self.closing:
+                return
+            reason = await asyncio.to_thread(self.death_reason)
+            log.warning("inference.worker_died", pid=self.pid, reason=reason)
+            if not self.budget.record(self.clock()):
+                raise InferenceCrashLoop(
+                    f"inference worker died {len(self.budget.times)} times within "
+                    f"{self.budget.window_s:.0f}s (last: {reason})"
+                )
+            self.restarts += 1
+            await self.start()
+
+    def death_reason(self) -> str:
+        if self.proc is None:
+            return "never started"
+        self.proc.join(timeout=5)
+        code = self.proc.exitcode
+        if code is None:
+            self.proc.kill()
+            self.proc.join(timeout=5)
+            return "worker stopped answering"
+        if code < 0:
+            return f"worker killed by {signal.Signals(-code).name}"
+        return f"worker exited with code {code}"
+
+
+async def _first(event: asyncio.Event, stop: asyncio.Event) -> bool:
+    """Wait until ``event`` or ``stop`` is set; True when it was ``event``."""
+    if event.is_set():
+        return True
+    waiters = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())}
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    return event.is_set()

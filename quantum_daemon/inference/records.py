@@ -1,0 +1,238 @@
+"""Live predictions on disk until they are scored: ``predictions.sqlite3``.
+
+One SQLite file (WAL) in ``storage.data_dir``, beside the bar store:
+
+- ``predictions``: one row per (model, version, symbol, bar): the model's
+  ``mu``, ``p_up`` and position at that bar's close, its stage then
+  (``active`` or ``candidate``), ``due_ts`` (the open time of the bar whose
+  close settles it: ``horizon`` bars later for a forecast, the next bar for
+  a position), and once settled its ``loss`` (``status`` ``scored``) or
+  ``void`` (the bar it needed never came);
+- ``decisions``: one row per published signal: the ensemble and the plain
+  rule's position, which position families are scored against.
+
+A prediction row is written once (``INSERT OR IGNORE``): a bar predicted
+again after a restart keeps what was said first. Scoring itself is keyed by
+(model, version, symbol, bar) in Redis (``trust_store``), so a row whose
+score was applied but not yet marked here (a crash in between) is
+harmlessly applied again. Used from one thread (the service's I/O thread).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+RECORDS_FILE = "predictions.sqlite3"
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS predictions (
+        model_id TEXT NOT NULL, version TEXT NOT NULL, symbol TEXT NOT NULL,
+        tf TEXT NOT NULL, ts INTEGER NOT NULL, family TEXT NOT NULL, stage TEXT NOT NULL,
+        due_ts INTEGER NOT NULL, mu REAL NOT NULL, p_up REAL NOT NULL, position REAL,
+        status TEXT NOT NULL DEFAULT 'pending', loss REAL,
+        PRIMARY KEY (model_id, version, symbol, ts)
+    ) WITHOUT ROWID""",
+    """CREATE INDEX IF NOT EXISTS predictions_due
+        ON predictions (symbol, tf, due_ts) WHERE status = 'pending'""",
+    """CREATE TABLE IF NOT EXISTS decisions (
+        symbol TEXT NOT NULL, tf TEXT NOT NULL, ts INTEGER NOT NULL,
+        mu REAL NOT NULL, p_up REAL NOT NULL, position REAL NOT NULL,
+        plain_position REAL NOT NULL, latency_ms REAL NOT NULL,
+        PRIMARY KEY (symbol, tf, ts)
+    ) WITHOUT ROWID""",
+)
+
+_DUE = """
+SELECT p.model_id, p.version, p.family, p.stage, p.ts, p.due_ts, p.mu, p.p_up, p.position,
+       prev.position, d.plain_position, dprev.plain_position
+FROM predictions p
+LEFT JOIN predictions prev ON prev.model_id = p.model_id AND prev.version = p.version
+     AND prev.symbol = p.symbol AND prev.ts = p.ts - :step
+LEFT JOIN decisions d ON d.symbol = p.symbol AND d.tf = p.tf AND d.ts = p.ts
+LEFT JOIN decisions dprev ON dprev.symbol = p.symbol AND dprev.tf = p.tf AND dprev.ts = p.ts - :step
+WHERE p.symbol = :symbol AND p.tf = :tf AND p.status = 'pending' AND p.due_ts <= :upto
+ORDER BY p.due_ts, p.model_id, p.version
+"""
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    model_id: str
+    version: str
+    symbol: str
+    tf: str
+    ts: int
+    family: str
+    stage: str
+    due_ts: int
+    mu: float
+    p_up: float
+    position: float | None
+
+
+@dataclass(frozen=True)
+class DecisionRow:
+    symbol: str
+    tf: str
+    ts: int
+    mu: float
+    p_up: float
+    position: float
+    plain_position: float
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class DuePrediction:
+    """A pending prediction whose settling bar has come, with what scoring
+    a position needs: the model's previous position and the plain rule's
+    position at this bar and the one before (None where there was none)."""
+
+    model_id: str
+    version: str
+    family: str
+    stage: str
+    symbol: str
+    tf: str
+    ts: int
+    due_ts: int
+    mu: float
+    p_up: float
+    position: float | None
+    previous_position: float | None
+    plain: float | None
+    previous_plain: float | None
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What became of a due prediction: its loss, or None for void."""
+
+    model_id: str
+    version: str
+    symbol: str
+    ts: int
+    loss: float | None
+
+
+class PredictionRecords:
+    """The SQLite file of live predictions; see the module docstring."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn: sqlite3.Connection | None = None
+
+    def connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def record(
+        self, predictions: Sequence[PredictionRow], decisions: Sequence[DecisionRow]
+    ) -> None:
+        """Write one answer's predictions and signals in one transaction."""
+        conn = self.connection()
+        with _transaction(conn):
+            conn.executemany(
+                "INSERT OR IGNORE INTO predictions (model_id, version, symbol, tf, ts, family, "
+                "stage, due_ts, mu, p_up, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (p.model_id, p.version, p.symbol, p.tf, p.ts, p.family, p.stage,
+                     p.due_ts, p.mu, p.p_up, p.position)
+                    for p in predictions
+                ],
+            )  # fmt: skip
+            conn.executemany(
+                "INSERT OR IGNORE INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (d.symbol, d.tf, d.ts, d.mu, d.p_up, d.position, d.plain_position,
+                     d.latency_ms)
+                    for d in decisions
+                ],
+            )  # fmt: skip
+
+    def due(self, symbol: str, tf: str, step_ms: int, upto_ts: int) -> list[DuePrediction]:
+        """Pending predictions of the series settled by bars up to ``upto_ts``."""
+        rows = self.connection().execute(
+            _DUE, {"symbol": symbol, "tf": tf, "step": step_ms, "upto": upto_ts}
+        )
+        return [
+            DuePrediction(
+                model_id, version, family, stage, symbol, tf, ts, due_ts, mu, p_up,
+                position, prev, plain, prev_plain,
+            )
+            for (model_id, version, family, stage, ts, due_ts, mu, p_up, position, prev,
+                 plain, prev_plain) in rows
+        ]  # fmt: skip
+
+    def settle(self, settled: Iterable[Settled]) -> None:
+        conn = self.connection()
+        with _transaction(conn):
+            conn.executemany(
+                "UPDATE predictions SET status = ?, loss = ? "
+                "WHERE model_id = ? AND version = ? AND symbol = ? AND ts = ?",
+                [
+                    ("void" if s.loss is None else "scored", s.loss, s.model_id, s.version,
+                     s.symbol, s.ts)
+                    for s in settled
+                ],
+            )  # fmt: skip
+
+    def losses(self, model_id: str, version: str) -> dict[int, float]:
+        """The version's scored losses by bar (the mean over symbols for a
+        multi-symbol model): its live record for the shadow comparison."""
+        rows = self.connection().execute(
+            "SELECT ts, AVG(loss) FROM predictions WHERE model_id = ? AND version = ? "
+            "AND status = 'scored' GROUP BY ts",
+            (model_id, version),
+        )
+        return {int(ts): float(loss) for ts, loss in rows}
+
+    def last_decisions(self) -> dict[tuple[str, str], int]:
+        """Open time of the newest signal of every series."""
+        rows = self.connection().execute("SELECT symbol, tf, MAX(ts) FROM decisions GROUP BY 1, 2")
+        return {(symbol, tf): int(ts) for symbol, tf, ts in rows}
+
+    def counts(self) -> dict[str, int]:
+        rows = self.connection().execute("SELECT status, COUNT(*) FROM predictions GROUP BY 1")
+        return {str(status): int(n) for status, n in rows}
+
+    def prune(self, before_ts: int) -> int:
+        """Forget settled predictions and signals of bars before ``before_ts``."""
+        conn = self.connection()
+        with _transaction(conn):
+            gone = conn.execute(
+                "DELETE FROM predictions WHERE ts < ? AND status != 'pending'", (before_ts,)
+            ).rowcount
+            conn.execute("DELETE FROM decisions WHERE ts < ?", (before_ts,))
+        return int(gone)
+
+
+class _transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on an exception."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")

@@ -1,0 +1,96 @@
+"""From settled predictions to trust rounds: pure, no I/O, no clock.
+
+A prediction made at the close of bar ``t`` is settled by a later bar:
+
+- a forecast (``mu``, ``p_up`` of the log return over ``horizon`` bars) by
+  bar ``t + horizon``: its loss is the Brier score of ``p_up`` against the
+  realized return ``log(close[t + h] / close[t])`` (``scoring.score_forecast``);
+- a position (``evo_model``, ``rl_sizer``) by bar ``t + 1``: its loss compares
+  the position's costed return over that bar with the plain rule's position
+  on the same signal (``scoring.score_position``), on the same [0, 1] scale.
+
+A settling bar that is missing from the store (a gap) makes the prediction
+void: it is never scored. Scores are grouped by their settling bar: one
+trust round per bar, at that bar's close time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from quantum_daemon.bars import Bars
+from quantum_daemon.inference.messages import CANDIDATE
+from quantum_daemon.inference.records import DuePrediction, Settled
+from quantum_daemon.scoring import (
+    realized_log_return,
+    return_scale,
+    score_forecast,
+    score_position,
+)
+from quantum_daemon.trust_store import Score
+
+SCALE_WINDOW = 96  # one-bar returns behind the decision that set a position score's scale
+
+
+def due_ts(ts: int, horizon: int, step_ms: int, is_position: bool) -> int:
+    """Open time of the bar whose close settles a prediction made at bar ``ts``."""
+    return ts + (1 if is_position else horizon) * step_ms
+
+
+def settle(due: Sequence[DuePrediction], bars: Bars, cost_rate: float) -> list[Settled]:
+    """The loss of every due prediction (None: void); ``bars`` must hold the
+    decision and settling bars and ``SCALE_WINDOW`` bars before the first decision."""
+    where = {int(ts): i for i, ts in enumerate(bars.ts)}
+    out: list[Settled] = []
+    for p in due:
+        i, j = where.get(p.ts), where.get(p.due_ts)
+        loss = None if i is None or j is None else _loss(p, bars.close, i, j, cost_rate)
+        out.append(Settled(p.model_id, p.version, p.symbol, p.ts, loss))
+    return out
+
+
+def _loss(p: DuePrediction, close: np.ndarray, i: int, j: int, cost_rate: float) -> float:
+    if p.position is None:
+        realized = realized_log_return(float(close[i]), float(close[j]))
+        return score_forecast(p.mu, p.p_up, realized).loss
+    own = (_or_flat(p.previous_position), p.position)
+    plain = (_or_flat(p.previous_plain), _or_flat(p.plain))
+    asset = float(close[j] / close[i] - 1.0)
+    scale = return_scale(close[: i + 1], SCALE_WINDOW)
+    return score_position(own, plain, asset, cost_rate, scale).loss
+
+
+def _or_flat(position: float | None) -> float:
+    """No record of a position means none was held (the backtest starts flat)."""
+    return 0.0 if position is None or not math.isfinite(position) else position
+
+
+def trust_rounds(
+    due: Sequence[DuePrediction], settled: Sequence[Settled], step_ms: int
+) -> list[tuple[int, list[Score]]]:
+    """(round_ts, scores) per settling bar, oldest first; ``round_ts`` is that
+    bar's close time. Candidates' scores are shadow scores (they move no weight)."""
+    rounds: dict[int, list[Score]] = {}
+    for p, s in zip(due, settled, strict=True):
+        if s.loss is None:
+            continue
+        score = Score(
+            family=p.family,
+            model=p.model_id,
+            version=p.version,
+            symbol=p.symbol,
+            bar_ts=p.ts,
+            loss=s.loss,
+            shadow=p.stage == CANDIDATE,
+        )
+        rounds.setdefault(p.due_ts + step_ms, []).append(score)
+    return sorted(rounds.items())
+
+
+def bars_needed(due: Sequence[DuePrediction], step_ms: int) -> tuple[int, int]:
+    """[start_ms, end_ms) of the bars that settling ``due`` reads."""
+    start = min(p.ts for p in due) - (SCALE_WINDOW + 1) * step_ms
+    return start, max(p.due_ts for p in due) + 1

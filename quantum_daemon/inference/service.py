@@ -1,0 +1,609 @@
+"""Live inference as one daemon step: bars in, signals out, trust and shadow
+records kept (DESIGN §6, §7).
+
+Per closed bar (docs/inference.md has the whole path):
+
+1. ingest commits the bar and calls ``bars_stored`` (its ``on_stored`` hook):
+   the series is marked as waiting, with the time it was stored;
+2. ``serve`` sends the worker one ``PredictRequest`` for the series (the bars
+   after the last one answered); the worker answers every live model's
+   ``mu``, ``p_up`` and positions;
+3. the active forecasters' answers are pooled under the current trust
+   weights (``ensemble.combine``), the position is ``rl_sizer``'s when one is
+   active, else the plain rule's (``ensemble.build_signal``), and the signal
+   is added to ``quantum:signals:{SYMBOL}:{TF}`` with its latency: that is
+   the latency path, nothing else is on it;
+4. ``bookkeep`` then records the predictions (``records``), settles those
+   whose horizon has elapsed (``rounds``, ``scoring``), applies one trust
+   round per settling bar (``trust_store``: atomic, idempotent per model,
+   version and bar), and compares each candidate's live record with its
+   active version's (``scoring.shadow_verdict``): a candidate that beats it
+   over ``[promotion] shadow_min_bars`` bars is promoted (``model.promoted``,
+   reason ``shadow``; the old version is retired in the same registry write).
+
+The event loop never runs model code: the worker does (``worker.py``), and
+the SQLite and registry files are touched in one I/O thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from redis.exceptions import RedisError
+
+from quantum_daemon.aio import sleep_or_stop
+from quantum_daemon.api import json_response
+from quantum_daemon.config import Config
+from quantum_daemon.ensemble import Signal, parse_signal, signal_fields, signal_json
+from quantum_daemon.evaluation.backtest import cost_rate
+from quantum_daemon.events import Event, EventPublisher
+from quantum_daemon.inference.messages import (
+    ACTIVE,
+    CANDIDATE,
+    LoadedModel,
+    LoadProblem,
+    LoadReport,
+    PredictAnswer,
+    PredictRequest,
+    RequestFailed,
+    WorkerSettings,
+)
+from quantum_daemon.inference.metrics import InferenceMetrics
+from quantum_daemon.inference.process import WorkerDied, WorkerLink
+from quantum_daemon.inference.records import RECORDS_FILE, PredictionRecords
+from quantum_daemon.inference.rounds import bars_needed, settle, trust_rounds
+from quantum_daemon.inference.signals import decision_rows, prediction_rows, signals_of
+from quantum_daemon.keys import Keys
+from quantum_daemon.logs import get_logger
+from quantum_daemon.registry import Registry, RegistryError
+from quantum_daemon.scheduler import ModelKey
+from quantum_daemon.scoring import ShadowVerdict, shadow_verdict
+from quantum_daemon.store import BarStore
+from quantum_daemon.timeframes import DAY_MS, timeframe_ms
+from quantum_daemon.training.pool import RestartBudget
+from quantum_daemon.trust_store import TrustStore
+
+log = get_logger()
+
+T = TypeVar("T")
+Series = tuple[str, str]
+LoopFactory = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+RegistryHook = Callable[[str], Awaitable[None]]
+
+SHADOW_REASON = "shadow"
+SIGNALS_MAXLEN = 10_000  # per series stream, trimmed approximately
+MAX_CATCH_UP = 1_000  # bars answered per request after a backlog (one ingest batch)
+CONTEXT_BARS = 512  # history before the first answered bar: features' and networks' windows
+WORKER_THREADS = 1  # the worker's BLAS / torch threads: leave the other core to the daemon
+REQUEST_TIMEOUT_S = 120.0  # a request may wait for the worker to (re)load its models
+PUBLISH_ATTEMPTS = 3
+SUMMARY_S = 60.0
+RETENTION_MS = 90 * DAY_MS  # settled predictions older than this are pruned
+PRUNE_EVERY_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Answered:
+    """A worker's answer and the signals published from it: bookkeeping's input."""
+
+    answer: PredictAnswer
+    signals: tuple[Signal, ...]
+
+
+@dataclass
+class InferenceTotals:
+    requests: int = 0
+    failed_requests: int = 0
+    signals: int = 0
+    predictions: int = 0
+    scored: int = 0
+    void: int = 0
+    rounds: int = 0
+    promotions: int = 0
+    refused: int = 0
+
+
+class InferenceService:
+    """See the module docstring. An async context manager: entering starts the
+    worker; ``loops()`` serve, keep the books, supervise and summarize."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        client: aioredis.Redis,
+        store: BarStore,
+        metrics_registry: CollectorRegistry,
+        *,
+        registry: Registry | None = None,
+        after_registry_change: RegistryHook | None = None,
+        family_classes: Iterable[tuple[str, str]] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.store = store
+        self.clock = clock
+        self.keys = Keys(cfg.redis.prefix)
+        self.registry = registry or Registry(cfg.storage.data_dir)
+        self.after_registry_change = after_registry_change
+        self.trust = TrustStore(client, self.keys, cfg.trust)
+        self.publisher = EventPublisher(client, self.keys)
+        self.metrics = InferenceMetrics(metrics_registry)
+        self.records = PredictionRecords(cfg.storage.data_dir / RECORDS_FILE)
+        self.cost_rate = cost_rate(cfg.evaluation.fee_bps, cfg.evaluation.slippage_bps)
+        self.link = WorkerLink(
+            self._worker_settings(tuple(family_classes)),
+            self._work_put,
+            RestartBudget(cfg.training.restart_budget, cfg.training.restart_window_s),
+            on_state=lambda up: self.metrics.worker_up.set(1 if up else 0),
+        )
+        self.totals = InferenceTotals()
+        self.last_ts: dict[Series, int] = {}
+        self.latest: dict[Series, Signal] = {}
+        self.weights: dict[str, float] = {}
+        self.loaded: tuple[LoadedModel, ...] = ()
+        self.live_families: tuple[str, ...] = ()
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference-io")
+        self._waiting: dict[Series, float] = {}  # series -> when its oldest unserved bar was stored
+        self._wakeup = asyncio.Event()
+        self._work: asyncio.Queue[Answered | LoadReport] = asyncio.Queue()
+        self._handled_refusals: set[tuple[str, str]] = set()
+        self._logged_errors: set[tuple[str, str]] = set()
+        self._pruned_at = 0.0
+
+    def _worker_settings(self, family_classes: tuple[tuple[str, str], ...]) -> WorkerSettings:
+        fmt = self.cfg.logging.format
+        return WorkerSettings(
+            data_dir=str(self.cfg.storage.data_dir),
+            store_path=str(self.store.path),
+            horizon=self.cfg.evaluation.horizon,
+            cost_rate=self.cost_rate,
+            context_bars=CONTEXT_BARS,
+            threads=WORKER_THREADS,
+            seed=self.cfg.models.seed,
+            log_level=self.cfg.logging.level,
+            log_format="json" if fmt == "auto" else fmt,
+            family_classes=family_classes,
+        )
+
+    # -- start and stop --------------------------------------------------------
+    async def __aenter__(self) -> InferenceService:
+        """Start-up is recovery: resume each series after its last signal."""
+        self.last_ts = await self._resume_points()
+        self.weights = await self.trust.weights()
+        await self.link.start()
+        log.info(
+            "inference.started", resume={f"{s}:{t}": ts for (s, t), ts in self.last_ts.items()}
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.link.close(grace_s=min(5.0, self.cfg.daemon.grace_s))
+        await self._in_io(self.records.close)
+        await asyncio.to_thread(self._io.shutdown, True)
+
+    async def _resume_points(self) -> dict[Series, int]:
+        """The newest bar each series has a signal for: in the records, or in
+        the signal stream (a crash between publishing and recording)."""
+        points = await self._in_io(self.records.last_decisions)
+        for series in self.configured_series():
+            entries = await self.client.xrevrange(self.keys.signals(*series), count=1)
+            if entries:
+                ts = _signal_of(entries[0][1]).ts
+                points[series] = max(ts, points.get(series, ts))
+        return points
+
+    def loops(self) -> dict[str, LoopFactory]:
+        return {
+            "inference-serve": self.serve,
+            "inference-books": self.bookkeep,
+            "inference-worker": self.link.supervise,
+            "inference-summary": self.summarize,
+        }
+
+    # -- the ingest hook -----------------------------------------------------------
+    def bars_stored(self, symbol: str, tf: str, count: int, last_ts: int | None = None) -> None:
+        """Ingest's ``on_stored`` hook, on the event loop: new bars of a series."""
+        if count > 0:
+            self._waiting.setdefault((symbol, tf), self.clock())
+            self._wakeup.set()
+
+    # -- serving: the latency path ---------------------------------------------------
+    async def serve(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if not self.link.ready.is_set():
+                await _first(self.link.ready, stop)
+            elif not self._waiting:
+                self._wakeup.clear()
+                await _first(self._wakeup, stop)
+            else:
+                await self.serve_next()
+
+    async def serve_next(self) -> None:
+        """Ask the worker about the series waiting longest and publish its signals."""
+        series, stored_at = min(self._waiting.items(), key=lambda item: item[1])
+        del self._waiting[series]
+        request = PredictRequest(
+            self.link.next_id(),
+            *series,
+            after_ts=self.last_ts.get(series),
+            max_bars=MAX_CATCH_UP,
+            weights=tuple(self.weights.items()),
+        )
+        self.totals.requests += 1
+        try:
+            reply = await self.link.ask(request, REQUEST_TIMEOUT_S)
+        except WorkerDied as exc:
+            self._waiting[series] = min(stored_at, self._waiting.get(series, stored_at))
+            log.warning("inference.request_lost", symbol=series[0], tf=series[1], error=str(exc))
+            return
+        if isinstance(reply, RequestFailed):
+            self.totals.failed_requests += 1
+            log.warning(
+                "inference.request_failed", symbol=series[0], tf=series[1], error=reply.error
+            )
+            return
+        await self._deliver(series, reply, stored_at)
+
+    async def _deliver(self, series: Series, answer: PredictAnswer, stored_at: float) -> None:
+        signals = signals_of(answer, self.weights, (self.clock() - stored_at) * 1000.0)
+        if signals:
+            await self._publish(signals, stored_at)
+        if answer.ts:
+            self.last_ts[series] = answer.ts[-1]
+        self.metrics.worker_seconds.observe(answer.worker_s)
+        self._note_errors(answer)
+        self._work_put(Answered(answer, tuple(signals)))
+
+    async def _publish(self, signals: list[Signal], stored_at: float) -> None:
+        key = self.keys.signals(signals[0].symbol, signals[0].tf)
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for signal in signals:
+                        pipe.xadd(key, _fields(signal), maxlen=SIGNALS_MAXLEN, approximate=True)
+                    await pipe.execute()
+                break
+            except (RedisError, OSError) as exc:
+                log.warning("signal.publish_failed", attempt=attempt, error=str(exc))
+                if attempt == PUBLISH_ATTEMPTS:
+                    log.error("signal.dropped", stream=key, bars=[s.ts for s in signals])
+                    return
+                await asyncio.sleep(0.05 * attempt)
+        self._published(signals, self.clock() - stored_at)
+
+    def _published(self, signals: list[Signal], seconds: float) -> None:
+        last = signals[-1]
+        self.latest[(last.symbol, last.tf)] = last
+        self.totals.signals += len(signals)
+        self.metrics.signals.labels(last.symbol, last.tf).inc(len(signals))
+        for signal in signals:
+            self.metrics.observe_latency(seconds)
+            log.debug(
+                "signal.published",
+                symbol=signal.symbol,
+                tf=signal.tf,
+                ts=signal.ts,
+                mu=signal.mu,
+                p_up=signal.p_up,
+                position=signal.position,
+                latency_ms=round(signal.latency_ms, 3),
+            )
+
+    def _note_errors(self, answer: PredictAnswer) -> None:
+        for model_id, error in answer.errors:
+            self.metrics.model_errors.labels(ModelKey.parse(model_id).family).inc()
+            if (model_id, error) not in self._logged_errors:  # once per distinct error
+                self._logged_errors.add((model_id, error))
+                log.warning("inference.model_failed", model_id=model_id, error=error)
+
+    # -- bookkeeping: records, scores, trust, shadow ----------------------------------
+    def _work_put(self, item: Answered | LoadReport) -> None:
+        self._work.put_nowait(item)
+
+    async def bookkeep(self, stop: asyncio.Event) -> None:
+        """Handle answers and load reports in order; on stop, finish what is queued."""
+        while (item := await self._next_work(stop)) is not None:
+            await self.handle_work(item)
+
+    async def _next_work(self, stop: asyncio.Event) -> Answered | LoadReport | None:
+        if self._work.empty() and not stop.is_set():
+            getter = asyncio.ensure_future(self._work.get())
+            halt = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({getter, halt}, return_when=asyncio.FIRST_COMPLETED)
+            halt.cancel()
+            if getter.done():
+                return getter.result()
+            getter.cancel()
+        return None if self._work.empty() else self._work.get_nowait()
+
+    async def handle_work(self, item: Answered | LoadReport) -> None:
+        try:
+            if isinstance(item, LoadReport):
+                await self._models_changed(item)
+            else:
+                await self._book(item)
+        except (RedisError, OSError) as exc:  # what was not scored now is scored next time
+            log.warning("inference.bookkeeping_failed", error=f"{type(exc).__name__}: {exc}")
+
+    async def _book(self, item: Answered) -> None:
+        answer = item.answer
+        step = timeframe_ms(answer.tf)
+        predictions = prediction_rows(answer, step)
+        await self._in_io(self.records.record, predictions, decision_rows(item.signals))
+        self.totals.predictions += len(predictions)
+        for m in answer.models:
+            self.metrics.predictions.labels(m.family, m.stage).inc(len(answer.ts))
+        if answer.ts:
+            await self.score_series(answer.symbol, answer.tf, answer.ts[-1])
+
+    async def score_series(self, symbol: str, tf: str, upto_ts: int) -> None:
+        """Settle the series' predictions due by bar ``upto_ts``: one trust
+        round per settling bar, then the shadow comparisons."""
+        step = timeframe_ms(tf)
+        due = await self._in_io(self.records.due, symbol, tf, step, upto_ts)
+        if not due:
+            return
+        start, end = bars_needed(due, step)
+        bars = await self._in_io(self.store.read_bars, symbol, tf, start, end)
+        settled = settle(due, bars, self.cost_rate)
+        for round_ts, scores in trust_rounds(due, settled, step):
+            result = await self.trust.apply(scores, self.live_families, round_ts)
+            self.weights = dict(result.after)
+            self.totals.rounds += 1
+        await self._in_io(self.records.settle, settled)
+        for p, s in zip(due, settled, strict=True):
+            if s.loss is None:
+                self.metrics.voided.inc()
+                self.totals.void += 1
+            else:
+                self.metrics.scored.labels(p.family, p.stage).inc()
+                self.totals.scored += 1
+        await self._judge_shadow(sorted({p.model_id for p in due if p.stage == CANDIDATE}))
+
+    async def _judge_shadow(self, model_ids: list[str]) -> None:
+        for model_id in model_ids:
+            pair = self._shadow_pair(model_id)
+            if pair is None:
+                continue
+            active, candidate = pair
+            verdict = shadow_verdict(
+                await self._in_io(self.records.losses, model_id, candidate.version),
+                await self._in_io(self.records.losses, model_id, active.version),
+                self.cfg.promotion.shadow_min_bars,
+            )
+            if verdict.promote:
+                await self._promote(candidate, active, verdict)
+
+    def _shadow_pair(self, model_id: str) -> tuple[LoadedModel, LoadedModel] | None:
+        """(active, candidate) versions of a model, both loaded."""
+        of_model = {m.stage: m for m in self.loaded if m.model_id == model_id}
+        if ACTIVE in of_model and CANDIDATE in of_model:
+            return of_model[ACTIVE], of_model[CANDIDATE]
+        return None
+
+    async def _promote(
+        self, candidate: LoadedModel, active: LoadedModel, verdict: ShadowVerdict
+    ) -> None:
+        model_id = candidate.model_id
+        try:
+            events = await self._in_io(
+                self.registry.promote, model_id, candidate.version, SHADOW_REASON
+            )
+        except RegistryError as exc:  # the registry moved on meanwhile (an operator)
+            log.warning("inference.shadow_promotion_refused", model_id=model_id, error=str(exc))
+            return
+        self.loaded = tuple(m for m in self.loaded if m not in (candidate, active))
+        self.totals.promotions += 1
+        self.metrics.promotions.inc()
+        log.info(
+            "model.promoted",
+            model_id=model_id,
+            version=candidate.version,
+            replaced=active.version,
+            reason=SHADOW_REASON,
+            bars=verdict.bars,
+            candidate_loss=round(verdict.candidate_loss, 6),
+            active_loss=round(verdict.active_loss, 6),
+        )
+        await self._registry_changed(model_id, events)
+
+    async def _models_changed(self, report: LoadReport) -> None:
+        self.loaded = report.loaded
+        for stage in (ACTIVE, CANDIDATE):
+            self.metrics.models_loaded.labels(stage).set(
+                sum(1 for m in report.loaded if m.stage == stage)
+            )
+        for problem in report.problems:
+            if (
+                problem.refused
+                and (problem.model_id, problem.version) not in self._handled_refusals
+            ):
+                await self._refuse(problem)
+        live = tuple(sorted({m.family for m in report.loaded if m.stage == ACTIVE}))
+        if live != self.live_families:
+            self.live_families = live
+            result = await self.trust.set_live(live, self._round_ts())
+            self.weights = dict(result.after)
+            log.info("trust.live_families", families=list(live), weights=self.weights)
+
+    async def _refuse(self, problem: LoadProblem) -> None:
+        """A version whose artifacts failed their checksum in the worker: the
+        registry refuses it (``model.load_refused``; retired if it was live)."""
+        self._handled_refusals.add((problem.model_id, problem.version))
+        self.totals.refused += 1
+        log.error(
+            "model.load_refused",
+            model_id=problem.model_id,
+            version=problem.version,
+            reason=problem.reason,
+        )
+        events = await self._in_io(
+            self.registry.refuse, problem.model_id, problem.version, problem.reason
+        )
+        await self._registry_changed(problem.model_id, events)
+
+    async def _registry_changed(self, model_id: str, events: list[Event]) -> None:
+        """Publish the transition's events (idempotent: the lifecycle's outbox
+        flusher may publish them too) and tell the lifecycle."""
+        try:
+            for event in events:
+                await self.publisher.publish(event)
+            await self._in_io(self.registry.confirm_events, model_id, [e.event_id for e in events])
+        except (RedisError, OSError) as exc:
+            log.warning("events.publish_deferred", model_id=model_id, error=str(exc))
+        if self.after_registry_change is not None:
+            await self.after_registry_change(model_id)
+
+    def _round_ts(self) -> int:
+        """Close time of the newest bar answered (trust history is in bar time)."""
+        closes = [ts + timeframe_ms(tf) for (_, tf), ts in self.last_ts.items()]
+        return max(closes) if closes else int(time.time() * 1000)
+
+    # -- periodic summary and pruning ----------------------------------------------
+    async def summarize(self, stop: asyncio.Event) -> None:
+        while not await sleep_or_stop(stop, SUMMARY_S):
+            self.log_summary()
+            if self.clock() - self._pruned_at >= PRUNE_EVERY_S and self.last_ts:
+                self._pruned_at = self.clock()
+                before = max(self.last_ts.values()) - RETENTION_MS
+                pruned = await self._in_io(self.records.prune, before)
+                log.debug("inference.pruned", predictions=pruned)
+
+    def log_summary(self) -> None:
+        window = self.metrics.latency_window
+        log.info(
+            "inference.summary",
+            latency_p50_ms=round(window.quantile(0.5) * 1000, 3),
+            latency_p99_ms=round(window.quantile(0.99) * 1000, 3),
+            live_families=list(self.live_families),
+            models=len(self.loaded),
+            **asdict(self.totals),
+        )
+
+    # -- deterministic mode (tests, benchmarks) ------------------------------------------
+    async def run_until_idle(self, timeout_s: float = 120.0) -> None:
+        """Serve and keep the books until no series waits and nothing is queued."""
+        async with asyncio.timeout(timeout_s):
+            while self._waiting or not self._work.empty() or not self.link.ready.is_set():
+                if self.link.died.is_set():
+                    raise WorkerDied("the worker died (no supervisor runs in this mode)")
+                if not self.link.ready.is_set():
+                    await _first(self.link.ready, self.link.died)
+                elif not self._work.empty():
+                    await self.handle_work(self._work.get_nowait())
+                else:
+                    await self.serve_next()
+
+    # -- views -------------------------------------------------------------------------
+    def configured_series(self) -> list[Series]:
+        cfg = self.cfg
+        pairs = [(s, t) for s in cfg.ingest.symbols for t in cfg.ingest.timeframes]
+        pairs += [(s, t) for s in cfg.models.symbols for t in cfg.models.timeframes]
+        return sorted(set(pairs))
+
+    def status(self) -> dict[str, Any]:
+        window = self.metrics.latency_window
+        return {
+            "summary": (
+                f"{len(self.loaded)} models loaded, {len(self.live_families)} families live, "
+                f"{self.totals.signals} signals, {self.totals.scored} scored"
+            ),
+            "worker": {
+                "pid": self.link.pid,
+                "ready": self.link.ready.is_set(),
+                "restarts": self.link.restarts,
+            },
+            "models": [asdict(m) for m in self.loaded],
+            "live_families": list(self.live_families),
+            "weights": self.weights,
+            "latency_ms": {
+                "p50": round(window.quantile(0.5) * 1000, 3),
+                "p99": round(window.quantile(0.99) * 1000, 3),
+            },
+            "series": {
+                f"{s}:{t}": {"last_ts": ts, "waiting": (s, t) in self._waiting}
+                for (s, t), ts in self.last_ts.items()
+            },
+            "backlog": self._work.qsize(),
+            "totals": asdict(self.totals),
+        }
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/api/trust", self.trust_view), web.get("/api/signals", self.signals_view)]
+
+    async def trust_view(self, request: web.Request) -> web.StreamResponse:
+        """Current weights, their bounded history and each family's last updates."""
+        events = _int_param(request, "events", 10, 0, 100)
+        if events is None:
+            return json_response({"error": "events must be an integer in [0, 100]"}, 400)
+        try:
+            snapshot = await self.trust.snapshot(events_per_family=events)
+        except (RedisError, OSError) as exc:
+            return json_response({"error": f"redis unavailable: {exc}"}, 503)
+        body = snapshot.as_json() | {
+            "live_families": list(self.live_families),
+            "learning_rate": self.cfg.trust.learning_rate,
+            "share": self.cfg.trust.share,
+        }
+        return json_response(body)
+
+    async def signals_view(self, request: web.Request) -> web.StreamResponse:
+        """The latest signal and the last ``n`` of each series (``symbol``, ``tf`` filter)."""
+        n = _int_param(request, "n", 10, 1, 1000)
+        if n is None:
+            return json_response({"error": "n must be an integer in [1, 1000]"}, 400)
+        symbol, tf = request.query.get("symbol"), request.query.get("tf")
+        series = sorted(set(self.configured_series()) | set(self.last_ts))
+        body: dict[str, Any] = {}
+        try:
+            for s, t in series:
+                if symbol in (None, s) and tf in (None, t):
+                    entries = await self.client.xrevrange(self.keys.signals(s, t), count=n)
+                    recent = [signal_json(_signal_of(fields)) for _, fields in entries or ()]
+                    body[f"{s}:{t}"] = {"latest": recent[0] if recent else None, "recent": recent}
+        except (RedisError, OSError) as exc:
+            return json_response({"error": f"redis unavailable: {exc}"}, 503)
+        return json_response({"n": n, "signals": body})
+
+    async def _in_io(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+
+def _signal_of(fields: Any) -> Signal:
+    return parse_signal(fields)
+
+
+def _fields(signal: Signal) -> Any:
+    return signal_fields(signal)
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        return None
+    return value if low <= value <= high else None
+
+
+async def _first(event: asyncio.Event, other: asyncio.Event) -> None:
+    """Wait until either event is set."""
+    if event.is_set() or other.is_set():
+        return
+    waiters = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(other.wait())}
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -1,0 +1,79 @@
+"""From a worker's answer to signals and records: pure, no I/O, no clock."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from quantum_daemon.ensemble import (
+    SIZERS,
+    MemberForecast,
+    Signal,
+    SizerDecision,
+    build_signal,
+    combine,
+)
+from quantum_daemon.inference.messages import ACTIVE, ModelAnswer, PredictAnswer
+from quantum_daemon.inference.records import DecisionRow, PredictionRow
+from quantum_daemon.inference.rounds import due_ts
+
+
+def members_at(models: Sequence[ModelAnswer], k: int) -> list[MemberForecast]:
+    """The active forecasters' answers on the ``k``-th bar: the ensemble's members."""
+    return [
+        MemberForecast(m.family, m.model_id, m.version, m.mu[k], m.p_up[k])
+        for m in models
+        if m.stage == ACTIVE and m.family not in SIZERS
+    ]
+
+
+def sizer_at(models: Sequence[ModelAnswer], k: int) -> SizerDecision | None:
+    """The active sizer's position on the ``k``-th bar, if one is live."""
+    for m in models:
+        if m.stage == ACTIVE and m.family in SIZERS and m.position is not None:
+            return SizerDecision(m.position[k], m.model_id, m.version)
+    return None
+
+
+def signals_of(
+    answer: PredictAnswer, weights: Mapping[str, float], latency_ms: float
+) -> list[Signal]:
+    """One signal per answered bar that has at least one active forecaster."""
+    signals: list[Signal] = []
+    for k, ts in enumerate(answer.ts):
+        members = members_at(answer.models, k)
+        if not members:
+            continue
+        ensemble = combine(members, weights)
+        sizer = sizer_at(answer.models, k)
+        signals.append(build_signal(answer.symbol, answer.tf, ts, ensemble, sizer, latency_ms))
+    return signals
+
+
+def prediction_rows(answer: PredictAnswer, step_ms: int) -> list[PredictionRow]:
+    rows: list[PredictionRow] = []
+    for m in answer.models:
+        for k, ts in enumerate(answer.ts):
+            position = None if m.position is None else m.position[k]
+            rows.append(
+                PredictionRow(
+                    model_id=m.model_id,
+                    version=m.version,
+                    symbol=answer.symbol,
+                    tf=answer.tf,
+                    ts=ts,
+                    family=m.family,
+                    stage=m.stage,
+                    due_ts=due_ts(ts, m.horizon, step_ms, position is not None),
+                    mu=m.mu[k],
+                    p_up=m.p_up[k],
+                    position=position,
+                )
+            )
+    return rows
+
+
+def decision_rows(signals: Sequence[Signal]) -> list[DecisionRow]:
+    return [
+        DecisionRow(s.symbol, s.tf, s.ts, s.mu, s.p_up, s.position, s.plain_position, s.latency_ms)
+        for s in signals
+    ]
