@@ -60,5 +60,7 @@ class Keys:
 
     @property
     def scored(self) -> str:
-        """Set of (model, version, bar) keys already scored: replays score nothing twice."""
-        return f"{self.prefix}:trust:scored"
+        """Sorted set of (model, version, bar) keys already scored: replays score
+        nothing twice. Outside ``trust:`` so that namespace holds exactly the
+        contract's keys."""
+        return f"{self.prefix}:scoring:scored"

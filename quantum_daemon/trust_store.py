@@ -9,7 +9,7 @@ Keys (``Keys``):
 - ``quantum:trust:events:{family}``: stream of the family's last 100 updates
   (exact ``MAXLEN``), one entry per score that moved it: the scored bar,
   model, version, loss, and the weight before and after the round;
-- ``quantum:trust:scored``: sorted set of the scores already applied,
+- ``quantum:scoring:scored``: sorted set of the scores already applied,
   ``model|version|symbol|bar_ts`` scored by ``bar_ts``, kept for
   ``scored_retention_ms`` behind the newest; a score older than that window
   counts as applied, so a replayed bar never moves a weight twice.
