@@ -5,6 +5,7 @@ has the documented shape."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import threading
@@ -17,6 +18,7 @@ import redis
 
 from quantum_daemon import artifacts
 from quantum_daemon.cli import main as cli_main
+from quantum_daemon.commands.models import train_now
 from quantum_daemon.config import PromotionConfig
 from quantum_daemon.control import BadCommand, Command, parse_command
 from quantum_daemon.lifecycle import LifecycleService
@@ -228,3 +230,27 @@ def test_with_a_daemon_running_the_cli_goes_through_the_control_stream(
     assert answer.type == "control.applied"
     assert answer.data["did"] == ["model.retired", "model.promoted"]
     assert Registry(tmp_path).active_version(XGB) == v1
+
+
+def test_train_now_asks_the_running_daemon_and_refuses_without_one(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, store: BarStore
+) -> None:
+    cfg = without_bar_triggers(make_config(tmp_path, redis_url))
+    plan(tmp_path, xgb=GOOD)
+    config = write_config(tmp_path / "config.toml", redis_url, tmp_path, 0)
+    args = argparse.Namespace(config=str(config))
+    assert train_now(args, XGB) == 1  # no heartbeat: no daemon
+    codes: list[int] = []
+
+    async def ask(svc: LifecycleService) -> None:
+        await wait_until(svc, published(redis_client, ("model.promoted", XGB)), 30)
+        redis_client.set(KEYS.heartbeat, json.dumps({"pid": 1, "ready": True}), px=60_000)
+        codes.append(await asyncio.to_thread(train_now, args, XGB))
+
+    def retrained(_: LifecycleService) -> bool:
+        return of_model(events(redis_client), XGB).count("training.completed") == 2
+
+    asyncio.run(run_service(cfg, store, retrained, during=ask))
+    assert codes == [0]
+    started = [e for e in events(redis_client) if e.type == "training.started"]
+    assert started[-1].data["reasons"] == ["operator"]

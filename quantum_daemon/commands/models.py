@@ -111,6 +111,22 @@ def change(args: argparse.Namespace) -> int:
     return apply_directly(cfg, command)
 
 
+def train_now(args: argparse.Namespace, model_id: str, timeout_s: float = 30.0) -> int:
+    """``train --now MODEL_ID``: ask the running daemon to train the model
+    now (an operator trigger: it goes first among models with an active
+    version). Answers once the request is queued; the job's own events
+    follow on ``quantum:events``."""
+    cfg = _config(args)
+    if not daemon_alive(cfg):
+        print(
+            "quantum-daemon: no daemon is running; `train --now` asks a running daemon "
+            "(use `train --family ...` to train offline)",
+            file=sys.stderr,
+        )
+        return 1
+    return send_to_daemon(cfg, Command("train", model_id, reason="train --now"), timeout_s)
+
+
 def daemon_alive(cfg: Config) -> bool:
     from quantum_daemon.commands.status import read_heartbeat
 
