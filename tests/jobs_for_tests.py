@@ -23,6 +23,7 @@ def echo(spec: Spec) -> dict[str, object]:
         "pid": os.getpid(),
         "omp": os.environ.get("OMP_NUM_THREADS"),
         "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "nice": os.nice(0),
     }
 
 

@@ -41,13 +41,14 @@ async def submit(
     return await pool.run(fn, spec, family="xgb", job_id=f"job-{spec.value}", timeout_s=timeout_s)
 
 
-def test_a_job_runs_in_a_spawned_worker_with_pinned_threads_and_no_gpu() -> None:
+def test_a_job_runs_in_a_spawned_worker_with_pinned_threads_low_priority_and_no_gpu() -> None:
     outcome = run_with_pool(lambda pool: submit(pool, jobs.echo, Spec(7)))
     assert outcome.ok, outcome
     assert outcome.result["value"] == 7
     assert outcome.result["pid"] != os.getpid()
     assert outcome.result["omp"] == "1"
     assert outcome.result["cuda"] == ""
+    assert outcome.result["nice"] == min(19, os.nice(0) + 10)  # the event loop goes first
     assert outcome.job_id == "job-7" and outcome.seconds > 0
 
 

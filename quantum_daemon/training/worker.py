@@ -35,13 +35,16 @@ class WorkerSettings:
     log_level: str = "info"
     log_format: str = "json"
     use_gpu: bool = False  # CPU workers hide the GPU so that torch never takes it
+    nice: int = 10  # below the daemon: its event loop preempts training on a busy machine
 
 
 def initialize_worker(settings: WorkerSettings) -> None:
     """Per-process set-up: ignore Ctrl-C (the daemon decides when workers
-    stop), pin thread counts, hide the GPU from CPU workers, configure
-    logging, seed the global RNG."""
+    stop), lower the CPU priority, pin thread counts, hide the GPU from CPU
+    workers, configure logging, seed the global RNG."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if settings.nice:
+        os.nice(settings.nice)
     for var in THREAD_ENV_VARS:
         os.environ[var] = str(settings.threads)
     os.environ["QUANTUM_WORKER_THREADS"] = str(settings.threads)
