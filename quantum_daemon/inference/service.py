@@ -151,6 +151,7 @@ class InferenceService:
         self.weights: dict[str, float] = {}
         self.loaded: tuple[LoadedModel, ...] = ()
         self.live_families: tuple[str, ...] = ()
+        self._live_changed = False
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference-io")
         self._waiting: dict[Series, float] = {}  # series -> when its oldest unserved bar was stored
         self._wakeup = asyncio.Event()
@@ -336,6 +337,7 @@ class InferenceService:
 
     async def _book(self, item: Answered) -> None:
         answer = item.answer
+        await self._align_trust()
         step = timeframe_ms(answer.tf)
         predictions = prediction_rows(answer, step)
         await self._in_io(self.records.record, predictions, decision_rows(item.signals))
@@ -431,9 +433,20 @@ class InferenceService:
         live = tuple(sorted({m.family for m in report.loaded if m.stage == ACTIVE}))
         if live != self.live_families:
             self.live_families = live
-            result = await self.trust.set_live(live, self._round_ts())
-            self.weights = dict(result.after)
-            log.info("trust.live_families", families=list(live), weights=self.weights)
+            self._live_changed = True
+            log.info("trust.live_families", families=list(live))
+        await self._align_trust()
+
+    async def _align_trust(self) -> None:
+        """Write the weights of a new live set (families joined or left), at
+        the close of the newest bar answered: trust history is in bar time,
+        so before the first bar the change waits for it."""
+        round_ts = self._round_ts()
+        if not self._live_changed or round_ts is None:
+            return
+        result = await self.trust.set_live(self.live_families, round_ts)
+        self.weights = dict(result.after)
+        self._live_changed = False
 
     async def _refuse(self, problem: LoadProblem) -> None:
         """A version whose artifacts failed their checksum in the worker: the
@@ -463,10 +476,10 @@ class InferenceService:
         if self.after_registry_change is not None:
             await self.after_registry_change(model_id)
 
-    def _round_ts(self) -> int:
-        """Close time of the newest bar answered (trust history is in bar time)."""
+    def _round_ts(self) -> int | None:
+        """Close time of the newest bar answered."""
         closes = [ts + timeframe_ms(tf) for (_, tf), ts in self.last_ts.items()]
-        return max(closes) if closes else int(time.time() * 1000)
+        return max(closes) if closes else None
 
     # -- periodic summary and pruning ----------------------------------------------
     async def summarize(self, stop: asyncio.Event) -> None:
