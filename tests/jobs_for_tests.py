@@ -85,3 +85,14 @@ def fake_train(spec: Any) -> Any:
     return TrainJobResult(spec.job_id, spec.model_id, spec.family, spec.symbol, spec.tf,
                           stored.version, str(stored.path), metrics, h2h, 0.01, len(spec.bars),
                           os.getpid())  # fmt: skip
+
+
+def cuda_probe(spec: Spec) -> dict[str, object]:
+    """What torch sees of the GPU from inside a worker."""
+    import torch
+
+    return {
+        "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "available": torch.cuda.is_available(),
+        "devices": torch.cuda.device_count(),
+    }

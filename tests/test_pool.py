@@ -18,6 +18,7 @@ from quantum_daemon.training.pool import (
     PoolSettings,
     ProcessPool,
     RestartBudget,
+    cuda_present,
 )
 from tests import jobs_for_tests as jobs
 from tests.jobs_for_tests import Spec
@@ -188,3 +189,24 @@ def test_a_reserved_worker_is_not_offered_twice() -> None:
     first, second, again, outcome = run_with_pool(body)
     assert (first, second, again) == (True, False, True)
     assert outcome.ok
+
+
+@pytest.mark.skipif(not cuda_present(), reason="needs an NVIDIA GPU")
+def test_the_gpu_worker_takes_torch_families_and_only_it_sees_the_gpu() -> None:
+    async def body(pool: ProcessPool) -> tuple[JobOutcome, JobOutcome]:
+        gpu = await pool.run(jobs.cuda_probe, Spec(1), family="nhits", job_id="g", timeout_s=120)
+        cpu = await pool.run(jobs.cuda_probe, Spec(2), family="xgb", job_id="c", timeout_s=120)
+        return gpu, cpu
+
+    settings = PoolSettings(cpu_workers=1, gpu_worker=True, log_level="warning")
+
+    async def main() -> tuple[JobOutcome, JobOutcome]:
+        async with ProcessPool(settings) as pool:
+            assert set(pool.lanes) == {"cpu", "gpu"}
+            return await body(pool)
+
+    gpu, cpu = asyncio.run(main())
+    assert gpu.ok and gpu.worker.startswith("gpu-"), gpu
+    assert gpu.result["available"] and gpu.result["devices"] >= 1
+    assert cpu.ok and cpu.worker.startswith("cpu-")
+    assert cpu.result["cuda_visible"] == "" and not cpu.result["available"]
