@@ -6,6 +6,9 @@ spec's bars, stores the model of the last test window as a new version in
 the registry folder (``artifacts.write_version``) with its metrics, and
 returns a small frozen result. No Redis, no CLI, no logging configuration:
 the caller reports. ``spec.now`` fixes the version name (default: the clock).
+The family is trained with ``p_up`` calibrated on its validation windows
+(``families.calibrated_family``); the stored metrics add the test-window
+``ece`` to the ``--json`` keys, and a report folder gets ``calibration.json``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ from typing import Any
 from quantum_daemon import artifacts
 from quantum_daemon.bars import Bars
 from quantum_daemon.config import EvaluationConfig
-from quantum_daemon.evaluation.report import metrics_json, write_report
+from quantum_daemon.evaluation.report import (
+    finite_or_none,
+    metrics_json,
+    write_calibration,
+    write_report,
+)
 from quantum_daemon.evaluation.splits import Fold
 from quantum_daemon.evaluation.walkforward import (
     Evaluation,
@@ -29,7 +37,7 @@ from quantum_daemon.evaluation.walkforward import (
     walk_forward,
 )
 from quantum_daemon.models.base import FitInfo
-from quantum_daemon.models.families import family_class
+from quantum_daemon.models.families import calibrated_family
 
 IDENTITY_KEYS = ("model_id", "version", "family")
 
@@ -83,7 +91,7 @@ def train_offline(spec: OfflineSpec) -> OfflineResult:
     now = spec.now or datetime.now(UTC)
     settings = spec.settings()
     evaluation = walk_forward(
-        family_class(spec.family), spec.bars, settings, seed=spec.seed, params=spec.params
+        calibrated_family(spec.family), spec.bars, settings, seed=spec.seed, params=spec.params
     )
     model_id = artifacts.model_id_for(spec.family, spec.symbol, spec.tf)
     stored = artifacts.write_version(
@@ -111,7 +119,10 @@ def _report_files(
 ) -> tuple[Path, ...]:
     if spec.report_dir is None:
         return ()
-    return tuple(write_report(spec.report_dir, metrics, report))
+    return (
+        *write_report(spec.report_dir, metrics, report),
+        write_calibration(spec.report_dir, report),
+    )
 
 
 def _metadata(
@@ -135,7 +146,10 @@ def _metadata(
             "val_loss": last.fit.val_loss,
             **dict(last.fit.extra),
         },
-        "metrics": _numbers_only(metrics_json(report, "", "", spec.family)),
+        "metrics": {
+            **_numbers_only(metrics_json(report, "", "", spec.family)),
+            "ece": finite_or_none(report.ece),
+        },
         "model": state,
     }
 

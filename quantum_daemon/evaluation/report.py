@@ -7,6 +7,12 @@ simple returns after costs, ``ts`` the epoch-ms open time of the bar whose
 return it is) and ``equity.png`` (matplotlib, imported here only, Agg backend).
 Numbers that are undefined (a profit factor without losses, a win rate
 without trades) are JSON null.
+
+``calibration_json`` / ``write_calibration`` give ``calibration.json`` for
+the report folder: the test-window ECE of ``p_up`` with its reliability bins,
+and per test window the validation ECE before and after calibration
+(``models.calibrated``). The ECE is not a ``JSON_KEYS`` key: the artifact
+metadata's ``metrics`` carry it as ``ece`` beside them.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from quantum_daemon.calibration import reliability
 from quantum_daemon.evaluation.performance import TradingMetrics
 from quantum_daemon.evaluation.walkforward import EvaluationReport
 
@@ -82,6 +89,50 @@ def write_report(directory: Path, metrics: dict[str, Any], report: EvaluationRep
     _write_text(paths[1], returns_csv(report))
     _plot_equity(paths[2], report)
     return paths
+
+
+CALIBRATION_FILE = "calibration.json"
+N_BINS = 10
+_FIT_PREFIX = "calibration_"
+
+
+def calibration_json(report: EvaluationReport) -> dict[str, Any]:
+    """Test-window ECE and reliability bins, validation ECE per test window."""
+    up = np.where(np.isnan(report.outcome), np.nan, report.outcome > 0)
+    bins = reliability(report.p_up, up, N_BINS)
+    windows = []
+    for number, outcome in enumerate(report.folds):
+        found = {
+            k.removeprefix(_FIT_PREFIX): v
+            for k, v in outcome.fit.extra.items()
+            if k.startswith(_FIT_PREFIX)
+        }
+        windows.append({"window": number, "refitted": outcome.refitted, **found})
+    return {
+        "n_bins": N_BINS,
+        "test": {
+            "ece": finite_or_none(report.ece),
+            "n": sum(b.count for b in bins),
+            "reliability": [
+                {
+                    "lower": b.lower,
+                    "upper": b.upper,
+                    "count": b.count,
+                    "mean_p": b.mean_p,
+                    "frequency": b.frequency,
+                }
+                for b in bins
+            ],
+        },
+        "validation": windows,
+    }
+
+
+def write_calibration(directory: Path, report: EvaluationReport) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CALIBRATION_FILE
+    _write_text(path, json.dumps(calibration_json(report), indent=2, allow_nan=False) + "\n")
+    return path
 
 
 def returns_csv(report: EvaluationReport) -> str:

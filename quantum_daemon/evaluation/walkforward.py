@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from quantum_daemon.bars import Bars
+from quantum_daemon.calibration import expected_calibration_error
 from quantum_daemon.config import EvaluationConfig
 from quantum_daemon.evaluation.backtest import (
     DEFAULT_POSITION_THRESHOLD,
@@ -100,6 +101,7 @@ class EvaluationReport:
     baselines: Mapping[str, BacktestResult]
     baseline_metrics: Mapping[str, TradingMetrics]
     folds: tuple[FoldOutcome, ...] = field(default=())
+    ece: float = float("nan")  # expected calibration error of p_up on the test decisions
 
     @property
     def n_test_bars(self) -> int:
@@ -202,4 +204,5 @@ def _report(
         baselines=baselines,
         baseline_metrics={k: trading_metrics(v, periods) for k, v in baselines.items()},
         folds=outcomes,
+        ece=expected_calibration_error(p_up, np.where(np.isnan(outcome), np.nan, outcome > 0)),
     )

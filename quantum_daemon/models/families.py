@@ -2,6 +2,10 @@
 xgboost, lightgbm or torch: only a worker that asks for a family does).
 
 Adding a family is one entry in ``_FAMILY_MODULES``: name -> (module, class).
+
+``family_class`` is the family's own class (raw ``p_up``); what the daemon
+and the CLI train and load is ``calibrated_family``: the same family with its
+``p_up`` calibrated on the validation window (``models.calibrated``).
 """
 
 from __future__ import annotations
@@ -41,10 +45,17 @@ def family_class(name: str) -> type[Family]:
     return cls
 
 
+def calibrated_family(name: str) -> type[Family]:
+    """Family ``name`` with ``p_up`` calibrated on its validation window; same ``name``."""
+    from quantum_daemon.models.calibrated import calibrated_class
+
+    return calibrated_class(family_class(name))
+
+
 def load_model(directory: Path) -> tuple[Family, Mapping[str, Any]]:
     """Verify a version folder's checksums, then rebuild its fitted model."""
     from quantum_daemon.artifacts import load_version
 
     version = load_version(directory)
-    cls = family_class(version.metadata["family"])
+    cls = calibrated_family(version.metadata["family"])
     return cls.load(version.path, version.metadata), version.metadata
