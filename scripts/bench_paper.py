@@ -108,7 +108,11 @@ def patchtst_setup(
         batch_size=128,
         learning_rate=1e-4,
         eval_every=steps_per_epoch,
-        patience=20,
+        # The official script runs all 100 epochs (patience 100); the rate has
+        # decayed to a few percent after 30 epochs and the validation loss only
+        # wobbles, so we stop after 10 epochs without a 0.1% gain.
+        patience=10,
+        min_improvement=1e-3,
         loss="mse",
         grad_clip=0.0,
         seed=2021,
@@ -118,17 +122,24 @@ def patchtst_setup(
 
 
 def nhits_setup(
-    horizon: int, n_channels: int, channels: str, max_steps: int
+    horizon: int,
+    n_channels: int,
+    channels: str,
+    max_steps: int,
+    pool_kernels: tuple[int, ...] = (16, 8, 1),
+    downsample: tuple[int, ...] = (24, 12, 1),
 ) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
     """The official multivariate script's settings: lookback 5H, 3 stacks of
     one block, 2 x 512 MLPs, MAE, Adam 1e-3 halved 3 times over 1,000 steps,
-    256 windows per step, validation every 50 steps, patience 10."""
+    256 windows per step, validation every 50 steps, patience 10; pooling
+    kernels and ratios from its search space. "independent" runs the network
+    on each channel of the 256 windows with shared weights."""
     arch = NHiTSConfig(
         input_size=5 * horizon,
         horizon=horizon,
         n_series=n_channels if channels == "joint" else 1,
-        pool_kernels=(16, 8, 1),
-        downsample=(24, 12, 1),
+        pool_kernels=pool_kernels,
+        downsample=downsample,
         hidden=512,
         n_layers=2,
     )
@@ -232,7 +243,9 @@ def build(
     if args.model == "patchtst":
         steps_per_epoch = max(1, n_train // 128)
         return patchtst_setup(args.dataset, args.horizon, n_channels, steps_per_epoch, args.epochs)
-    return nhits_setup(args.horizon, n_channels, args.channels, args.max_steps)
+    return nhits_setup(
+        args.horizon, n_channels, args.channels, args.max_steps, args.pool_kernels, args.downsample
+    )
 
 
 def device_name(device: torch.device) -> str:
@@ -262,6 +275,10 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"run time {result['seconds']:.1f} s")
 
 
+def int_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(","))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=("patchtst", "nhits", "naive"), required=True)
@@ -277,9 +294,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--channels",
         choices=("joint", "independent"),
-        default="joint",
-        help="N-HiTS: one MLP over all channels (official multivariate code) "
-        "or one shared univariate MLP per channel",
+        default="independent",
+        help="N-HiTS: one univariate network shared by every channel (as Nixtla's NHITS; "
+        "reproduces the table) or one MLP over all channels flattened together",
+    )
+    parser.add_argument(
+        "--pool-kernels",
+        type=int_tuple,
+        default=(16, 8, 1),
+        help="N-HiTS pooling kernel per stack, e.g. 16,8,1",
+    )
+    parser.add_argument(
+        "--downsample",
+        type=int_tuple,
+        default=(24, 12, 1),
+        help="N-HiTS expressiveness ratio per stack, e.g. 24,12,1",
     )
     parser.add_argument("--verbose", action="store_true", help="validation progress on stderr")
     return parser.parse_args(argv)

@@ -138,6 +138,24 @@ def test_early_stopping_after_patience_evaluations_without_improvement() -> None
     assert [r.step for r in result.history] == [0, 5, 10, 15]
 
 
+def test_small_gains_update_the_checkpoint_but_not_the_patience() -> None:
+    """With a 50% improvement threshold a slowly improving run stops after
+    ``patience`` evaluations, yet keeps the weights of its best evaluation."""
+    config = cpu_config(
+        learning_rate=1e-3,
+        schedule="constant",
+        max_steps=1000,
+        eval_every=5,
+        patience=3,
+        min_improvement=0.5,
+    )
+    result = train(linear_model(), noisy_windows(0), noisy_windows(1), config)
+    losses = [r.val_loss for r in result.history]
+    assert result.stopped_early and result.steps == 15
+    assert losses[-1] < losses[0] and result.best_step > 0
+    assert result.best_val_loss == min(losses)
+
+
 def test_gradient_clipping_bounds_the_gradient_norm(monkeypatch: pytest.MonkeyPatch) -> None:
     """A huge gradient reaches the optimizer with at most ``grad_clip`` norm."""
     norms: list[float] = []

@@ -105,8 +105,8 @@ class Dropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return super().forward(x)
-        keep = torch.rand_like(x) >= self.p
-        return torch.where(keep, x, 0.0) * (1.0 / (1.0 - self.p))
+        scale = torch.empty_like(x).uniform_().ge_(self.p).div_(1.0 - self.p)
+        return x * scale
 
 
 class MultiheadAttention(nn.Module):

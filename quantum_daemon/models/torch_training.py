@@ -55,6 +55,10 @@ class TrainConfig:
     # N-HiTS validates every 50 steps and stops after 10 bad evaluations.
     eval_every: int = 50
     patience: int = 10
+    # Relative improvement of the validation loss that resets the patience;
+    # smaller gains still update the checkpoint. Keeps a plateau that only
+    # wobbles (BatchNorm statistics, dropout) from running to max_steps.
+    min_improvement: float = 0.0
     # The loss the network is trained and validated on (N-HiTS: MAE, PatchTST: MSE).
     loss: Literal["mae", "mse"] = "mae"
     # Clip the global gradient norm; heavy-tailed returns make rare huge
@@ -270,6 +274,7 @@ def train(
     rows = batch_rows(len(train_windows), config.batch_size, config.seed)
 
     best_loss, best_step, best_state = math.inf, 0, _cpu_copy(model)
+    patience_reference = math.inf
     history: list[EvalRecord] = []
     bad_evals, n_running, stopped_early, step = 0, 0, False, 0
     running = torch.zeros((), device=device)
@@ -284,9 +289,11 @@ def train(
             if on_eval is not None:
                 on_eval(record)
             if val_loss < best_loss:
-                best_loss, best_step, best_state, bad_evals = val_loss, step, _cpu_copy(model), 0
+                best_loss, best_step, best_state = val_loss, step, _cpu_copy(model)
                 if config.checkpoint is not None:
                     save_file(best_state, str(config.checkpoint))
+            if val_loss < patience_reference * (1 - config.min_improvement):
+                patience_reference, bad_evals = val_loss, 0
             else:
                 bad_evals += 1
                 if bad_evals >= config.patience:
