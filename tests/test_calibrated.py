@@ -5,6 +5,7 @@ calibration.json in the report folder, ece in the stored metrics)."""
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +167,11 @@ def test_a_calibrated_xgb_saves_and_loads_to_identical_predictions(tmp_path: Pat
     before, after = model.predict(bars, idx), loaded.predict(bars, idx)
     np.testing.assert_array_equal(before.p_up, after.p_up)
     np.testing.assert_array_equal(before.mu, after.mu)
+    assert isinstance(loaded, Calibrated)
+    assert "xgboost" in loaded.library_versions()  # what the wrapper lacks is the inner's
+    assert not hasattr(loaded, "decide")
+    copied = pickle.loads(pickle.dumps(loaded))
+    np.testing.assert_array_equal(copied.predict(bars, idx).p_up, before.p_up)
     del meta["model"]["calibration"]  # a version trained before calibration: the identity
     old = calibrated_family("xgb").load(tmp_path, meta)
     np.testing.assert_array_equal(old.predict(bars, idx).p_up, model.inner.predict(bars, idx).p_up)

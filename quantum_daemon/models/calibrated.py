@@ -140,6 +140,10 @@ class Calibrated:
     def __repr__(self) -> str:
         return f"Calibrated({self.inner!r}, {self.calibrator.method})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The per-family class is made at run time: pickle rebuilds it from the inner class.
+        return (wrap, (self.inner, self.method), dict(self.__dict__))
+
 
 @functools.cache
 def calibrated_class(inner_class: type[Family]) -> type[Calibrated]:
