@@ -27,7 +27,9 @@ from tests.planted_family import PLANTED
 FAMILIES = ("xgb", "lgbm", "nhits", "patchtst", "evo_model", "rl_sizer")
 
 
-def make_config(redis_url: str, data_dir: Path, horizon: int = 2, shadow_min_bars: int = 48) -> Config:
+def make_config(
+    redis_url: str, data_dir: Path, horizon: int = 2, shadow_min_bars: int = 48
+) -> Config:
     return Config(
         redis=RedisConfig(url=redis_url),
         storage=StorageConfig(data_dir=data_dir),

@@ -62,9 +62,9 @@ def test_weights_concentrate_on_the_planted_family_and_follow_it_when_it_moves(
 
     asyncio.run(scenario())
     # the xgb oracle's first score lands with bar switch + horizon
-    followed = next(
-        k for k, w in enumerate(seen) if k >= switch + horizon and w["xgb"] >= 0.5
-    ) - (switch + horizon)
+    followed = next(k for k, w in enumerate(seen) if k >= switch + horizon and w["xgb"] >= 0.5) - (
+        switch + horizon
+    )
     eta, alpha = TrustConfig().learning_rate, TrustConfig().share
     bound = recovery_rounds(eta, alpha, len(FORECASTERS), brier_gap())
     assert followed <= bound < 60
@@ -128,7 +128,7 @@ def test_six_families_keep_the_contracts_keys_and_a_replay_scores_nothing_twice(
     assert pending > 600
 
     async def replay() -> None:
-        async with inference(cfg) as (service, store):
+        async with inference(cfg) as (service, _):
             await service.run_until_idle()
             service.bars_stored(SYMBOL, TF, 1)  # a re-delivered bar: nothing newer is stored
             await service.run_until_idle()

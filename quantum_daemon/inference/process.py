@@ -54,11 +54,13 @@ class WorkerLink:
         on_report: Callable[[LoadReport], None],
         budget: RestartBudget,
         on_state: Callable[[bool], None] = lambda up: None,
+        on_restart: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.on_report = on_report
         self.on_state = on_state
+        self.on_restart = on_restart
         self.budget = budget
         self.clock = clock
         self.ctx = multiprocessing.get_context("spawn")
@@ -187,6 +189,7 @@ class WorkerLink:
                     f"{self.budget.window_s:.0f}s (last: {reason})"
                 )
             self.restarts += 1
+            self.on_restart()
             await self.start()
 
     def death_reason(self) -> str:

@@ -144,6 +144,7 @@ class InferenceService:
             self._work_put,
             RestartBudget(cfg.training.restart_budget, cfg.training.restart_window_s),
             on_state=lambda up: self.metrics.worker_up.set(1 if up else 0),
+            on_restart=self.metrics.worker_restarts.inc,
         )
         self.totals = InferenceTotals()
         self.last_ts: dict[Series, int] = {}
@@ -255,7 +256,9 @@ class InferenceService:
         await self._deliver(series, reply, stored_at)
 
     async def _deliver(self, series: Series, answer: PredictAnswer, stored_at: float) -> None:
-        signals = signals_of(answer, self.weights, (self.clock() - stored_at) * 1000.0)
+        latency_ms = (self.clock() - stored_at) * 1000.0
+        threshold = self.cfg.evaluation.position_threshold
+        signals = signals_of(answer, self.weights, latency_ms, threshold)
         if signals:
             await self._publish(signals, stored_at)
         if answer.ts:

@@ -35,9 +35,10 @@ def sizer_at(models: Sequence[ModelAnswer], k: int) -> SizerDecision | None:
 
 
 def signals_of(
-    answer: PredictAnswer, weights: Mapping[str, float], latency_ms: float
+    answer: PredictAnswer, weights: Mapping[str, float], latency_ms: float, threshold: float
 ) -> list[Signal]:
-    """One signal per answered bar that has at least one active forecaster."""
+    """One signal per answered bar that has at least one active forecaster;
+    ``threshold`` is the plain rule's (``[evaluation] position_threshold``)."""
     signals: list[Signal] = []
     for k, ts in enumerate(answer.ts):
         members = members_at(answer.models, k)
@@ -45,7 +46,9 @@ def signals_of(
             continue
         ensemble = combine(members, weights)
         sizer = sizer_at(answer.models, k)
-        signals.append(build_signal(answer.symbol, answer.tf, ts, ensemble, sizer, latency_ms))
+        signals.append(
+            build_signal(answer.symbol, answer.tf, ts, ensemble, sizer, latency_ms, threshold)
+        )
     return signals
 
 

@@ -278,13 +278,11 @@ class InferenceServer:
         return wanted
 
     def load(self, model_id: str, version: str, stage: str) -> LiveModel | None:
-        from quantum_daemon.artifacts import ArtifactCorrupt, load_version
+        from quantum_daemon.artifacts import ArtifactCorrupt
 
         path = self.registry.version_path(model_id, version)
         try:
-            stored = load_version(path)
-            meta = stored.metadata
-            model = self.family_class(str(meta["family"])).load(stored.path, meta)
+            model, meta = self.load_model(path)
         except ArtifactCorrupt as exc:
             self._failed(model_id, version, str(exc), refused=True)
             return None
@@ -307,14 +305,23 @@ class InferenceServer:
         event = "model.load_refused" if refused else "inference.load_failed"
         self.log.warning(event, model_id=model_id, version=version, reason=reason)
 
-    def family_class(self, family: str) -> Any:
-        override = self.overrides.get(family)
-        if override is None:
-            from quantum_daemon.models.families import family_class
+    def load_model(self, path: Path) -> tuple[Any, Mapping[str, Any]]:
+        """Checksums first, then the model, the way the daemon's own loader
+        does it (``families.load_model``); a test-only override replaces the
+        family's class."""
+        from quantum_daemon.artifacts import read_metadata
 
-            return family_class(family)
+        override = self.overrides.get(str(read_metadata(path).get("family")))
+        if override is None:
+            from quantum_daemon.models.families import load_model
+
+            return load_model(path)
+        from quantum_daemon.artifacts import load_version
+
+        stored = load_version(path)
         module, _, name = override.partition(":")
-        return getattr(importlib.import_module(module), name)
+        cls = getattr(importlib.import_module(module), name)
+        return cls.load(stored.path, stored.metadata), stored.metadata
 
 
 # -- pure helpers ----------------------------------------------------------------
