@@ -19,6 +19,7 @@ outbox until it returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,7 @@ log = get_logger()
 
 EVENTS_MAXLEN = 10_000
 DEDUP_TTL_S = 7 * 24 * 3600
+FINAL_FLUSH_S = 2.0
 
 TRAINING_STARTED = "training.started"
 TRAINING_COMPLETED = "training.completed"
@@ -203,13 +205,21 @@ class OutboxFlusher:
         return confirmed
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self.flush()
-            if self.backlog:
-                await sleep_or_stop(stop, self.interval_s)
-            else:
-                await self._sleep(stop)
-        await asyncio.shield(self.flush())
+        try:
+            while not stop.is_set():
+                await self.flush()
+                if self.backlog:
+                    await sleep_or_stop(stop, self.interval_s)
+                else:
+                    await self._sleep(stop)
+        finally:
+            await self._last_flush()
+
+    async def _last_flush(self) -> None:
+        """Stopping or cancelled (a sibling loop crashed): publish what waits,
+        briefly; whatever does not go out stays in the outbox for the next start."""
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.flush()), FINAL_FLUSH_S)
 
     async def _sleep(self, stop: asyncio.Event) -> None:
         wake = asyncio.ensure_future(self._wakeup.wait())

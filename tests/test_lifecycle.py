@@ -18,6 +18,7 @@ from quantum_daemon.lifecycle import LifecycleService
 from quantum_daemon.registry import Registry
 from quantum_daemon.store import BarStore
 from quantum_daemon.training.jobs import run_job
+from quantum_daemon.training.pool import PoolCrashLoop
 from tests.lifecycle_harness import (
     BAD,
     BETTER,
@@ -193,3 +194,16 @@ def test_the_real_training_job_trains_evaluates_and_compares_head_to_head(
     assert entry["verdict"]["gates"][3]["gate"] == "beats_active"
     registry = Registry(tmp_path)
     registry.verify(XGB, second)  # the artifact the worker wrote passes its sha256 check
+
+
+def test_a_crash_loop_past_the_restart_budget_ends_the_service(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, store: BarStore
+) -> None:
+    cfg = make_config(tmp_path, redis_url)
+    cfg = replace(cfg, training=replace(cfg.training, restart_budget=0))
+    plan(tmp_path, xgb="crash")
+    with pytest.raises(BaseExceptionGroup) as caught:
+        asyncio.run(run_service(cfg, store, lambda _: False, timeout_s=60))
+    assert caught.group_contains(PoolCrashLoop)
+    failed = [e for e in events(redis_client) if e.type == "training.failed"]
+    assert [e.data["status"] for e in failed] == ["crashed"]
