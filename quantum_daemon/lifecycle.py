@@ -22,7 +22,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -45,6 +44,7 @@ from quantum_daemon.events import (
 )
 from quantum_daemon.keys import Keys
 from quantum_daemon.lifecycle_metrics import LifecycleMetrics
+from quantum_daemon.lifecycle_views import JobRecord, jobs_view, models_view
 from quantum_daemon.logs import get_logger
 from quantum_daemon.promotion import HeadToHead, judge
 from quantum_daemon.registry import Registry
@@ -86,23 +86,6 @@ class BarSource(Protocol):
     ) -> Bars: ...
 
     def count(self, symbol: str | None = None, tf: str | None = None) -> int: ...
-
-
-@dataclass
-class JobRecord:
-    """One job as ``/api/jobs`` shows it."""
-
-    job_id: str
-    model_id: str
-    family: str
-    reasons: list[str]
-    version: str
-    status: str = "running"
-    started_at: float = 0.0
-    seconds: float | None = None
-    reason: str | None = None
-    stage: str | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 def make_executor(cfg: Config) -> Executor:
@@ -443,49 +426,18 @@ class LifecycleService:
     # -- views ---------------------------------------------------------------
     async def refresh_models(self) -> None:
         """Re-read the registry (in a thread) for ``/api/models`` and metrics."""
-        self.models = await asyncio.to_thread(self._models_view)
+        self.models = await asyncio.to_thread(models_view, self.registry)
         self.metrics.set_stages(self.models)
 
-    def _models_view(self) -> list[dict[str, Any]]:
-        by_model: dict[str, dict[str, Any]] = {}
-        for info in self.registry.versions():
-            model = by_model.setdefault(
-                info.model_id,
-                {
-                    "model_id": info.model_id,
-                    "family": info.family,
-                    "symbol": info.symbol,
-                    "tf": info.tf,
-                    "active": None,
-                    "versions": [],
-                },
-            )
-            model["versions"].append(info.to_json())
-            if info.stage == "active":
-                model["active"] = info.version
-        return list(by_model.values())
-
     def jobs_view(self) -> dict[str, Any]:
-        now = self.clock()
-        return {
-            "backend": self.executor.snapshot(),
-            "queued": [self._queued_view(r, now) for r in self.scheduler.pending()],
-            "running": [asdict(r) for r in self.jobs.values()],
-            "recent": [asdict(r) for r in reversed(self.recent)],
-            "totals": self.metrics.totals(),
-        }
-
-    def _queued_view(self, request: TrainRequest, now: float) -> dict[str, Any]:
-        key = request.key
-        return {
-            "model_id": request.model_id,
-            "reasons": sorted(request.reasons),
-            "requested_at": request.requested_at,
-            "has_active": request.has_active,
-            "ready": self.scheduler.is_ready(request, now),
-            "bars": self.scheduler.available(key.symbol, key.tf),
-            "min_bars": self.scheduler.policy.min_bars,
-        }
+        return jobs_view(
+            self.executor.snapshot(),
+            self.scheduler,
+            self.jobs.values(),
+            self.recent,
+            self.metrics.totals(),
+            self.clock(),
+        )
 
     def status(self) -> dict[str, Any]:
         totals = self.metrics.totals()

@@ -28,15 +28,9 @@ promoting one retires the one it replaces in the same write.
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import fcntl
-import json
-import os
 import shutil
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,11 +49,20 @@ from quantum_daemon.events import (
 )
 from quantum_daemon.logs import get_logger
 from quantum_daemon.promotion import HeadToHead, Verdict
-from quantum_daemon.scheduler import ModelKey
+from quantum_daemon.registry_files import (
+    STAGES,
+    STATE_FILE,
+    RegistryError,
+    StateFiles,
+    is_model_id,
+    new_entry,
+    previous_active,
+)
+
+__all__ = ["STAGES", "STATE_FILE", "Registry", "RegistryError", "VersionInfo"]
 
 log = get_logger()
 
-STAGES = ("trained", "candidate", "active", "rejected", "retired")
 ALLOWED: dict[str, frozenset[str]] = {
     "trained": frozenset({"candidate", "rejected"}),
     "candidate": frozenset({"active", "retired", "rejected"}),
@@ -67,15 +70,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "retired": frozenset({"active"}),
     "rejected": frozenset(),
 }
-STATE_FILE = "state.json"
-LOCK_FILE = ".lock"
 KEEP_COMMAND_IDS = 200
 STALE_TMP_S = 600.0  # a worker's temporary version folder lives seconds; older ones are debris
-
-
-class RegistryError(Exception):
-    """An operator request the registry refuses (unknown model or version,
-    a transition that the stages do not allow); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -115,29 +111,30 @@ class Registry:
         self.data_dir = Path(data_dir)
         self.root = self.data_dir / artifacts.MODELS_DIR
         self.clock = clock
+        self.files = StateFiles(self.data_dir)
 
     # -- queries -------------------------------------------------------------
     def model_ids(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _is_model_id(p.name))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_model_id(p.name))
 
     def versions(self, model_id: str | None = None) -> list[VersionInfo]:
         ids = self.model_ids() if model_id is None else [model_id]
-        return [info for mid in ids for info in self._infos(self._read(mid))]
+        return [info for mid in ids for info in self._infos(self.files.read(mid))]
 
     def active_version(self, model_id: str) -> str | None:
-        active = self._read(model_id).get("active")
+        active = self.files.read(model_id).get("active")
         return None if active is None else str(active)
 
     def stage(self, model_id: str, version: str) -> str:
-        return str(self._version(self._read(model_id), version)["stage"])
+        return str(self._version(self.files.read(model_id), version)["stage"])
 
     def version_path(self, model_id: str, version: str) -> Path:
         return artifacts.model_dir(self.data_dir, model_id) / version
 
     def show(self, model_id: str) -> dict[str, Any]:
-        state = self._read(model_id)
+        state = self.files.read(model_id)
         if not state["versions"]:
             raise RegistryError(f"unknown model {model_id!r} (no versions under {self.root})")
         return {
@@ -156,7 +153,7 @@ class Registry:
     def newest(self, model_id: str) -> tuple[float, int] | None:
         """(creation time in epoch s, open time of its last bar in ms) of the
         newest version: when the model last trained, on which data."""
-        state = self._read(model_id)
+        state = self.files.read(model_id)
         if not state["versions"]:
             return None
         entry = state["versions"][max(state["versions"])]
@@ -165,7 +162,7 @@ class Registry:
 
     def previous_active(self, model_id: str) -> str | None:
         """The version that ``rollback`` would bring back."""
-        return _previous_active(self._read(model_id))
+        return previous_active(self.files.read(model_id))
 
     def verify(self, model_id: str, version: str) -> None:
         """Check every artifact's sha256; raises ``artifacts.ArtifactCorrupt``."""
@@ -181,10 +178,10 @@ class Registry:
     ) -> list[Event]:
         """Record a version folder that a worker wrote, at stage ``trained``."""
         meta = artifacts.read_metadata(self.version_path(model_id, version))
-        with self._edit(model_id, meta) as state:
+        with self.files.edit(model_id, meta) as state:
             if version in state["versions"]:
                 return []
-            entry = state["versions"][version] = _new_entry(meta, head_to_head)
+            entry = state["versions"][version] = new_entry(meta, head_to_head)
             if entry["stage"] == "active":  # restored from the metadata mirror
                 state["active"] = version
             window = meta.get("data_window", {})
@@ -201,7 +198,7 @@ class Registry:
     def apply_verdict(self, model_id: str, version: str, verdict: Verdict) -> list[Event]:
         """trained -> candidate or rejected, and on to active when the
         verdict promotes (retiring the version it replaces): one write."""
-        with self._edit(model_id) as state:
+        with self.files.edit(model_id) as state:
             entry = self._version(state, version)
             if entry["stage"] != "trained":
                 return []
@@ -234,7 +231,7 @@ class Registry:
         self, model_id: str, version: str, reason: str, command_id: str | None = None
     ) -> list[Event]:
         """Operator promotion of a candidate or retired version to active."""
-        with self._edit(model_id) as state:
+        with self.files.edit(model_id) as state:
             if self._seen(state, command_id):
                 return []
             entry = self._version(state, version)
@@ -252,7 +249,7 @@ class Registry:
     ) -> list[Event]:
         """Retire an active or candidate version (the model may be left
         without an active version)."""
-        with self._edit(model_id) as state:
+        with self.files.edit(model_id) as state:
             if self._seen(state, command_id):
                 return []
             entry = self._version(state, version)
@@ -264,10 +261,10 @@ class Registry:
 
     def rollback(self, model_id: str, reason: str, command_id: str | None = None) -> list[Event]:
         """Retire the active version and bring back the one active before it."""
-        with self._edit(model_id) as state:
+        with self.files.edit(model_id) as state:
             if self._seen(state, command_id):
                 return []
-            previous = _previous_active(state)
+            previous = previous_active(state)
             if previous is None:
                 raise RegistryError(f"{model_id}: no earlier active version to roll back to")
             return self._activate(state, previous, f"rollback: {reason}")
@@ -275,7 +272,7 @@ class Registry:
     def refuse(self, model_id: str, version: str, reason: str) -> list[Event]:
         """An artifact failed its integrity check: report it, and retire the
         version if it was active (it must never be loaded)."""
-        with self._edit(model_id) as state:
+        with self.files.edit(model_id) as state:
             entry = self._version(state, version)
             at = self.clock()
             events = self._emit(
@@ -292,16 +289,18 @@ class Registry:
 
     def add_events(self, model_id: str, events: Sequence[Event]) -> None:
         """Put events that are not transitions (``training.*``) in the outbox."""
-        with self._edit(model_id) as state:
+        with self.files.edit(model_id) as state:
             state["outbox"].extend(e.to_dict() for e in events)
 
     # -- the outbox ----------------------------------------------------------
     def pending_events(self) -> list[Event]:
-        return [Event.from_dict(e) for mid in self.model_ids() for e in self._read(mid)["outbox"]]
+        return [
+            Event.from_dict(e) for mid in self.model_ids() for e in self.files.read(mid)["outbox"]
+        ]
 
     def confirm_events(self, model_id: str, event_ids: Sequence[str]) -> None:
         gone = set(event_ids)
-        with self._edit(model_id) as state:
+        with self.files.edit(model_id) as state:
             state["outbox"] = [e for e in state["outbox"] if e["data"]["event_id"] not in gone]
 
     # -- start-up ------------------------------------------------------------
@@ -313,15 +312,15 @@ class Registry:
             self._remove_stale_tmp(model_id)
             for version in artifacts.list_versions(self.data_dir, model_id):
                 self._adopt(model_id, version)
-            state = self._read(model_id)
-            self._mirror(model_id, state, only_changed_from=None)
+            state = self.files.read(model_id)
+            self.files.mirror(model_id, state, only_changed_from=None)
             waiting += [
                 (model_id, v) for v, e in state["versions"].items() if e["stage"] == "trained"
             ]
         return sorted(waiting)
 
     def _adopt(self, model_id: str, version: str) -> None:
-        if version in self._read(model_id)["versions"]:
+        if version in self.files.read(model_id)["versions"]:
             return
         try:
             self.register(model_id, version, job_id="recovered")
@@ -427,142 +426,7 @@ class Registry:
             for version, entry in sorted(state["versions"].items())
         ]
 
-    @contextlib.contextmanager
-    def _edit(
-        self, model_id: str, meta: Mapping[str, Any] | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """Read-modify-write of the model's state under its lock: one atomic
-        write if anything changed, then the metadata mirror."""
-        folder = artifacts.model_dir(self.data_dir, model_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        with _locked(folder / LOCK_FILE):
-            state = self._read(model_id, meta)
-            before = copy.deepcopy(state)
-            yield state
-            if state != before:
-                write_json_atomic(folder / STATE_FILE, state)
-                self._mirror(model_id, state, only_changed_from=before)
-
-    def _read(self, model_id: str, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        _check_model_id(model_id)
-        path = artifacts.model_dir(self.data_dir, model_id) / STATE_FILE
-        try:
-            state: dict[str, Any] = json.loads(path.read_text())
-        except FileNotFoundError:
-            return _empty_state(model_id, meta)
-        return state
-
-    def _mirror(
-        self, model_id: str, state: dict[str, Any], only_changed_from: dict[str, Any] | None
-    ) -> None:
-        """Copy each version's stage and history into its metadata.json."""
-        for version, entry in state["versions"].items():
-            old = (only_changed_from or {}).get("versions", {}).get(version)
-            if only_changed_from is not None and old == entry:
-                continue
-            path = self.version_path(model_id, version)
-            try:
-                meta = artifacts.read_metadata(path)
-            except artifacts.ArtifactCorrupt:
-                continue
-            if (
-                meta.get("stage_history") == entry["history"]
-                and meta.get("stage") == entry["stage"]
-            ):
-                continue
-            artifacts.rewrite_metadata(
-                path, {**meta, "stage": entry["stage"], "stage_history": entry["history"]}
-            )
-
-
-def _new_entry(meta: Mapping[str, Any], head_to_head: HeadToHead | None) -> dict[str, Any]:
-    """A state entry for a version folder. Its stage is the last one of the
-    metadata's history: ``trained`` for a new version, the mirrored stage
-    when ``state.json`` was lost and is being rebuilt."""
-    history = list(meta.get("stage_history") or [])
-    if not history or history[-1].get("stage") not in STAGES:
-        history = [{"stage": "trained", "at": meta.get("created_at"), "reason": "registered"}]
-    bars = meta.get("data_window", {}).get("bars", {})
-    return {
-        "stage": history[-1]["stage"],
-        "created_at": meta.get("created_at"),
-        "metrics": meta.get("metrics", {}),
-        "data_last_ts": bars.get("last_ts"),
-        "head_to_head": None if head_to_head is None else head_to_head.to_dict(),
-        "verdict": None,
-        "history": history,
-    }
-
-
-def _empty_state(model_id: str, meta: Mapping[str, Any] | None) -> dict[str, Any]:
-    key = ModelKey.parse(model_id)
-    meta = meta or {}
-    return {
-        "model_id": model_id,
-        "family": meta.get("family", key.family),
-        "symbol": meta.get("symbol", key.symbol),
-        "tf": meta.get("tf", key.tf),
-        "active": None,
-        "versions": {},
-        "outbox": [],
-        "commands": [],
-    }
-
-
-def _previous_active(state: dict[str, Any]) -> str | None:
-    """The retired version whose last active period ended most recently."""
-    best: tuple[str, str] | None = None
-    for version, entry in state["versions"].items():
-        if entry["stage"] != "retired" or version == state["active"]:
-            continue
-        was_active = [h for h in entry["history"] if h["stage"] == "active"]
-        if was_active:
-            ended = entry["history"][-1]["at"]
-            if best is None or ended > best[0]:
-                best = (ended, version)
-    return None if best is None else best[1]
-
 
 def _step(entry: Mapping[str, Any]) -> str:
     """The transition's place in the version's history: a stable event id part."""
     return f"h{len(entry['history'])}"
-
-
-def _is_model_id(name: str) -> bool:
-    try:
-        ModelKey.parse(name)
-    except ValueError:
-        return False
-    return not name.startswith(".")
-
-
-def _check_model_id(model_id: str) -> None:
-    if not _is_model_id(model_id) or "/" in model_id or model_id in (".", ".."):
-        raise RegistryError(f"not a model id (family_SYMBOL_TF): {model_id!r}")
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    """Write JSON to ``path`` so that a reader sees the old or the new file,
-    never a part, and a crash keeps one of them (temp, fsync, rename, fsync dir)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with tmp.open("w") as fh:
-        json.dump(value, fh, indent=1, sort_keys=True, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
