@@ -15,7 +15,8 @@ better than it is); the family applies it to every later prediction.
   (scikit-learn's ``IsotonicRegression``, imported only while fitting),
   applied by linear interpolation between its knots like scikit-learn does.
   Needs more bars; may flatten the map into steps.
-- ``identity``: too few validation bars (``min_samples``) or a single class:
+- ``identity``: too few validation bars (``min_samples``), a single class, or
+  a Platt fit with a slope <= 0 (which would invert the model's ranking):
   calibration is left out rather than fitted on noise.
 
 Calibrated probabilities are clipped to [1e-4, 1 - 1e-4]. A ``Calibrator`` is
@@ -85,6 +86,10 @@ def fit_calibrator(
         return Calibrator()
     if method == "platt":
         slope, intercept = fit_logistic(_logit(p), y, smoothed=True)
+        # A negative slope would reverse the model's own ranking on what is,
+        # on a few hundred overlapping targets, most likely noise.
+        if slope <= 0:
+            return Calibrator()
         return Calibrator("platt", slope=slope, intercept=intercept)
     if method == "isotonic":
         return _fit_isotonic(p, y)

@@ -113,3 +113,16 @@ def test_bad_inputs_are_refused() -> None:
         expected_calibration_error(np.array([0.5]), np.array([2]))
     with pytest.raises(ValueError):
         fit_calibrator(np.ones(3), np.ones(4))
+
+
+def test_platt_never_inverts_the_ranking() -> None:
+    """A validation window where higher p_up went with fewer ups gives no
+    calibration rather than a map that reverses the model's order."""
+    from quantum_daemon.calibration import fit_calibrator
+
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.3, 0.7, 400)
+    up = (rng.uniform(size=400) > p).astype(float)
+    calibrator = fit_calibrator(p, up, method="platt")
+    assert calibrator.method == "identity"
+    assert np.all(np.diff(calibrator.apply(np.sort(p))) >= 0)
