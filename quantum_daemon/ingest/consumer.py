@@ -511,7 +511,7 @@ class IngestService:
             self._schedule.progress_entries = self.totals.entries
             log.info(
                 "ingest.progress",
-                entries=done,
+                recent_entries=done,  # not "entries": the totals below carry that key
                 per_s=round(done / PROGRESS_LOG_S),
                 **vars(self.totals),
             )
