@@ -172,9 +172,23 @@ class LifecycleService:
         await self.executor.__aexit__(*exc)
 
     def loops(self) -> dict[str, LoopFactory]:
+        """The service's loops, for the daemon's task group. The event
+        flusher outlives the scheduler's drain, so that the events of jobs
+        cancelled at shutdown go out too."""
+        drained = asyncio.Event()
+
+        async def scheduler(stop: asyncio.Event) -> None:
+            try:
+                await self.loop.run(stop)
+            finally:
+                drained.set()
+
+        async def events(stop: asyncio.Event) -> None:
+            await self.flusher.run(drained)
+
         return {
-            "lifecycle-scheduler": self.loop.run,
-            "lifecycle-events": self.flusher.run,
+            "lifecycle-scheduler": scheduler,
+            "lifecycle-events": events,
             "lifecycle-control": self.control.run,
         }
 

@@ -207,3 +207,21 @@ def test_a_crash_loop_past_the_restart_budget_ends_the_service(
     assert caught.group_contains(PoolCrashLoop)
     failed = [e for e in events(redis_client) if e.type == "training.failed"]
     assert [e.data["status"] for e in failed] == ["crashed"]
+
+
+def test_at_shutdown_a_running_job_is_cancelled_and_its_failure_still_published(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, store: BarStore
+) -> None:
+    cfg = make_config(tmp_path, redis_url)
+    cfg = replace(cfg, daemon=replace(cfg.daemon, grace_s=2.5))  # the scheduler drains 0.5 s
+    plan(tmp_path, xgb="hang")
+
+    def running(svc: LifecycleService) -> bool:
+        return bool(svc.jobs)
+
+    asyncio.run(run_service(cfg, store, running))
+    failed = [e for e in events(redis_client) if e.type == "training.failed"]
+    assert [(e.data["status"], e.data["reason"]) for e in failed] == [
+        ("cancelled", "daemon stopping")
+    ]
+    assert Registry(tmp_path).pending_events() == []
