@@ -80,7 +80,8 @@ class PredictAnswer:
     close: tuple[float, ...]
     models: tuple[ModelAnswer, ...]
     errors: tuple[tuple[str, str], ...] = ()
-    worker_s: float = 0.0
+    worker_s: float = 0.0  # wall time in the worker
+    cpu_s: float = 0.0  # CPU time in the worker: the rest of worker_s was waiting for a core
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,12 @@ class InferenceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        self.worker_cpu_seconds = Histogram(
+            "quantum_inference_worker_cpu_seconds",
+            "CPU time the inference worker spent on one request",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.signals = Counter(
             "quantum_signals", "Signals published", ["symbol", "tf"], registry=registry
         )

@@ -264,6 +264,7 @@ class InferenceService:
         if answer.ts:
             self.last_ts[series] = answer.ts[-1]
         self.metrics.worker_seconds.observe(answer.worker_s)
+        self.metrics.worker_cpu_seconds.observe(answer.cpu_s)
         self._note_errors(answer)
         self._work_put(Answered(answer, tuple(signals)))
 

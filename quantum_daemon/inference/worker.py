@@ -116,6 +116,43 @@ class SizerBook:
 
 
 @dataclass
+class BarWindows:
+    """The last bars of each series, kept between requests.
+
+    A request reads only the bars stored since the window's newest one, and
+    the series' bar count: when the count says a bar was stored out of order
+    (inside the window), the window is read again. What a request gets is
+    always the last ``context`` bars before its first new bar plus the new
+    bars, exactly what a fresh read of the store would give.
+    """
+
+    store: BarStore
+    context: int
+    held: dict[tuple[str, str], tuple[Bars, int]] = field(default_factory=dict)
+
+    def read(self, symbol: str, tf: str, after_ts: int | None, max_new: int) -> Bars:
+        count = self.store.count(symbol, tf)
+        bars = self._extended(symbol, tf, count)
+        if bars is None:
+            bars = self.store.read_bars(symbol, tf, last_n=self.context + max_new)
+        new = len(_newer(bars.ts, after_ts, max_new))
+        needed = bars.slice(max(0, len(bars) - self.context - new), None)
+        self.held[(symbol, tf)] = (bars.slice(max(0, len(bars) - self.context), None), count)
+        return needed
+
+    def _extended(self, symbol: str, tf: str, count: int) -> Bars | None:
+        """The held window with the bars stored since, or None when it is out of date."""
+        held = self.held.get((symbol, tf))
+        if held is None or len(held[0]) == 0:
+            return None
+        window, held_count = held
+        new = self.store.read_bars(symbol, tf, start_ms=int(window.ts[-1]) + 1)
+        if held_count + len(new) != count:
+            return None
+        return _concat(window, new) if len(new) else window
+
+
+@dataclass
 class InferenceServer:
     """The worker's state: loaded models, the registry stamp, sizer books."""
 
@@ -132,6 +169,7 @@ class InferenceServer:
         self.log = _logger()
         self.registry: Registry = Registry(Path(self.settings.data_dir))
         self.store: BarStore = BarStore(self.settings.store_path)
+        self.windows = BarWindows(self.store, self.settings.context_bars)
         self.overrides = dict(self.settings.family_classes)
 
     # -- requests ------------------------------------------------------------
@@ -151,14 +189,12 @@ class InferenceServer:
             return RequestFailed(request.request_id, f"{type(exc).__name__}: {exc}")
 
     def predict(self, request: PredictRequest) -> PredictAnswer:
-        started = time.perf_counter()
+        started = (time.perf_counter(), time.process_time())
         live = self.live_for(request.symbol, request.tf)
         if not live:  # nothing to ask: just say which bar is the newest
             bars = self.store.read_bars(request.symbol, request.tf, last_n=1)
             return _answer(request, bars, _newer(bars.ts, request.after_ts, 1), (), (), started)
-        bars = self.store.read_bars(
-            request.symbol, request.tf, last_n=self.settings.context_bars + request.max_bars
-        )
+        bars = self.windows.read(request.symbol, request.tf, request.after_ts, request.max_bars)
         idx = _newer(bars.ts, request.after_ts, request.max_bars)
         if idx.size == 0:
             return _answer(request, bars, idx, (), (), started)
@@ -344,6 +380,16 @@ def registry_stamp(root: Path) -> tuple[tuple[str, int, int], ...]:
     return tuple(sorted(stamps))
 
 
+def _concat(a: Bars, b: Bars) -> Bars:
+    import numpy as np
+
+    from quantum_daemon.bars import Bars
+
+    columns = ("ts", "open", "high", "low", "close", "volume")
+    joined = {c: np.concatenate([getattr(a, c), getattr(b, c)]) for c in columns}
+    return Bars(a.symbol, a.tf, **joined)
+
+
 def _newer(ts: np.ndarray, after_ts: int | None, limit: int) -> np.ndarray:
     """Indices of the bars after ``after_ts`` (the newest bar when None), at most ``limit``."""
     import numpy as np
@@ -428,7 +474,7 @@ def _answer(
     idx: np.ndarray,
     answers: Sequence[ModelAnswer],
     errors: Sequence[tuple[str, str]],
-    started: float,
+    started: tuple[float, float],
 ) -> PredictAnswer:
     return PredictAnswer(
         request_id=request.request_id,
@@ -438,7 +484,8 @@ def _answer(
         close=tuple(float(v) for v in bars.close[idx]),
         models=tuple(answers),
         errors=tuple(errors),
-        worker_s=time.perf_counter() - started,
+        worker_s=time.perf_counter() - started[0],
+        cpu_s=time.process_time() - started[1],
     )
 
 
