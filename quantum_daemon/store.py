@@ -246,13 +246,18 @@ class BarStore:
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self._connection()
+        if conn.in_transaction:  # left open by a failure we could not roll back
+            conn.execute("ROLLBACK")
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # A failed COMMIT (busy, I/O error) leaves the transaction open:
+            # roll it back so that the batch can be retried whole.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     def _lookup(self, conn: sqlite3.Connection, bars: Sequence[Bar]) -> dict[tuple, Bar]:
         """The stored bars that share a key with ``bars``."""

@@ -119,12 +119,12 @@ async def full_path(url: str, streams: list[str], total: int, group: str) -> tup
                 stop = asyncio.Event()
                 started = time.perf_counter()
                 task = asyncio.create_task(service.run(stop))
-                while service.totals.entries < total:
+                while service.totals.entries < total and not task.done():
                     memory.append(rss_mb())
                     await asyncio.sleep(0.05)
                 elapsed = time.perf_counter() - started
                 stop.set()
-                await task
+                await task  # raises whatever ended the ingest early
             assert store.count() == total, (store.count(), total)
         await client.aclose()
     return total / elapsed, memory
