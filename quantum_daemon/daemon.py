@@ -23,6 +23,7 @@ from quantum_daemon.config import Config
 from quantum_daemon.heartbeat import heartbeat_loop, loop_lag_monitor
 from quantum_daemon.ingest import IngestMetrics, IngestService
 from quantum_daemon.keys import Keys
+from quantum_daemon.lifecycle import LifecycleService
 from quantum_daemon.logs import get_logger
 from quantum_daemon.redis_link import RedisLink
 from quantum_daemon.sdnotify import Notifier
@@ -52,6 +53,7 @@ class Daemon:
         self.link: RedisLink | None = None
         self.store: BarStore | None = None
         self.ingest: IngestService | None = None
+        self.lifecycle: LifecycleService | None = None
         self.api: ApiServer | None = None
 
     # -- lifecycle -------------------------------------------------------
@@ -63,6 +65,7 @@ class Daemon:
             self.link = await stack.enter_async_context(RedisLink(self.cfg.redis, self.metrics))
             self.store = stack.enter_context(BarStore.in_dir(self.cfg.storage.data_dir))
             self.ingest = await stack.enter_async_context(self._ingest_service())
+            self.lifecycle = await stack.enter_async_context(self._lifecycle_service())
             self.api = await stack.enter_async_context(
                 ApiServer(self.cfg.api, self, self._extra_routes())
             )
@@ -92,6 +95,14 @@ class Daemon:
         self.status_sections["ingest"] = service.status
         return service
 
+    def _lifecycle_service(self) -> LifecycleService:
+        assert self.link is not None and self.store is not None and self.ingest is not None
+        service = LifecycleService(self.cfg, self.link.client, self.store, self.metrics.registry)
+        self.ingest.on_stored.append(service.on_bars_stored)
+        self.loops.update(service.loops())
+        self.status_sections["lifecycle"] = service.status
+        return service
+
     def _register_core_loops(self) -> None:
         assert self.link is not None
         link = self.link
@@ -109,7 +120,7 @@ class Daemon:
         )
 
     def _extra_routes(self) -> list[Any]:
-        return []
+        return self.lifecycle.routes() if self.lifecycle is not None else []
 
     def _announce_ready(self) -> None:
         self.started = True
