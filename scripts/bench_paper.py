@@ -34,6 +34,7 @@ from quantum_daemon.models.torch_training import (
     TrainConfig,
     Windows,
     predict,
+    seed_everything,
     select_device,
     train,
 )
@@ -207,10 +208,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         train_w = windows_for(bench, "train", lookback, args.horizon)
         val_w = windows_for(bench, "val", lookback, args.horizon)
-        model, config, arch = build(args, n_channels, len(train_w))
+        _, config, _ = build(args, n_channels, len(train_w))
         config = replace(
             config, device=args.device, cpu_threads=args.threads, seed=args.seed or config.seed
         )
+        seed_everything(config.seed)  # the initial weights belong to the seeded run
+        model, _, arch = build(args, n_channels, len(train_w))
         fit = train(model, train_w, val_w, config, on_eval=progress if args.verbose else None)
         device = select_device(config.device)
         pred, true = test_forecasts(model, test, device)

@@ -42,6 +42,8 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "lgbm": ("lgbm", {}),
     "xgb-400": ("xgb", {"early_stopping_rounds": 400}),
     "lgbm-400": ("lgbm", {"early_stopping_rounds": 400}),
+    "nhits": ("nhits", {}),
+    "patchtst": ("patchtst", {}),
 }
 
 
