@@ -17,6 +17,7 @@ checksummed version folder and registers it at the wanted stage.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,6 +55,7 @@ class PlantedFamily:
         self.state = dict(state)
 
     def predict(self, bars: Bars, idx: np.ndarray) -> Forecast:
+        self._hang_once()
         code = np.rint(bars.volume[idx] - BASE_VOLUME).astype(np.int64)
         up_h, up_1 = code // 100 == 1, (code % 100) // 10 == 1
         ts = bars.ts[idx]
@@ -66,6 +68,13 @@ class PlantedFamily:
             random_side = np.floor(guess * 3.0) - 1.0
             position = np.where(oracle, np.where(up_1, 1.0, -1.0), random_side)
         return Forecast(mu=mu, p_up=p_up, position=position)
+
+    def _hang_once(self) -> None:
+        """With ``hang_once`` (a file path): the first call anywhere hangs."""
+        marker = self.state.get("hang_once")
+        if marker and not Path(marker).exists():
+            Path(marker).touch()
+            time.sleep(600)
 
     def save(self, directory: Path) -> list[Path]:
         path = directory / ARTIFACT

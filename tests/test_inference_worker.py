@@ -14,19 +14,22 @@ import numpy as np
 import pytest
 import redis
 
+from quantum_daemon.bars import Bars
 from quantum_daemon.config import EvaluationConfig
 from quantum_daemon.ensemble import parse_signal
 from quantum_daemon.events import parse_entry
 from quantum_daemon.features import build_features, shared_features
 from quantum_daemon.inference.records import RECORDS_FILE, PredictionRecords
 from quantum_daemon.inference.service import CONTEXT_BARS
+from quantum_daemon.inference.worker import BarWindows
 from quantum_daemon.keys import Keys
 from quantum_daemon.models.families import load_model
 from quantum_daemon.offline import OfflineSpec, train_offline
 from quantum_daemon.promotion import Verdict
 from quantum_daemon.registry import Registry
+from quantum_daemon.store import BarStore
 from tests.conftest import make_bars
-from tests.inference_helpers import Feeder, inference, make_config
+from tests.inference_helpers import Feeder, bar_at, inference, make_config
 from tests.planted_family import ARTIFACT, install_version, planted_market
 
 KEYS = Keys()
@@ -154,3 +157,49 @@ async def _until(condition: object, timeout_s: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
+
+
+def test_the_rolling_window_is_what_a_fresh_read_of_the_store_gives(tmp_path: Path) -> None:
+    bars = make_bars(60, seed=4, symbol=SYMBOL)
+    store = BarStore.in_dir(tmp_path)
+    store.insert_bars([bar_at(bars, t) for t in range(50) if t != 45])  # bar 45 comes late
+    windows = BarWindows(store, context=20)
+
+    def same(got: Bars, last_n: int) -> None:
+        fresh = store.read_bars(SYMBOL, TF, last_n=last_n)
+        np.testing.assert_array_equal(got.ts, fresh.ts)
+        np.testing.assert_array_equal(got.close, fresh.close)
+
+    same(windows.read(SYMBOL, TF, None, 10), 21)  # the newest bar and its context
+    store.insert_bars([bar_at(bars, 50), bar_at(bars, 51)])
+    same(windows.read(SYMBOL, TF, int(bars.ts[49]), 10), 22)
+    store.insert_bars([bar_at(bars, 45), bar_at(bars, 52)])  # one inside the window
+    same(windows.read(SYMBOL, TF, int(bars.ts[51]), 10), 21)
+    assert int(bars.ts[45]) in windows.read(SYMBOL, TF, int(bars.ts[51]), 10).ts
+    store.close()
+
+
+def test_a_hung_worker_is_killed_and_replaced(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    install_version(tmp_path, "xgb", {"hang_once": str(tmp_path / "hung")})
+    bars = planted_market(6, 2)
+
+    async def scenario() -> int:
+        async with inference(make_config(redis_url, tmp_path), ("xgb",)) as (service, store):
+            service.request_timeout_s = 1.0
+            stop = asyncio.Event()
+            async with asyncio.TaskGroup() as tg:
+                for name, loop in service.loops().items():
+                    tg.create_task(loop(stop), name=name)
+                feeder = Feeder(service, store, bars)
+                for t in range(1, 7):
+                    feeder.store_until(t)
+                    await _until(lambda t=t: service.totals.signals == t, timeout_s=60)
+                stop.set()
+            return service.link.restarts
+
+    assert asyncio.run(scenario()) == 1
+    assert (tmp_path / "hung").exists()
+    stream = [parse_signal(f).ts for _, f in redis_client.xrange(KEYS.signals(SYMBOL, TF))]
+    assert stream == [int(t) for t in bars.ts[:6]]

@@ -129,12 +129,16 @@ class WorkerLink:
         self._pending[request.request_id] = future
         try:
             self.conn.send(request)
-            return await asyncio.wait_for(future, timeout_s)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # the worker is gone; its EOF may not be read yet
+            self._pending.pop(request.request_id, None)
+            self._lost(f"cannot write to the worker: {exc}")
             raise WorkerDied(f"cannot write to the worker: {exc}") from None
+        try:
+            return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
             log.error("inference.worker_hung", pid=self.pid, timeout_s=timeout_s)
             self.kill()
+            self._lost(f"no answer within {timeout_s:g}s")
             raise WorkerDied(f"no answer within {timeout_s:g}s") from None
         finally:
             self._pending.pop(request.request_id, None)

@@ -147,6 +147,7 @@ class InferenceService:
             on_restart=self.metrics.worker_restarts.inc,
         )
         self.totals = InferenceTotals()
+        self.request_timeout_s = REQUEST_TIMEOUT_S
         self.last_ts: dict[Series, int] = {}
         self.latest: dict[Series, Signal] = {}
         self.weights: dict[str, float] = {}
@@ -242,7 +243,7 @@ class InferenceService:
         )
         self.totals.requests += 1
         try:
-            reply = await self.link.ask(request, REQUEST_TIMEOUT_S)
+            reply = await self.link.ask(request, self.request_timeout_s)
         except WorkerDied as exc:
             self._waiting[series] = min(stored_at, self._waiting.get(series, stored_at))
             log.warning("inference.request_lost", symbol=series[0], tf=series[1], error=str(exc))

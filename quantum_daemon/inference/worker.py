@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 
 SIZER_FAMILIES = frozenset({"rl_sizer"})  # as ensemble.SIZERS: they size the ensemble
 STATE_FILE = "state.json"
+IDLE_CHECK_S = 1.0  # how often an idle worker looks for registry changes
 
 
 def worker_main(conn: Connection, settings: WorkerSettings) -> None:
@@ -83,8 +84,15 @@ def worker_main(conn: Connection, settings: WorkerSettings) -> None:
 
 
 def serve(conn: Connection, server: InferenceServer) -> None:
+    """Answer requests; while idle, look at the registry every second so that
+    a promotion is loaded before the next bar arrives, not when it does."""
     while True:
         try:
+            if not conn.poll(IDLE_CHECK_S):
+                report = server.check_registry()
+                if report is not None:
+                    conn.send(report)
+                continue
             message = conn.recv()
         except (EOFError, OSError):
             return  # the daemon is gone
@@ -161,6 +169,7 @@ class InferenceServer:
     stamp: tuple[tuple[str, int, int], ...] | None = None
     failed: dict[tuple[str, str], LoadProblem] = field(default_factory=dict)
     books: dict[tuple[str, str, str], SizerBook] = field(default_factory=dict)
+    reported: tuple[object, ...] | None = None
 
     def __post_init__(self) -> None:
         from quantum_daemon.registry import Registry
@@ -175,8 +184,9 @@ class InferenceServer:
     # -- requests ------------------------------------------------------------
     def handle(self, message: object) -> list[WorkerReply]:
         replies: list[WorkerReply] = []
-        if registry_stamp(self.registry.root) != self.stamp:
-            replies.append(self.refresh())
+        report = self.check_registry()
+        if report is not None:
+            replies.append(report)
         if isinstance(message, PredictRequest):
             replies.append(self.answer(message))
         return replies
@@ -268,11 +278,10 @@ class InferenceServer:
     # -- loading -----------------------------------------------------------------
     def refresh(self) -> LoadReport:
         """Hold exactly the wanted versions: keep the loaded ones, load the
-        new ones, drop the rest."""
+        new ones, drop the rest. A version that failed to load is not tried
+        again by this worker."""
         started = time.perf_counter()
         self.stamp = registry_stamp(self.registry.root)
-        # a version that failed for another reason than its checksum gets another try
-        self.failed = {k: p for k, p in self.failed.items() if p.refused}
         wanted = self.wanted()
         kept = {key: self.models[key] for key in wanted if key in self.models}
         for key, stage in wanted.items():
@@ -291,13 +300,24 @@ class InferenceServer:
             problems=tuple(p for k, p in self.failed.items() if k in wanted),
             load_s=time.perf_counter() - started,
         )
-        self.log.info(
-            "inference.models_loaded",
-            models=[f"{m.model_id}@{m.version}:{m.stage}" for m in report.loaded],
-            problems=len(report.problems),
-            seconds=round(report.load_s, 3),
-        )
+        if (report.loaded, report.problems) != self.reported:
+            self.log.info(
+                "inference.models_loaded",
+                models=[f"{m.model_id}@{m.version}:{m.stage}" for m in report.loaded],
+                problems=len(report.problems),
+                seconds=round(report.load_s, 3),
+            )
+        self.reported = (report.loaded, report.problems)
         return report
+
+    def check_registry(self) -> LoadReport | None:
+        """A new report when the registry changed what this worker holds
+        (most registry writes, e.g. confirming published events, change nothing)."""
+        if registry_stamp(self.registry.root) == self.stamp:
+            return None
+        before = self.reported
+        report = self.refresh()
+        return None if (report.loaded, report.problems) == before else report
 
     def wanted(self) -> dict[tuple[str, str], str]:
         """(model_id, version) -> stage: every active version and each
