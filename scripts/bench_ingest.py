@@ -158,7 +158,8 @@ def main() -> int:
         for run in range(args.repeats):
             runs.append(measure(server.url, list(published.streams), total, run))
             print(
-                f"run {run}: bare {runs[-1]['bare']:,.0f}/s, full {runs[-1]['full']:,.0f}/s",
+                f"run {run}: bare {runs[-1]['bare']:,.0f}/s, full {runs[-1]['full']:,.0f}/s, "
+                f"ratio {runs[-1]['full'] / runs[-1]['bare']:.2f}",
                 file=sys.stderr,
             )
     report(runs, published.per_s, total, args)
@@ -177,6 +178,7 @@ def report(runs: list[dict], replay_per_s: float, total: int, args: argparse.Nam
         "bare_bars_per_s": round(bare),
         "full_bars_per_s": round(full),
         "ratio": round(full / bare, 3),
+        "ratio_per_run_median": round(statistics.median(r["full"] / r["bare"] for r in runs), 3),
         "replay_bars_per_s": round(replay_per_s),
         "rss_mb_first_quarter_max": round(max(memory[:quarter]), 1),
         "rss_mb_last_quarter_max": round(max(memory[-quarter:]), 1),
@@ -187,7 +189,10 @@ def report(runs: list[dict], replay_per_s: float, total: int, args: argparse.Nam
     print(f"bars: {total:,} over {args.streams} streams, median of {args.repeats} runs")
     print(f"bare consumer (XREADGROUP COUNT 1000 + XACK): {bare:>10,.0f} bars/s")
     print(f"full ingest path (decode, validate, store, ack): {full:>7,.0f} bars/s")
-    print(f"ratio full/bare: {full / bare:.2f}")
+    print(
+        f"ratio full/bare: {full / bare:.2f} "
+        f"(median of the per-run ratios {result['ratio_per_run_median']:.2f})"
+    )
     print(f"replay publisher: {replay_per_s:,.0f} bars/s")
     print(
         f"process RSS during the last full run: first quarter max "

@@ -37,6 +37,7 @@ from quantum_daemon.config import Config
 from quantum_daemon.ingest.batch import BatchOutcome, BatchProcessor, ReadBatch, StreamEntries
 from quantum_daemon.ingest.decode import Series
 from quantum_daemon.ingest.metrics import IngestMetrics
+from quantum_daemon.ingest.packed import execute_transaction, finish_commands
 from quantum_daemon.ingest.streams import (
     claim_from_dead_local_consumers,
     configured_streams,
@@ -392,13 +393,8 @@ class IngestService:
 
     async def _finish(self, outcome: BatchOutcome) -> None:
         """Dead letters and acknowledgements of a committed batch, atomically."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for letter in outcome.dead_letters:
-                pipe.xadd(self.keys.dlq, letter.as_fields(), maxlen=DLQ_MAXLEN, approximate=True)  # type: ignore[arg-type]
-            for stream, ids in outcome.acks.items():
-                if ids:
-                    pipe.xack(stream, self.cfg.group, *ids)
-            await pipe.execute()
+        commands = finish_commands(outcome, self.keys.dlq, DLQ_MAXLEN, self.cfg.group)
+        await execute_transaction(self.redis, commands)
 
     async def _retry_redis(self, action: Callable[[], Awaitable[T]]) -> T:
         backoff = Backoff(cap=self.reconnect_max_s)
