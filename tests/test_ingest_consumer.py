@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
@@ -208,3 +209,33 @@ def test_stored_bars_equal_the_published_ones(redis_url: str, tmp_path: Path) ->
         for bars in (btc, eth):
             read = store.read_bars(bars.symbol, "1h")
             assert stored_bars(read) == stored_bars(bars)
+
+
+def test_an_error_inside_the_ack_transaction_is_raised(redis_url: str) -> None:
+    from redis.exceptions import ResponseError
+
+    from quantum_daemon.ingest.batch import BatchOutcome
+    from quantum_daemon.ingest.packed import execute_transaction, finish_commands
+
+    r = redis.Redis.from_url(redis_url)
+    entry_id = xadd(r, BTC, **bar_fields(T0))
+    r.xgroup_create(BTC, "quantum-daemon", id="0")
+    r.xreadgroup("quantum-daemon", "c", {BTC: ">"})
+    r.set("not-a-stream", "x")
+    broken = BatchOutcome(1, {b"not-a-stream": [entry_id]}, [], {}, 0)
+    good = BatchOutcome(1, {BTC.encode(): [entry_id]}, [], {}, 0)
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            with pytest.raises(ResponseError, match="WRONGTYPE"):
+                await execute_transaction(client, finish(broken))
+            assert await execute_transaction(client, finish(good)) == [1]  # the pool still works
+        finally:
+            await client.aclose()
+
+    def finish(outcome: BatchOutcome) -> list[bytes]:
+        return finish_commands(outcome, KEYS.dlq, 1000, "quantum-daemon")
+
+    asyncio.run(scenario())
+    assert group_state(r, BTC) == (0, 0)

@@ -16,11 +16,13 @@ from quantum_daemon.ingest.decode import (
     Rejection,
     Series,
     decode_bar,
+    explain_entry,
     fields_json,
 )
 from quantum_daemon.store import Bar
 
 T0 = 1_704_067_200_000
+_FIELD_NAMES = [name.encode() for name in FIELDS]
 BTC_1H = Series.of("BTCUSDT", "1h")
 LIMIT = 4096
 
@@ -148,3 +150,53 @@ def test_a_published_bar_decodes_to_exactly_itself(bar: Bar) -> None:
         **{name.encode(): repr(getattr(bar, name)).encode() for name in FIELDS[1:]},
     }
     assert decode_bar(BTC_1H, fields, LIMIT) == bar
+
+
+canonical_entries = st.tuples(*[field_values for _ in FIELDS]).map(
+    lambda values: [x for pair in zip(_FIELD_NAMES, values, strict=True) for x in pair]
+)
+flat_entries = st.lists(st.one_of(field_names, field_values), max_size=14)
+
+
+@settings(max_examples=600, deadline=None)
+@given(series, st.one_of(canonical_entries, flat_entries), st.integers(1, 200))
+def test_flat_field_lists_as_redis_sends_them_never_raise(
+    where: Series, fields: list[bytes], limit: int
+) -> None:
+    result = decode_bar(where, fields, limit)
+    assert isinstance(result, Bar | Rejection)
+    fields_json(fields)
+
+
+@settings(max_examples=600, deadline=None)
+@given(series, st.one_of(canonical_entries, valid_bars().map(lambda b: as_fields(b))))
+def test_the_fast_path_agrees_with_the_thorough_decoder(where: Series, fields: list) -> None:
+    assert decode_bar(where, fields, LIMIT) == explain_entry(where, fields, LIMIT)
+
+
+def as_fields(bar: Bar) -> list[bytes]:
+    values = [str(bar.ts).encode()] + [repr(getattr(bar, n)).encode() for n in FIELDS[1:]]
+    return [x for pair in zip(_FIELD_NAMES, values, strict=True) for x in pair]
+
+
+def test_a_flat_list_in_another_order_or_with_repeats() -> None:
+    shuffled = [
+        b"close",
+        b"100",
+        b"ts",
+        str(T0).encode(),
+        b"open",
+        b"100.5",
+        b"high",
+        b"101",
+        b"low",
+        b"99.25",
+        b"volume",
+        b"3",
+    ]
+    assert decode_bar(BTC_1H, shuffled, LIMIT) == Bar(
+        "BTCUSDT", "1h", T0, 100.5, 101.0, 99.25, 100.0, 3.0
+    )
+    repeated = [*shuffled, b"close", b"100"]
+    assert decode_bar(BTC_1H, repeated, LIMIT).reason is Reason.UNEXPECTED_FIELD  # type: ignore[union-attr]
+    assert decode_bar(BTC_1H, shuffled[:-1], LIMIT).reason is Reason.UNEXPECTED_FIELD  # type: ignore[union-attr]
