@@ -16,6 +16,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from quantum_daemon.redis_server import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,6 +89,9 @@ def summary_line(base: str) -> str:
     if code != 200:
         return f"api: {status}"
     parts = [f"ready={status['ready']}", f"redis={'up' if status['redis']['up'] else 'DOWN'}"]
+    lifecycle = status.get("lifecycle", {}).get("summary")
+    if lifecycle:
+        parts.append(f"models: {lifecycle}")
     ingest = status.get("ingest", {}).get("totals")
     if ingest:
         parts.append(
@@ -94,6 +99,61 @@ def summary_line(base: str) -> str:
             f"rejected={ingest['rejected']:,} gaps={ingest['gaps']}"
         )
     return f"[{time.strftime('%H:%M:%S')}] " + "  ".join(parts)
+
+
+def event_line(fields: dict[bytes, bytes]) -> str:
+    """One readable line per lifecycle event from quantum:events."""
+    kind = fields[b"type"].decode()
+    data = json.loads(fields[b"data"])
+    who = f"{data.get('model_id', '')} {data.get('version', '')}".strip()
+    metrics = data.get("metrics") or {}
+    detail = ""
+    if kind == "model.evaluated":
+        detail = (
+            f"sharpe={_num(metrics.get('sharpe'))} dsr={_num(metrics.get('dsr'))} "
+            f"trades={metrics.get('trades')} pf={_num(metrics.get('profit_factor'))} "
+            f"(buy&hold sharpe={_num(_buy_and_hold(metrics).get('sharpe'))})"
+        )
+    elif kind in ("model.promoted", "model.retired"):
+        detail = f"{data.get('from', '')} -> {data.get('to', '')} ({data.get('reason', '')})"
+    elif kind in ("model.rejected", "training.failed"):
+        detail = str(data.get("gate") or data.get("reason") or "")
+    elif kind == "training.completed":
+        detail = f"in {_num(data.get('seconds'))}s"
+    return f"    {kind:<20} {who:<42} {detail}"
+
+
+def _buy_and_hold(metrics: dict[str, Any]) -> dict[str, Any]:
+    return dict((metrics.get("baselines") or {}).get("buy_and_hold") or {})
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else str(value)
+
+
+def print_new_events(client: Any, stream: str, last_id: bytes) -> bytes:
+    for entry_id, fields in client.xrange(stream, min=b"(" + last_id, count=200):
+        print(event_line(fields), flush=True)
+        last_id = entry_id
+    return last_id
+
+
+def watch(
+    args: argparse.Namespace, env: dict[str, str], base: str, proc: subprocess.Popen[bytes]
+) -> None:
+    """Print lifecycle events as they arrive, and the summary when it changes."""
+    print("==> live summary and lifecycle events (Ctrl-C to stop)")
+    client = redis.Redis.from_url(env["QUANTUM_REDIS_URL"])
+    last_id, started, last_summary = b"0-0", time.monotonic(), ""
+    while proc.poll() is None and (not args.seconds or time.monotonic() - started < args.seconds):
+        summary = summary_line(base)
+        if summary.split("] ", 1)[-1] != last_summary.split("] ", 1)[-1]:
+            print(summary, flush=True)
+            last_summary = summary
+        with contextlib.suppress(redis.RedisError):
+            last_id = print_new_events(client, "quantum:events", last_id)
+        time.sleep(0.5)
+    client.close()
 
 
 def main() -> int:
@@ -113,13 +173,7 @@ def main() -> int:
         print(f"==> daemon ready: {base}/api/status  {base}/metrics")
         with contextlib.suppress(subprocess.CalledProcessError):
             replay_sample(args, env)
-        print("==> live summary (Ctrl-C to stop)")
-        started = time.monotonic()
-        while proc.poll() is None and (
-            not args.seconds or time.monotonic() - started < args.seconds
-        ):
-            print(summary_line(base), flush=True)
-            time.sleep(2)
+        watch(args, env, base, proc)
     except KeyboardInterrupt:
         print("\n==> Ctrl-C: stopping")
     finally:
