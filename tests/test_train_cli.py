@@ -148,3 +148,26 @@ def test_parse_time_accepts_iso_and_epoch_ms() -> None:
     assert parse_time("1704067200000") == 1_704_067_200_000
     assert parse_time("2024-01-01") == 1_704_067_200_000
     assert parse_time("2024-01-01T01:00:00+01:00") == 1_704_067_200_000
+
+
+def test_train_needs_a_family_or_a_model_to_retrain_now(tmp_path: Path, config: Path) -> None:
+    neither = run_cli(tmp_path, "train")
+    assert neither.returncode == 2 and "--family" in neither.stderr and "--now" in neither.stderr
+    unreachable = tmp_path / "unreachable.toml"
+    unreachable.write_text('[redis]\nurl = "redis://127.0.0.1:1/0"\nconnect_timeout_s = 0.5\n')
+    no_daemon = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "quantum_daemon",
+            "--config",
+            str(unreachable),
+            "train",
+            "--now",
+            "xgb_BTCUSDT_1h",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert no_daemon.returncode == 1 and "no daemon is running" in no_daemon.stderr

@@ -28,7 +28,12 @@ def register(sub: Any) -> None:
     )
     from quantum_daemon.models.families import family_names
 
-    parser.add_argument("--family", required=True, choices=family_names(), help="model family")
+    parser.add_argument("--family", choices=family_names(), help="model family (offline training)")
+    parser.add_argument(
+        "--now",
+        metavar="MODEL_ID",
+        help="ask the running daemon to retrain MODEL_ID now (e.g. xgb_BTCUSDT_1h)",
+    )
     parser.add_argument(
         "--data", type=Path, help="bar file (CSV, Freqtrade JSON, feather, parquet)"
     )
@@ -80,6 +85,12 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
 def train(args: argparse.Namespace) -> int:
     from quantum_daemon.cli import load_config
 
+    if args.now:
+        from quantum_daemon.commands.models import train_now
+
+        return train_now(args, args.now)
+    if not args.family:
+        return _fail("train: give --family FAMILY (offline) or --now MODEL_ID (daemon)", 2)
     cfg = load_config(args)
     try:
         bars = _read_bars(args, cfg.storage.data_dir)
