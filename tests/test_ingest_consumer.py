@@ -239,3 +239,32 @@ def test_an_error_inside_the_ack_transaction_is_raised(redis_url: str) -> None:
 
     asyncio.run(scenario())
     assert group_state(r, BTC) == (0, 0)
+
+
+def test_progress_is_logged_while_bars_flow(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quantum_daemon.ingest import consumer
+
+    monkeypatch.setattr(consumer, "PROGRESS_LOG_S", 0.05)
+    monkeypatch.setattr(consumer, "HOUSEKEEPING_S", 0.05)
+    r = redis.Redis.from_url(redis_url)
+    bars = make_bars(400, symbol="BTCUSDT")
+
+    async def scenario(store: BarStore) -> None:
+        stop = asyncio.Event()
+        async with ingest_service(make_config(redis_url), store) as service:
+            task = asyncio.create_task(service.run(stop))
+            for start in range(0, 400, 100):
+                publish(r, bars.slice(start, start + 100))
+                await wait_until(lambda n=start + 100: store.count() == n, what="stored")
+                await asyncio.sleep(0.12)  # a few progress periods
+            assert not task.done()
+            stop.set()
+            await asyncio.wait_for(task, 5)
+
+    with BarStore.in_dir(tmp_path) as store, capture_logs() as logs:
+        asyncio.run(scenario(store))
+    progress = [e for e in logs if e["event"] == "ingest.progress"]
+    assert len(progress) >= 2
+    assert progress[-1]["entries"] == 400 and progress[-1]["inserted"] == 400
