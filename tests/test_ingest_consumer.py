@@ -215,7 +215,7 @@ def test_an_error_inside_the_ack_transaction_is_raised(redis_url: str) -> None:
     from redis.exceptions import ResponseError
 
     from quantum_daemon.ingest.batch import BatchOutcome
-    from quantum_daemon.ingest.packed import execute_transaction, finish_commands
+    from quantum_daemon.ingest.wire import execute_transaction, finish_commands
 
     r = redis.Redis.from_url(redis_url)
     entry_id = xadd(r, BTC, **bar_fields(T0))

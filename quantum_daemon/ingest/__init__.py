@@ -4,8 +4,9 @@
 ``IngestMetrics`` its Prometheus metrics.
 """
 
-from quantum_daemon.ingest.consumer import IngestService, IngestTotals
+from quantum_daemon.ingest.consumer import IngestService
 from quantum_daemon.ingest.decode import Reason, Rejection, Series, decode_bar
+from quantum_daemon.ingest.ledger import IngestTotals
 from quantum_daemon.ingest.metrics import IngestMetrics
 
 __all__ = [

@@ -36,15 +36,17 @@ from quantum_daemon.backoff import Backoff
 from quantum_daemon.config import Config
 from quantum_daemon.ingest.batch import BatchOutcome, BatchProcessor, ReadBatch, StreamEntries
 from quantum_daemon.ingest.decode import Series
+from quantum_daemon.ingest.ledger import IngestTotals, Ledger
 from quantum_daemon.ingest.metrics import IngestMetrics
-from quantum_daemon.ingest.packed import execute_transaction, finish_commands
 from quantum_daemon.ingest.streams import (
     claim_from_dead_local_consumers,
     configured_streams,
     consumer_name,
     discover_streams,
     ensure_group,
+    group_state,
 )
+from quantum_daemon.ingest.wire import execute_transaction, finish_commands, raw_reads
 from quantum_daemon.keys import Keys
 from quantum_daemon.logs import get_logger
 from quantum_daemon.store import BarStore
@@ -63,21 +65,6 @@ BarsStoredHook = Callable[[str, str, int], None]
 
 
 @dataclass
-class IngestTotals:
-    """Running totals since start (the status API and tests read them)."""
-
-    entries: int = 0
-    inserted: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    conflicts: int = 0
-    gaps: int = 0
-    missing: int = 0
-    claimed: int = 0
-    batches: int = 0
-
-
-@dataclass
 class _InFlight:
     batch: ReadBatch
     outcome: asyncio.Future[BatchOutcome]
@@ -90,7 +77,6 @@ class _Schedule:
     discover: float = 0.0
     claim: float = 0.0
     progress: float = 0.0
-    progress_entries: int = 0
     pending_lag: dict[str, tuple[int | None, int]] = field(default_factory=dict)
 
 
@@ -115,7 +101,8 @@ class IngestService:
         self.metrics = metrics
         self.consumer = consumer or consumer_name()
         self.streams: dict[bytes, Series] = {}
-        self.totals = IngestTotals()
+        self.ledger = Ledger(metrics)
+        self.totals: IngestTotals = self.ledger.totals
         self.prepared = False
         self._processor = BatchProcessor(store, self.cfg.max_entry_bytes)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bar-store")
@@ -318,7 +305,7 @@ class IngestService:
             await self.refresh_streams()
         if now >= self._schedule.progress:
             self._schedule.progress = now + PROGRESS_LOG_S
-            self._log_progress()
+            self.ledger.log_progress(PROGRESS_LOG_S)
         await self.refresh_lag()
 
     # -- reading -------------------------------------------------------------
@@ -437,80 +424,13 @@ class IngestService:
             self._drained.clear()
 
     def _count_claimed(self, n: int) -> None:
-        if n:
-            self.totals.claimed += n
-            self.metrics.claimed.inc(n)
+        self.ledger.count_claimed(n)
 
     def _record(self, batch: ReadBatch, outcome: BatchOutcome) -> None:
         for (symbol, tf), n in outcome.inserted.items():
             for hook in self.on_stored:
                 hook(symbol, tf, n)
-        t, m = self.totals, self.metrics
-        inserted = sum(outcome.inserted.values())
-        rejected = outcome.rejected_by_reason
-        t.batches += 1
-        t.entries += outcome.size
-        t.inserted += inserted
-        t.duplicates += outcome.duplicates
-        t.rejected += len(outcome.dead_letters)
-        t.conflicts += rejected.get("conflict", 0)
-        m.batch_entries.inc(outcome.size)
-        m.batch_seconds.observe(time.monotonic() - batch.read_at)
-        for (symbol, tf), n in outcome.inserted.items():
-            m.ingested.labels(symbol, tf).inc(n)
-        if outcome.duplicates:
-            m.duplicates.inc(outcome.duplicates)
-        for reason, n in rejected.items():
-            m.rejected.labels(reason).inc(n)
-        if rejected.get("conflict"):
-            m.conflicts.inc(rejected["conflict"])
-        for gap in outcome.gaps:
-            t.gaps += 1
-            t.missing += gap.missing
-            m.gaps.labels(gap.symbol, gap.tf).inc()
-            m.missing.labels(gap.symbol, gap.tf).inc(gap.missing)
-        self._log_batch(batch, outcome, inserted, rejected)
-
-    def _log_batch(
-        self, batch: ReadBatch, outcome: BatchOutcome, inserted: int, rejected: dict[str, int]
-    ) -> None:
-        log.debug(
-            "bars.ingested",
-            source=batch.source,
-            entries=outcome.size,
-            inserted=inserted,
-            duplicates=outcome.duplicates,
-            rejected=len(outcome.dead_letters),
-        )
-        if outcome.dead_letters:
-            first = outcome.dead_letters[0]
-            log.warning(
-                "bars.rejected",
-                reasons=rejected,
-                example_stream=first.stream.decode(),
-                example_id=first.entry_id.decode(),
-                example_detail=first.detail,
-            )
-        for gap in outcome.gaps:
-            log.warning(
-                "bars.gap",
-                symbol=gap.symbol,
-                tf=gap.tf,
-                missing=gap.missing,
-                from_ts=gap.first_missing_ts,
-                to_ts=gap.last_missing_ts,
-            )
-
-    def _log_progress(self) -> None:
-        done = self.totals.entries - self._schedule.progress_entries
-        if done:
-            self._schedule.progress_entries = self.totals.entries
-            log.info(
-                "ingest.progress",
-                recent_entries=done,  # not "entries": the totals below carry that key
-                per_s=round(done / PROGRESS_LOG_S),
-                **vars(self.totals),
-            )
+        self.ledger.record(batch, outcome)
 
     # -- lag -----------------------------------------------------------------
 
@@ -519,12 +439,12 @@ class IngestService:
         Redis cannot tell (after deletions)."""
         result: dict[str, tuple[int | None, int]] = {}
         for stream in list(self.streams):
-            for info in await self.redis.xinfo_groups(stream):
-                if _text(info["name"]) == self.cfg.group:
-                    lag, pending = info.get("lag"), int(info["pending"])
-                    result[stream.decode()] = (lag, pending)
-                    self.metrics.lag.labels(stream.decode()).set(lag if lag is not None else -1)
-                    self.metrics.pending.labels(stream.decode()).set(pending)
+            state = await group_state(self.redis, stream, self.cfg.group)
+            if state is not None:
+                name, (lag, pending) = stream.decode(), state
+                result[name] = state
+                self.metrics.lag.labels(name).set(lag if lag is not None else -1)
+                self.metrics.pending.labels(name).set(pending)
         self._schedule.pending_lag = result
         return result
 
@@ -540,20 +460,3 @@ class IngestService:
             "in_flight_batches": self._in_flight,
             "totals": vars(self.totals).copy(),
         }
-
-
-def raw_reads(client: aioredis.Redis) -> aioredis.Redis:
-    """A client on the same connection pool whose XREADGROUP replies stay
-    as Redis sent them: the decoder reads the flat field lists directly,
-    without redis-py building a dict per entry (the hot path)."""
-    raw = aioredis.Redis(connection_pool=client.connection_pool)
-    raw.set_response_callback("XREADGROUP", _as_sent)
-    return raw
-
-
-def _as_sent(response: Any, **options: Any) -> Any:
-    return response
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value

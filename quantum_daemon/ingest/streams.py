@@ -114,5 +114,17 @@ async def _claim_all_of(
         claimed += len(ids)
 
 
+async def group_state(
+    redis: aioredis.Redis, stream: bytes, group: str
+) -> tuple[int | None, int] | None:
+    """(lag, pending) of ``group`` on ``stream`` (lag: entries not yet read,
+    None when Redis cannot tell), or None without such a group."""
+    for info in await redis.xinfo_groups(stream):
+        if _text(info["name"]) == group:
+            lag = info.get("lag")
+            return (None if lag is None else int(lag)), int(info["pending"])
+    return None
+
+
 def _text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value

@@ -1,10 +1,12 @@
-"""The writes of a committed batch, packed by hiredis and sent as one burst.
+"""Redis at the wire level, where redis-py's per-entry Python work would
+cost as much as the whole decode (the hot path of ingest).
 
-redis-py's asyncio client packs commands in Python (a few microseconds per
-argument); acknowledging 10,000 ids per batch that way costs as much as the
-whole decode. Here the dead letters and the ``XACK``s are packed in C, inside
-one ``MULTI`` / ``EXEC``, written at once on a pooled connection, and their
-replies read back.
+- Reads: ``raw_reads`` gives a client whose ``XREADGROUP`` replies stay as
+  Redis sent them (flat ``[name, value, ...]`` lists; no dict per entry).
+- Writes: the dead letters and ``XACK``s of a committed batch are packed by
+  hiredis (in C; redis-py's asyncio client packs in Python, a few
+  microseconds per argument) inside one ``MULTI`` / ``EXEC``, written at
+  once on a pooled connection, and their replies read back.
 """
 
 from __future__ import annotations
@@ -55,3 +57,16 @@ async def execute_transaction(client: aioredis.Redis, commands: Sequence[bytes])
     if errors:
         raise errors[0]
     return list(results or ())
+
+
+def raw_reads(client: aioredis.Redis) -> aioredis.Redis:
+    """A client on ``client``'s connection pool whose XREADGROUP replies are
+    returned as Redis sent them: [[stream, [[id, [name, value, ...]], ...]],
+    ...] (RESP2) or {stream: [...]} (RESP3)."""
+    raw = aioredis.Redis(connection_pool=client.connection_pool)
+    raw.set_response_callback("XREADGROUP", _as_sent)
+    return raw
+
+
+def _as_sent(response: Any, **options: Any) -> Any:
+    return response
