@@ -21,6 +21,7 @@ from quantum_daemon import __version__
 from quantum_daemon.api import ApiServer
 from quantum_daemon.config import Config
 from quantum_daemon.heartbeat import heartbeat_loop, loop_lag_monitor
+from quantum_daemon.inference import InferenceService
 from quantum_daemon.ingest import IngestMetrics, IngestService
 from quantum_daemon.keys import Keys
 from quantum_daemon.lifecycle import LifecycleService
@@ -54,6 +55,7 @@ class Daemon:
         self.store: BarStore | None = None
         self.ingest: IngestService | None = None
         self.lifecycle: LifecycleService | None = None
+        self.inference: InferenceService | None = None
         self.api: ApiServer | None = None
 
     # -- lifecycle -------------------------------------------------------
@@ -66,6 +68,7 @@ class Daemon:
             self.store = stack.enter_context(BarStore.in_dir(self.cfg.storage.data_dir))
             self.ingest = await stack.enter_async_context(self._ingest_service())
             self.lifecycle = await stack.enter_async_context(self._lifecycle_service())
+            self.inference = await stack.enter_async_context(self._inference_service())
             self.api = await stack.enter_async_context(
                 ApiServer(self.cfg.api, self, self._extra_routes())
             )
@@ -103,6 +106,16 @@ class Daemon:
         self.status_sections["lifecycle"] = service.status
         return service
 
+    def _inference_service(self) -> InferenceService:
+        assert self.link is not None and self.store is not None and self.ingest is not None
+        service = InferenceService(
+            self.cfg, self.link.client, self.store, self.metrics.registry, lifecycle=self.lifecycle
+        )
+        self.ingest.on_stored.append(service.bars_stored)
+        self.loops.update(service.loops())
+        self.status_sections["inference"] = service.status
+        return service
+
     def _register_core_loops(self) -> None:
         assert self.link is not None
         link = self.link
@@ -120,7 +133,12 @@ class Daemon:
         )
 
     def _extra_routes(self) -> list[Any]:
-        return self.lifecycle.routes() if self.lifecycle is not None else []
+        routes: list[Any] = []
+        if self.lifecycle is not None:
+            routes += self.lifecycle.routes()
+        if self.inference is not None:
+            routes += self.inference.routes()
+        return routes
 
     def _announce_ready(self) -> None:
         self.started = True

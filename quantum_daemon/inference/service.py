@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -41,6 +41,7 @@ from redis.exceptions import RedisError
 
 from quantum_daemon.aio import sleep_or_stop
 from quantum_daemon.api import json_response
+from quantum_daemon.backoff import Backoff
 from quantum_daemon.config import Config
 from quantum_daemon.ensemble import Signal, parse_signal, signal_fields, signal_json
 from quantum_daemon.evaluation.backtest import cost_rate
@@ -76,7 +77,17 @@ log = get_logger()
 T = TypeVar("T")
 Series = tuple[str, str]
 LoopFactory = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
-RegistryHook = Callable[[str], Awaitable[None]]
+
+
+class Lifecycle(Protocol):
+    """What inference tells the lifecycle step (``LifecycleService``)."""
+
+    async def report_refused(self, model_id: str, version: str, reason: str) -> None:
+        """Refuse the version in the registry, publish, reschedule."""
+
+    async def refresh_models(self) -> None:
+        """Re-read the registry after a transition made elsewhere."""
+
 
 SHADOW_REASON = "shadow"
 SIGNALS_MAXLEN = 10_000  # per series stream, trimmed approximately
@@ -123,7 +134,7 @@ class InferenceService:
         metrics_registry: CollectorRegistry,
         *,
         registry: Registry | None = None,
-        after_registry_change: RegistryHook | None = None,
+        lifecycle: Lifecycle | None = None,
         family_classes: Iterable[tuple[str, str]] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -133,7 +144,7 @@ class InferenceService:
         self.clock = clock
         self.keys = Keys(cfg.redis.prefix)
         self.registry = registry or Registry(cfg.storage.data_dir)
-        self.after_registry_change = after_registry_change
+        self.lifecycle = lifecycle
         self.trust = TrustStore(client, self.keys, cfg.trust)
         self.publisher = EventPublisher(client, self.keys)
         self.metrics = InferenceMetrics(metrics_registry)
@@ -154,6 +165,7 @@ class InferenceService:
         self.loaded: tuple[LoadedModel, ...] = ()
         self.live_families: tuple[str, ...] = ()
         self._live_changed = False
+        self._recovered = False
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference-io")
         self._waiting: dict[Series, float] = {}  # series -> when its oldest unserved bar was stored
         self._wakeup = asyncio.Event()
@@ -179,13 +191,11 @@ class InferenceService:
 
     # -- start and stop --------------------------------------------------------
     async def __aenter__(self) -> InferenceService:
-        """Start-up is recovery: resume each series after its last signal."""
-        self.last_ts = await self._resume_points()
-        self.weights = await self.trust.weights()
+        """Start the worker (it loads the models meanwhile). The rest of
+        start-up, reading where each series stopped, needs Redis: the serve
+        loop does it first (the daemon starts without Redis)."""
+        self.last_ts = await self._in_io(self.records.last_decisions)
         await self.link.start()
-        log.info(
-            "inference.started", resume={f"{s}:{t}": ts for (s, t), ts in self.last_ts.items()}
-        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -193,16 +203,38 @@ class InferenceService:
         await self._in_io(self.records.close)
         await asyncio.to_thread(self._io.shutdown, True)
 
-    async def _resume_points(self) -> dict[Series, int]:
-        """The newest bar each series has a signal for: in the records, or in
-        the signal stream (a crash between publishing and recording)."""
-        points = await self._in_io(self.records.last_decisions)
+    async def recover(self, stop: asyncio.Event | None = None) -> bool:
+        """Start-up is recovery: resume each series after its newest signal
+        (in the records, or only in the signal stream after a crash between
+        publishing and recording) and read the trust weights. Retries while
+        Redis is away; False if ``stop`` came first."""
+        if self._recovered:
+            return True
+        backoff = Backoff(cap=self.cfg.redis.reconnect_max_s)
+        while not self._recovered:
+            try:
+                await self._resume_from_redis()
+                self.weights = await self.trust.weights()
+                self._recovered = True
+            except (RedisError, OSError) as exc:
+                delay = backoff.next_delay()
+                log.warning(
+                    "inference.recovery_waiting", error=str(exc), retry_in_s=round(delay, 3)
+                )
+                if stop is None:
+                    await asyncio.sleep(delay)
+                elif await sleep_or_stop(stop, delay):
+                    return False
+        resume = {f"{s}:{t}": ts for (s, t), ts in self.last_ts.items()}
+        log.info("inference.started", resume=resume, pid=self.link.pid)
+        return True
+
+    async def _resume_from_redis(self) -> None:
         for series in self.configured_series():
             entries = await self.client.xrevrange(self.keys.signals(*series), count=1)
             if entries:
                 ts = _signal_of(entries[0][1]).ts
-                points[series] = max(ts, points.get(series, ts))
-        return points
+                self.last_ts[series] = max(ts, self.last_ts.get(series, ts))
 
     def loops(self) -> dict[str, LoopFactory]:
         return {
@@ -221,6 +253,8 @@ class InferenceService:
 
     # -- serving: the latency path ---------------------------------------------------
     async def serve(self, stop: asyncio.Event) -> None:
+        if not await self.recover(stop):
+            return
         while not stop.is_set():
             if not self.link.ready.is_set():
                 await _first(self.link.ready, stop)
@@ -421,7 +455,9 @@ class InferenceService:
             candidate_loss=round(verdict.candidate_loss, 6),
             active_loss=round(verdict.active_loss, 6),
         )
-        await self._registry_changed(model_id, events)
+        await self._publish_events(model_id, events)
+        if self.lifecycle is not None:
+            await self.lifecycle.refresh_models()
 
     async def _models_changed(self, report: LoadReport) -> None:
         self.loaded = report.loaded
@@ -455,9 +491,13 @@ class InferenceService:
 
     async def _refuse(self, problem: LoadProblem) -> None:
         """A version whose artifacts failed their checksum in the worker: the
-        registry refuses it (``model.load_refused``; retired if it was live)."""
+        registry refuses it (``model.load_refused``; retired if it was live),
+        through the lifecycle when there is one (it reschedules the model)."""
         self._handled_refusals.add((problem.model_id, problem.version))
         self.totals.refused += 1
+        if self.lifecycle is not None:
+            await self.lifecycle.report_refused(problem.model_id, problem.version, problem.reason)
+            return
         log.error(
             "model.load_refused",
             model_id=problem.model_id,
@@ -467,19 +507,17 @@ class InferenceService:
         events = await self._in_io(
             self.registry.refuse, problem.model_id, problem.version, problem.reason
         )
-        await self._registry_changed(problem.model_id, events)
+        await self._publish_events(problem.model_id, events)
 
-    async def _registry_changed(self, model_id: str, events: list[Event]) -> None:
-        """Publish the transition's events (idempotent: the lifecycle's outbox
-        flusher may publish them too) and tell the lifecycle."""
+    async def _publish_events(self, model_id: str, events: list[Event]) -> None:
+        """Publish a transition's events now and confirm them in the outbox
+        (idempotent: the lifecycle's flusher may publish them too)."""
         try:
             for event in events:
                 await self.publisher.publish(event)
             await self._in_io(self.registry.confirm_events, model_id, [e.event_id for e in events])
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError) as exc:  # they wait in the outbox for the flusher
             log.warning("events.publish_deferred", model_id=model_id, error=str(exc))
-        if self.after_registry_change is not None:
-            await self.after_registry_change(model_id)
 
     def _round_ts(self) -> int | None:
         """Close time of the newest bar answered."""
@@ -511,6 +549,7 @@ class InferenceService:
     async def run_until_idle(self, timeout_s: float = 120.0) -> None:
         """Serve and keep the books until no series waits and nothing is queued."""
         async with asyncio.timeout(timeout_s):
+            await self.recover()
             while self._waiting or not self._work.empty() or not self.link.ready.is_set():
                 if self.link.died.is_set():
                     raise WorkerDied("the worker died (no supervisor runs in this mode)")
