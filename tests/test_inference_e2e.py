@@ -1,6 +1,7 @@
 """End to end through the running daemon: the real BTC/USDT 1h bars of
-``../shared/data/market`` replayed onto Redis train and promote a version of
-each of the six families, then every further closed bar gets exactly one
+``../shared/data/market`` (or the bundled copy of their end) replayed onto
+Redis train and promote a version of each of the six families, then every
+further closed bar gets exactly one
 signal (all six families in it, the position sized by ``rl_sizer``), every
 family gets a trust weight, ``/api/trust`` and ``/api/signals`` serve them,
 and a restart publishes no signal twice.
@@ -29,7 +30,9 @@ from quantum_daemon.replay import publish_frame
 from tests.daemon_proc import DaemonProcess, api_port, write_config
 
 REPO = Path(__file__).resolve().parents[1]
-MARKET = REPO.parent / "shared" / "data" / "market" / "BTC_USDT-1h.feather"
+SHARED = REPO.parent / "shared" / "data" / "market" / "BTC_USDT-1h.feather"
+BUNDLED = REPO / "quantum_daemon" / "data" / "BTC_USDT-1h.feather"  # its last 2,500 bars
+MARKET = SHARED if SHARED.is_file() else BUNDLED
 FAMILIES = ("xgb", "lgbm", "nhits", "patchtst", "evo_model", "rl_sizer")
 SYMBOL, TF = "BTCUSDT", "1h"
 HISTORY, LIVE = 2200, 60
