@@ -142,7 +142,7 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class ModelsConfig:
-    families: tuple[str, ...] = ("xgb", "lgbm", "nhits", "patchtst")
+    families: tuple[str, ...] = FAMILIES
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
     timeframes: tuple[str, ...] = ("1h",)
     retrain_every_bars: int = 168

@@ -20,7 +20,8 @@ from quantum_daemon.barfiles import (
     read_bar_file,
 )
 
-MARKET = Path("/work/shared/data/market")
+# The real Binance bars live in ../shared beside the repository.
+MARKET = Path(__file__).resolve().parents[2] / "shared" / "data" / "market"
 T0 = 1_704_067_200_000  # 2024-01-01 00:00 UTC
 HOUR = 3_600_000
 

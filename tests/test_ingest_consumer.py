@@ -268,3 +268,26 @@ def test_progress_is_logged_while_bars_flow(
     progress = [e for e in logs if e["event"] == "ingest.progress"]
     assert len(progress) >= 2
     assert progress[-1]["entries"] == 400 and progress[-1]["inserted"] == 400
+
+
+def test_a_failing_listener_does_not_stop_ingest(redis_url: str, tmp_path: Path) -> None:
+    """A bars-stored hook that raises is logged; the bars are still stored and acked."""
+    r = redis.Redis.from_url(redis_url)
+    bars = make_bars(50, symbol="BTCUSDT")
+    publish(r, bars)
+    seen: list[int] = []
+
+    def broken(symbol: str, tf: str, count: int) -> None:
+        raise RuntimeError("listener bug")
+
+    async def scenario(store: BarStore) -> object:
+        async with ingest_service(make_config(redis_url), store) as service:
+            service.on_stored.extend([broken, lambda s, tf, n: seen.append(n)])
+            return await service.run_until_idle()
+
+    with BarStore.in_dir(tmp_path) as store, capture_logs() as logs:
+        totals = asyncio.run(scenario(store))
+        assert store.count("BTCUSDT", "1h") == 50
+    assert totals.inserted == 50 and sum(seen) == 50  # type: ignore[attr-defined]
+    assert any(entry["event"] == "ingest.hook_failed" for entry in logs)
+    assert group_state(r, BTC) == (0, 0)

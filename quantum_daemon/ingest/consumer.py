@@ -429,8 +429,16 @@ class IngestService:
     def _record(self, batch: ReadBatch, outcome: BatchOutcome) -> None:
         for (symbol, tf), n in outcome.inserted.items():
             for hook in self.on_stored:
-                hook(symbol, tf, n)
+                self._notify(hook, symbol, tf, n)
         self.ledger.record(batch, outcome)
+
+    def _notify(self, hook: BarsStoredHook, symbol: str, tf: str, n: int) -> None:
+        """A listener's failure is its own: the bars are stored and acked,
+        and ingest goes on."""
+        try:
+            hook(symbol, tf, n)
+        except Exception as exc:
+            log.error("ingest.hook_failed", hook=repr(hook), symbol=symbol, tf=tf, error=repr(exc))
 
     # -- lag -----------------------------------------------------------------
 
