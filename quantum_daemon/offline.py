@@ -9,6 +9,9 @@ the caller reports. ``spec.now`` fixes the version name (default: the clock).
 The family is trained with ``p_up`` calibrated on its validation windows
 (``families.calibrated_family``); the stored metrics add the test-window
 ``ece`` to the ``--json`` keys, and a report folder gets ``calibration.json``.
+The version folder also keeps ``returns.csv`` (the test-window returns of the
+strategy and of buy-and-hold, as in a report folder), checksummed with the
+artifact: the dashboard draws its equity curves from it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from quantum_daemon.config import EvaluationConfig
 from quantum_daemon.evaluation.report import (
     finite_or_none,
     metrics_json,
+    returns_csv,
     write_calibration,
     write_report,
 )
@@ -40,6 +44,7 @@ from quantum_daemon.models.base import FitInfo
 from quantum_daemon.models.families import calibrated_family
 
 IDENTITY_KEYS = ("model_id", "version", "family")
+RETURNS_FILE = "returns.csv"  # in each version folder; read by dashboard.py
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,7 @@ def train_offline(spec: OfflineSpec) -> OfflineResult:
     stored = artifacts.write_version(
         spec.data_dir,
         model_id,
-        evaluation.model.save,
+        lambda folder: [*evaluation.model.save(folder), _write_returns(folder, evaluation)],
         _metadata(spec, settings, evaluation),
         now,
     )
@@ -112,6 +117,12 @@ def train_offline(spec: OfflineSpec) -> OfflineResult:
         seconds=time.perf_counter() - started,
         report_files=files,
     )
+
+
+def _write_returns(folder: Path, evaluation: Evaluation) -> Path:
+    path = folder / RETURNS_FILE
+    path.write_text(returns_csv(evaluation.report))
+    return path
 
 
 def _report_files(
