@@ -20,6 +20,7 @@ import uvloop
 from quantum_daemon import __version__
 from quantum_daemon.api import ApiServer
 from quantum_daemon.config import Config
+from quantum_daemon.dashboard import Dashboard
 from quantum_daemon.heartbeat import heartbeat_loop, loop_lag_monitor
 from quantum_daemon.inference import InferenceService
 from quantum_daemon.ingest import IngestMetrics, IngestService
@@ -138,6 +139,8 @@ class Daemon:
             routes += self.lifecycle.routes()
         if self.inference is not None:
             routes += self.inference.routes()
+        if self.link is not None:
+            routes += Dashboard(self.link.client, self.keys, self.cfg.storage.data_dir).routes()
         return routes
 
     def _announce_ready(self) -> None:
