@@ -256,6 +256,9 @@ def train(
     device = select_device(config.device)
     if device.type == "cpu":
         configure_cpu(config.cpu_threads)
+    else:
+        # Deterministic CUDA kernels would need CUBLAS_WORKSPACE_CONFIG and run slower.
+        torch.use_deterministic_algorithms(False)
     seed_everything(config.seed)
     model.to(device)
     train_windows, val_windows = train_windows.to(device), val_windows.to(device)
