@@ -104,6 +104,19 @@ def _metrics(source: StatusSource) -> web.StreamResponse:
     )
 
 
+def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int | None:
+    """An integer query parameter in [low, high]; ``default`` when absent,
+    None when malformed or out of range (the caller answers 400)."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        return None
+    return value if low <= value <= high else None
+
+
 def json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(
         text=json.dumps(body, default=str), status=status, content_type="application/json"

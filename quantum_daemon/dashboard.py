@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from quantum_daemon.api import json_response
+from quantum_daemon.api import int_query, json_response
 from quantum_daemon.keys import Keys
 from quantum_daemon.registry import Registry, RegistryError
 
@@ -63,7 +63,7 @@ class Dashboard:
         return web.Response(text=html, content_type="text/html", charset="utf-8")
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        n = _int_param(request, "n", EVENTS_DEFAULT, 1, EVENTS_MAX)
+        n = int_query(request, "n", EVENTS_DEFAULT, 1, EVENTS_MAX)
         if n is None:
             return json_response({"error": f"n must be an integer in [1, {EVENTS_MAX}]"}, 400)
         prefix = request.query.get("type", "")
@@ -200,14 +200,3 @@ def downsample(n: int, points: int) -> np.ndarray:
     if n <= points:
         return np.arange(n)
     return np.unique(np.linspace(0, n - 1, points).round().astype(np.int64))
-
-
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        return None
-    return value if low <= value <= high else None

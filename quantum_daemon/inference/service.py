@@ -40,7 +40,7 @@ from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from quantum_daemon.aio import sleep_or_stop
-from quantum_daemon.api import json_response
+from quantum_daemon.api import int_query, json_response
 from quantum_daemon.backoff import Backoff
 from quantum_daemon.config import Config
 from quantum_daemon.ensemble import Signal, parse_signal, signal_fields, signal_json
@@ -599,7 +599,7 @@ class InferenceService:
 
     async def trust_view(self, request: web.Request) -> web.StreamResponse:
         """Current weights, their bounded history and each family's last updates."""
-        events = _int_param(request, "events", 10, 0, 100)
+        events = int_query(request, "events", 10, 0, 100)
         if events is None:
             return json_response({"error": "events must be an integer in [0, 100]"}, 400)
         try:
@@ -615,7 +615,7 @@ class InferenceService:
 
     async def signals_view(self, request: web.Request) -> web.StreamResponse:
         """The latest signal and the last ``n`` of each series (``symbol``, ``tf`` filter)."""
-        n = _int_param(request, "n", 10, 1, 1000)
+        n = int_query(request, "n", 10, 1, 1000)
         if n is None:
             return json_response({"error": "n must be an integer in [1, 1000]"}, 400)
         symbol, tf = request.query.get("symbol"), request.query.get("tf")
@@ -641,17 +641,6 @@ def _signal_of(fields: Any) -> Signal:
 
 def _fields(signal: Signal) -> Any:
     return signal_fields(signal)
-
-
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        return None
-    return value if low <= value <= high else None
 
 
 async def _first(event: asyncio.Event, other: asyncio.Event) -> None:
