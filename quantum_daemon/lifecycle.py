@@ -47,6 +47,7 @@ from quantum_daemon.lifecycle_metrics import LifecycleMetrics
 from quantum_daemon.lifecycle_views import JobRecord, jobs_view, models_view
 from quantum_daemon.logs import get_logger
 from quantum_daemon.promotion import HeadToHead, judge
+from quantum_daemon.recorded_signals import SIGNAL_CONSUMERS, read_recorded_signals
 from quantum_daemon.registry import Registry
 from quantum_daemon.scheduler import (
     ModelKey,
@@ -116,6 +117,7 @@ class LifecycleService:
         self.executor = executor or make_executor(cfg)
         self.registry = Registry(cfg.storage.data_dir)
         self.keys = Keys(cfg.redis.prefix)
+        self.client = client  # also read for rl_sizer's recorded signals
         publisher = EventPublisher(client, self.keys)
         self.flusher = OutboxFlusher(self.registry, publisher)
         self.control = ControlConsumer(
@@ -298,6 +300,11 @@ class LifecycleService:
         )
         active = await asyncio.to_thread(self.registry.active_version, key.model_id)
         path = self.registry.version_path(key.model_id, active) if active else None
+        signals = None
+        if key.family in SIGNAL_CONSUMERS:
+            signals = await read_recorded_signals(self.client, self.keys, key.symbol, key.tf)
+            if signals.skipped:
+                log.warning("signals.unreadable", model_id=key.model_id, skipped=signals.skipped)
         return TrainJobSpec(
             job_id=f"{key.model_id}-{uuid.uuid4().hex[:8]}",
             family=key.family,
@@ -308,6 +315,7 @@ class LifecycleService:
             seed=self.cfg.models.seed,
             timeout_s=self.cfg.training.job_timeout_s,
             active=ActiveRef(active, str(path)) if active and path else None,
+            signals=signals,
         )
 
     def _version_time(self, model_id: str) -> datetime:

@@ -12,6 +12,13 @@ The family is trained with ``p_up`` calibrated on its validation windows
 The version folder also keeps ``returns.csv`` (the test-window returns of the
 strategy and of buy-and-hold, as in a report folder), checksummed with the
 artifact: the dashboard draws its equity curves from it.
+
+``spec.signals`` (the daemon's recorded ensemble signals) is what a family
+that sizes the ensemble signal (``rl_sizer``) is trained and evaluated on
+(``families.training_family``); the metadata's ``fit`` then adds
+``recorded_fraction_test``, the share of the evaluation's test decisions
+(``data_window.evaluation_test``, those the metrics judge) that sized a
+recorded signal, beside the family's own train and validation fractions.
 """
 
 from __future__ import annotations
@@ -41,7 +48,8 @@ from quantum_daemon.evaluation.walkforward import (
     walk_forward,
 )
 from quantum_daemon.models.base import FitInfo
-from quantum_daemon.models.families import calibrated_family
+from quantum_daemon.models.families import training_family
+from quantum_daemon.recorded_signals import SIGNAL_CONSUMERS, RecordedSignals
 
 IDENTITY_KEYS = ("model_id", "version", "family")
 RETURNS_FILE = "returns.csv"  # in each version folder; read by dashboard.py
@@ -62,6 +70,7 @@ class OfflineSpec:
     n_trials: int | None = None
     report_dir: Path | None = None
     now: datetime | None = None
+    signals: RecordedSignals | None = None  # for rl_sizer: the recorded ensemble signal
 
     @property
     def symbol(self) -> str:
@@ -96,7 +105,11 @@ def train_offline(spec: OfflineSpec) -> OfflineResult:
     now = spec.now or datetime.now(UTC)
     settings = spec.settings()
     evaluation = walk_forward(
-        calibrated_family(spec.family), spec.bars, settings, seed=spec.seed, params=spec.params
+        training_family(spec.family, spec.signals),
+        spec.bars,
+        settings,
+        seed=spec.seed,
+        params=spec.params,
     )
     model_id = artifacts.model_id_for(spec.family, spec.symbol, spec.tf)
     stored = artifacts.write_version(
@@ -156,6 +169,7 @@ def _metadata(
             "best_iteration": last.fit.best_iteration,
             "val_loss": last.fit.val_loss,
             **dict(last.fit.extra),
+            **_test_signal_record(spec, report),
         },
         "metrics": {
             **_numbers_only(metrics_json(report, "", "", spec.family)),
@@ -163,6 +177,13 @@ def _metadata(
         },
         "model": state,
     }
+
+
+def _test_signal_record(spec: OfflineSpec, report: EvaluationReport) -> dict[str, float]:
+    if spec.signals is None or spec.family not in SIGNAL_CONSUMERS:
+        return {}
+    fraction = spec.signals.recorded_fraction(spec.bars.ts[report.test_idx])
+    return {"recorded_fraction_test": fraction}
 
 
 def _numbers_only(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -87,6 +87,20 @@ def fake_train(spec: Any) -> Any:
                           os.getpid())  # fmt: skip
 
 
+def fake_train_noting_signals(spec: Any) -> Any:
+    """``fake_train``, after writing the recorded signals the spec carried
+    (``None`` or ts / mu / skipped) to ``data_dir/signals_seen_{family}.json``."""
+    import json
+    from pathlib import Path
+
+    seen = None
+    if spec.signals is not None:
+        recorded = spec.signals
+        seen = {"ts": recorded.ts.tolist(), "mu": recorded.mu.tolist(), "skipped": recorded.skipped}
+    (Path(spec.data_dir) / f"signals_seen_{spec.family}.json").write_text(json.dumps(seen))
+    return fake_train(spec)
+
+
 def cuda_probe(spec: Spec) -> dict[str, object]:
     """What torch sees of the GPU from inside a worker."""
     import torch

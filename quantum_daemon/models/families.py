@@ -6,16 +6,25 @@ Adding a family is one entry in ``_FAMILY_MODULES``: name -> (module, class).
 ``family_class`` is the family's own class (raw ``p_up``); what the daemon
 and the CLI train and load is ``calibrated_family``: the same family with its
 ``p_up`` calibrated on the validation window (``models.calibrated``).
+
+A family that sizes the ensemble signal (``recorded_signals.SIGNAL_CONSUMERS``:
+``rl_sizer``) takes the signal from the daemon's recorded signals when a job
+has them: ``training_family(name, signals)`` makes such models for the
+walk-forward evaluation, ``load_model(directory, signals)`` loads one for the
+head-to-head, so both versions there size the same signal. Without signals
+both are exactly ``calibrated_family(name)``.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from quantum_daemon.models.base import Family
+from quantum_daemon.recorded_signals import SIGNAL_CONSUMERS, RecordedSignals
 
 _FAMILY_MODULES: dict[str, tuple[str, str]] = {
     "xgb": ("quantum_daemon.models.xgb", "XGBFamily"),
@@ -52,10 +61,36 @@ def calibrated_family(name: str) -> type[Family]:
     return calibrated_class(family_class(name))
 
 
-def load_model(directory: Path) -> tuple[Family, Mapping[str, Any]]:
-    """Verify a version folder's checksums, then rebuild its fitted model."""
+def training_family(name: str, signals: RecordedSignals | None = None) -> Callable[[], Family]:
+    """What a training job fits: ``calibrated_family(name)``, sizing ``signals``
+    where the family consumes the ensemble signal and signals are given."""
+    cls = calibrated_family(name)
+    if signals is None or name not in SIGNAL_CONSUMERS:
+        return cls
+    return functools.partial(_new_with_signals, cls, signals)
+
+
+def load_model(
+    directory: Path, signals: RecordedSignals | None = None
+) -> tuple[Family, Mapping[str, Any]]:
+    """Verify a version folder's checksums, then rebuild its fitted model
+    (sizing ``signals`` as ``training_family`` does)."""
     from quantum_daemon.artifacts import load_version
 
     version = load_version(directory)
-    cls = calibrated_family(version.metadata["family"])
-    return cls.load(version.path, version.metadata), version.metadata
+    name = version.metadata["family"]
+    model = calibrated_family(name).load(version.path, version.metadata)
+    if signals is not None and name in SIGNAL_CONSUMERS:
+        _use_signals(model, signals)
+    return model, version.metadata
+
+
+def _new_with_signals(cls: type[Family], signals: RecordedSignals) -> Family:
+    model = cls()
+    _use_signals(model, signals)
+    return model
+
+
+def _use_signals(model: Family, signals: RecordedSignals) -> None:
+    # The calibrated wrapper hands ``use_signals`` to the inner family.
+    cast(Any, model).use_signals(signals)

@@ -60,6 +60,7 @@ from quantum_daemon.models.sizing_env import (
     observe,
     rollout,
 )
+from quantum_daemon.recorded_signals import RecordedSignals
 from quantum_daemon.scoring import compare_with_plain_rule
 
 POLICY_FILE = "policy.safetensors"
@@ -67,6 +68,8 @@ STATE_FILE = "rl_sizer.json"
 MIN_VOL = 1e-8
 
 SignalSource = Callable[[Bars, np.ndarray, int], Forecast]
+MOMENTUM_SOURCE = "momentum"
+RECORDED_SOURCE = "recorded_ensemble+momentum"
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,26 @@ def momentum_signal(bars: Bars, idx: np.ndarray, horizon: int) -> Forecast:
     mu = np.nan_to_num(horizon * ret_24 / 24.0)
     spread = np.maximum(np.nan_to_num(vol, nan=1.0), MIN_VOL) * np.sqrt(horizon)
     return Forecast(mu=mu, p_up=ndtr(mu / spread))
+
+
+@dataclass(frozen=True)
+class RecordedOrMomentum:
+    """A signal source: the recorded ensemble signal at the bars whose ``ts``
+    was recorded, ``momentum_signal`` at the others (module docstring). A
+    bar's signal is its own recorded entry only: causal."""
+
+    recorded: RecordedSignals
+
+    def __call__(self, bars: Bars, idx: np.ndarray, horizon: int) -> Forecast:
+        signal = momentum_signal(bars, idx, horizon)
+        mu, p_up = np.array(signal.mu, dtype=np.float64), np.array(signal.p_up, dtype=np.float64)
+        at = self.recorded.positions(bars.ts[idx])
+        found = at >= 0
+        mu[found], p_up[found] = self.recorded.mu[at[found]], self.recorded.p_up[at[found]]
+        return Forecast(mu=mu, p_up=p_up)
+
+    def recorded_fraction(self, bars: Bars, idx: np.ndarray) -> float:
+        return self.recorded.recorded_fraction(bars.ts[idx])
 
 
 def volatility(bars: Bars, idx: np.ndarray) -> np.ndarray:
@@ -184,8 +207,25 @@ class RlSizerFamily:
             "val_sharpe": best.sharpe,
             "plain_val_sharpe": plain.plain_sharpe,
             "beats_plain_rule_on_validation": plain.beats,
+            **self._signal_record(data),
         }
         return FitInfo(best.timesteps, -best.sharpe, dict(self._record))
+
+    def use_signals(self, recorded: RecordedSignals) -> None:
+        """Size the recorded ensemble signal where there is one, momentum elsewhere."""
+        self.signal_source = RecordedOrMomentum(recorded)
+
+    def _signal_record(self, data: TrainSet) -> dict[str, Any]:
+        """Which signal the policy was trained on, and how much of it was recorded."""
+        source = self.signal_source
+        if isinstance(source, RecordedOrMomentum):
+            return {
+                "signal_source": RECORDED_SOURCE,
+                "recorded_fraction_train": source.recorded_fraction(data.bars, data.train_idx),
+                "recorded_fraction_val": source.recorded_fraction(data.bars, data.val_idx),
+            }
+        name = MOMENTUM_SOURCE if source is momentum_signal else getattr(source, "__name__", "")
+        return {"signal_source": name or type(source).__name__}
 
     def sizing_data(self, bars: Bars, idx: np.ndarray, horizon: int) -> SizingData:
         """The signal, volatility and next-bar returns at decisions ``idx``."""

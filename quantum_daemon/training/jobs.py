@@ -5,8 +5,11 @@ worker process (the local spawn pool, the GPU worker, Ray): it trains and
 evaluates one version with ``quantum_daemon.offline`` (which writes the
 version folder atomically), then compares the new version head to head with
 the model's active version (``promotion.HeadToHead``). The bars travel in the
-spec as arrays, so a worker never opens the bar store. Model libraries are
-imported inside the function only: the daemon imports this module.
+spec as arrays, so a worker never opens the bar store; so do, for
+``rl_sizer``, the ensemble signals the daemon recorded
+(``recorded_signals``): the sizer is trained on them, and in the head to head
+both versions size that same signal. Model libraries are imported inside the
+function only: the daemon imports this module.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from quantum_daemon.bars import Bars
 from quantum_daemon.config import EvaluationConfig
 from quantum_daemon.promotion import HeadToHead
+from quantum_daemon.recorded_signals import RecordedSignals
 from quantum_daemon.timeframes import timeframe_ms
 
 if TYPE_CHECKING:
@@ -54,6 +58,7 @@ class TrainJobSpec:
     n_trials: int | None = None  # None: evaluation.n_trials
     timeout_s: float = 900.0
     active: ActiveRef | None = None
+    signals: RecordedSignals | None = None  # rl_sizer: the recorded ensemble signal
 
     @property
     def symbol(self) -> str:
@@ -102,6 +107,7 @@ def run_job(spec: TrainJobSpec) -> TrainJobResult:
             horizon=spec.horizon,
             n_trials=spec.n_trials,
             now=spec.version_time,
+            signals=spec.signals,
         )
     )
     h2h = None if spec.active is None else head_to_head(spec, Path(trained.artifact_dir))
@@ -144,16 +150,17 @@ def pin_torch_threads(family: str) -> None:
 
 def head_to_head(spec: TrainJobSpec, new_dir: Path) -> HeadToHead:
     """Both versions on the new version's last test window, on the decisions
-    that the active version did not see in training (promotion.py: "beats")."""
+    that the active version did not see in training (promotion.py: "beats"),
+    sizing the same signal where they size one (``spec.signals``)."""
     from quantum_daemon.artifacts import ArtifactCorrupt
     from quantum_daemon.models.families import load_model
 
     assert spec.active is not None
     try:
-        active, active_meta = load_model(Path(spec.active.path))
+        active, active_meta = load_model(Path(spec.active.path), spec.signals)
     except ArtifactCorrupt as exc:
         return HeadToHead(spec.active.version, 0, None, None, 0.0, 0.0, refused=str(exc))
-    new, new_meta = load_model(new_dir)
+    new, new_meta = load_model(new_dir, spec.signals)
     idx = common_unseen_decisions(spec, new_meta, active_meta)
     if idx.size == 0:
         return HeadToHead(spec.active.version, 0, None, None, 0.0, 0.0)
