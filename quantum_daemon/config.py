@@ -155,7 +155,26 @@ class PromotionConfig:
     min_trades: int = 5
     min_dsr: float = 0.0
     min_profit_factor: float = 1.0
-    shadow_min_bars: int = 48
+    shadow_min_bars: int = 48  # 0: a version that beats the active one is promoted at once
+    shadow_max_bars: int = 240
+
+    def __post_init__(self) -> None:
+        if self.shadow_max_bars < self.shadow_min_bars:
+            raise ConfigError(
+                f"config key 'promotion.shadow_max_bars' must be >= promotion.shadow_min_bars "
+                f"({self.shadow_min_bars}), got {self.shadow_max_bars}"
+            )
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    max_candidates: int = 2
+    signals_maxlen: int = 10_000
+    context_bars: int = 512
+    worker_threads: int = 1
+    request_timeout_s: float = 120.0
+    retention_days: int = 90
+    max_catch_up: int = 1000
 
 
 @dataclass(frozen=True)
@@ -177,6 +196,7 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     models: ModelsConfig = field(default_factory=ModelsConfig)
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
 
 
@@ -205,7 +225,14 @@ for _key in (
     "models.retrain_every_bars",
     "trust.learning_rate",
     "trust.history_len",
-    "promotion.shadow_min_bars",
+    "promotion.shadow_max_bars",
+    "inference.max_candidates",
+    "inference.signals_maxlen",
+    "inference.context_bars",
+    "inference.worker_threads",
+    "inference.request_timeout_s",
+    "inference.retention_days",
+    "inference.max_catch_up",
 ):
     _check(_key, _positive, "> 0")
 for _key in (
@@ -215,6 +242,7 @@ for _key in (
     "training.restart_budget",
     "promotion.min_trades",
     "promotion.min_profit_factor",
+    "promotion.shadow_min_bars",
     "models.seed",
 ):
     _check(_key, _non_negative, ">= 0")

@@ -376,7 +376,10 @@ class LifecycleService:
         return True
 
     async def _decide(self, model_id: str, version: str) -> str:
-        """Judge a trained version against the gates and the active version."""
+        """Judge a trained version against the gates and the active version:
+        rejected, promoted (the model's first passing version), or a
+        candidate that waits in shadow for its live record (the inference
+        service promotes or retires it)."""
         show = await asyncio.to_thread(self.registry.show, model_id)
         entry = next(v for v in show["versions"] if v["version"] == version)
         verdict = judge(
@@ -395,6 +398,8 @@ class LifecycleService:
                     reason=event.data.get("reason"),
                     gate=event.data.get("gate"),
                 )
+        if events and verdict.stage == "candidate" and not verdict.promote:
+            log.info("model.in_shadow", model_id=model_id, version=version, reason=verdict.reason)
         await self._after_change(model_id)
         return verdict.stage if not verdict.promote else "active"
 

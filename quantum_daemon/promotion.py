@@ -23,10 +23,14 @@ one, or an active version whose artifact was refused: the gate fails (a
 model is never replaced on missing evidence).
 
 All gates passed: the version becomes a ``candidate``; otherwise it is
-``rejected`` and the first failing gate is the reason. A candidate is
-promoted to ``active`` at once when the model has no active version, or when
-it beat the active one (until live shadow comparisons exist, the head-to-head
-test window decides).
+``rejected`` and the first failing gate is the reason. The first version of
+a model to pass is promoted to ``active`` at once (there is nothing to
+shadow it against). A version that beat the active one stays a candidate
+(``promote`` false): it predicts live in shadow, and the inference service
+promotes it when its live record beats the active version's over
+``[promotion] shadow_min_bars`` bars, or retires it after
+``shadow_max_bars`` (docs/inference.md). With ``shadow_min_bars = 0`` the
+backtest head-to-head decides alone: the version is promoted at once.
 """
 
 from __future__ import annotations
@@ -114,7 +118,11 @@ def judge(
         return Verdict("rejected", gates, False, f"{failed.gate}: {failed.detail}")
     if active_version is None:
         return Verdict("candidate", gates, True, "first version of the model to pass the gates")
-    return Verdict("candidate", gates, True, f"beats {active_version}: {gates[3].detail}")
+    beats = f"beats {active_version}: {gates[3].detail}"
+    if cfg.shadow_min_bars == 0:
+        return Verdict("candidate", gates, True, beats)
+    waits = f"; waits in shadow for {cfg.shadow_min_bars} bars of live record"
+    return Verdict("candidate", gates, False, beats + waits)
 
 
 def trades_gate(metrics: Mapping[str, Any], minimum: int) -> GateResult:

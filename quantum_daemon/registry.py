@@ -23,7 +23,10 @@ folders of killed workers.
 Stages: ``trained -> candidate | rejected``; ``candidate -> active |
 retired | rejected``; ``active -> retired``; ``retired -> active``
 (rollback, operator promotion). At most one version per model is active;
-promoting one retires the one it replaces in the same write.
+promoting one retires the one it replaces in the same write. The shadow
+transitions (``promote_candidate``, ``retire_candidate``,
+``retire_superseded``) act only on versions that are still candidates, so a
+replayed decision changes nothing and emits nothing.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "rejected": frozenset(),
 }
 KEEP_COMMAND_IDS = 200
+SUPERSEDED = "superseded"  # the retirement reason of a candidate that newer ones pushed out
 STALE_TMP_S = 600.0  # a worker's temporary version folder lives seconds; older ones are debris
 
 
@@ -259,6 +263,40 @@ class Registry:
                 raise RegistryError(f"{model_id} {version} is {entry['stage']}: cannot retire it")
             return self._retire(state, version, reason, replaced_by=None)
 
+    def promote_candidate(
+        self, model_id: str, version: str, replacing: str, reason: str
+    ) -> list[Event]:
+        """A candidate's shadow win: activate it (retiring ``replacing``) only
+        while it is still a candidate and ``replacing`` still the active
+        version; a stale or replayed comparison changes nothing."""
+        with self.files.edit(model_id) as state:
+            entry = self._version(state, version)
+            if entry["stage"] != "candidate" or state["active"] != replacing:
+                return []
+            return self._activate(state, version, reason)
+
+    def retire_candidate(
+        self, model_id: str, version: str, reason: str, detail: str | None = None
+    ) -> list[Event]:
+        """Retire a version only while it is a candidate (its shadow record
+        ran out, or newer candidates superseded it); otherwise nothing, so a
+        replayed decision changes nothing."""
+        with self.files.edit(model_id) as state:
+            if self._version(state, version)["stage"] != "candidate":
+                return []
+            return self._retire(state, version, reason, replaced_by=None, detail=detail)
+
+    def retire_superseded(self, model_id: str, keep: int) -> list[Event]:
+        """Retire the model's candidates older than its ``keep`` newest
+        (reason ``superseded``): one write."""
+        with self.files.edit(model_id) as state:
+            candidates = _candidates(state)
+            detail = f"{keep} newer candidates are in shadow"
+            events: list[Event] = []
+            for version in candidates[: max(0, len(candidates) - keep)]:
+                events += self._retire(state, version, SUPERSEDED, replaced_by=None, detail=detail)
+            return events
+
     def rollback(self, model_id: str, reason: str, command_id: str | None = None) -> list[Event]:
         """Retire the active version and bring back the one active before it."""
         with self.files.edit(model_id) as state:
@@ -387,12 +425,24 @@ class Registry:
         )
 
     def _retire(
-        self, state: dict[str, Any], version: str, reason: str, replaced_by: str | None
+        self,
+        state: dict[str, Any],
+        version: str,
+        reason: str,
+        replaced_by: str | None,
+        detail: str | None = None,
     ) -> list[Event]:
-        self._move(state, version, "retired", reason)
+        self._move(state, version, "retired", reason if detail is None else f"{reason}: {detail}")
         entry = state["versions"][version]
+        extra = {} if detail is None else {"detail": detail}
         return self._emit(
-            state, MODEL_RETIRED, version, _step(entry), reason=reason, replaced_by=replaced_by
+            state,
+            MODEL_RETIRED,
+            version,
+            _step(entry),
+            reason=reason,
+            replaced_by=replaced_by,
+            **extra,
         )
 
     def _seen(self, state: dict[str, Any], command_id: str | None) -> bool:
@@ -425,6 +475,11 @@ class Registry:
             )
             for version, entry in sorted(state["versions"].items())
         ]
+
+
+def _candidates(state: Mapping[str, Any]) -> list[str]:
+    """The model's candidate versions, oldest first (version names sort by time)."""
+    return sorted(v for v, e in state["versions"].items() if e["stage"] == "candidate")
 
 
 def _step(entry: Mapping[str, Any]) -> str:

@@ -154,6 +154,21 @@ def shadow_verdict(
     return ShadowVerdict(len(common), cand, act, len(common) >= min_bars and cand < act)
 
 
+def shadow_outcome(
+    verdicts: Mapping[str, ShadowVerdict], max_bars: int
+) -> tuple[str | None, list[str]]:
+    """Of several candidates judged against the same active version: the one
+    to promote (the lowest mean loss among those that won; the other winners
+    stay candidates, to face the new active version) and those whose record
+    ran out (``max_bars`` common bars without winning), by version."""
+    winners = sorted(v for v, verdict in verdicts.items() if verdict.promote)
+    best = min(winners, key=lambda v: verdicts[v].candidate_loss, default=None)
+    expired = sorted(
+        v for v, verdict in verdicts.items() if not verdict.promote and verdict.bars >= max_bars
+    )
+    return best, expired
+
+
 @dataclass(frozen=True)
 class PlainRuleComparison:
     """A position family's costed track against the plain rule's on the same

@@ -16,6 +16,7 @@ from quantum_daemon.bars import Bars
 from quantum_daemon.config import (
     Config,
     EvaluationConfig,
+    InferenceConfig,
     PromotionConfig,
     RedisConfig,
     StorageConfig,
@@ -28,13 +29,19 @@ FAMILIES = ("xgb", "lgbm", "nhits", "patchtst", "evo_model", "rl_sizer")
 
 
 def make_config(
-    redis_url: str, data_dir: Path, horizon: int = 2, shadow_min_bars: int = 48
+    redis_url: str,
+    data_dir: Path,
+    horizon: int = 2,
+    shadow_min_bars: int = 48,
+    shadow_max_bars: int = 240,
+    max_candidates: int = 2,
 ) -> Config:
     return Config(
         redis=RedisConfig(url=redis_url),
         storage=StorageConfig(data_dir=data_dir),
         evaluation=EvaluationConfig(horizon=horizon),
-        promotion=PromotionConfig(shadow_min_bars=shadow_min_bars),
+        promotion=PromotionConfig(shadow_min_bars=shadow_min_bars, shadow_max_bars=shadow_max_bars),
+        inference=InferenceConfig(max_candidates=max_candidates),
     )
 
 

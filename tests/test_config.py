@@ -23,6 +23,13 @@ BAD_CONFIGS = {
     "bad timeframe": ('[ingest]\ntimeframes = ["7m"]\n', "ingest.timeframes"),
     "negative": ("[evaluation]\nfee_bps = -1\n", "evaluation.fee_bps"),
     "not toml": ("[api\nport=1\n", "not valid TOML"),
+    "shadow period upside down": (
+        "[promotion]\nshadow_min_bars = 48\nshadow_max_bars = 24\n",
+        "promotion.shadow_max_bars",
+    ),
+    "no candidate in shadow": ("[inference]\nmax_candidates = 0\n", "inference.max_candidates"),
+    "bad inference value": ("[inference]\nrequest_timeout_s = -1\n", "inference.request_timeout_s"),
+    "inference wrong type": ('[inference]\nsignals_maxlen = "many"\n', "inference.signals_maxlen"),
 }
 
 
@@ -45,8 +52,30 @@ def test_bad_config_is_rejected_naming_the_key(name: str, tmp_path: Path) -> Non
         load(path, env={})
 
 
+def test_inference_and_shadow_defaults() -> None:
+    cfg = load(None, env={})
+    assert (cfg.promotion.shadow_min_bars, cfg.promotion.shadow_max_bars) == (48, 240)
+    inference = cfg.inference
+    assert inference.max_candidates == 2
+    assert inference.signals_maxlen == 10_000
+    assert inference.context_bars == 512
+    assert inference.worker_threads == 1
+    assert inference.request_timeout_s == 120.0
+    assert inference.retention_days == 90
+    assert inference.max_catch_up == 1000
+
+
+def test_a_shadow_period_of_zero_bars_is_allowed(tmp_path: Path) -> None:
+    path = tmp_path / "at-once.toml"
+    path.write_text("[promotion]\nshadow_min_bars = 0\n[inference]\nmax_candidates = 1\n")
+    cfg = load(path, env={})
+    assert cfg.promotion.shadow_min_bars == 0 and cfg.inference.max_candidates == 1
+
+
 @pytest.mark.parametrize("command", ["run", "check-config"])
-@pytest.mark.parametrize("name", ["unknown key", "wrong type", "bad value", "missing file"])
+@pytest.mark.parametrize(
+    "name", ["unknown key", "wrong type", "bad value", "shadow period upside down", "missing file"]
+)
 def test_cli_exits_78_with_one_line(command: str, name: str, tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     if name != "missing file":

@@ -1,6 +1,11 @@
 """Candidates predict in shadow: scored like the active versions, moving no
 weight, and promoted (reason ``shadow``, the old version retired) once their
-live record beats the active one over ``shadow_min_bars`` bars."""
+live record beats the active one over ``shadow_min_bars`` bars. Several
+candidates of a model share the shadow (the best winner is promoted, the
+others face the new active version), a candidate not ahead after
+``shadow_max_bars`` bars is retired, and candidates beyond
+``[inference] max_candidates`` are retired as superseded; every event
+exactly once, even when a round is replayed."""
 
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ from pathlib import Path
 import redis
 
 from quantum_daemon.ensemble import parse_signal
-from quantum_daemon.events import parse_entry
+from quantum_daemon.events import Event, parse_entry
+from quantum_daemon.inference import InferenceService
+from quantum_daemon.inference.messages import LoadedModel
 from quantum_daemon.keys import Keys
 from quantum_daemon.registry import Registry
 from tests.inference_helpers import Feeder, inference, make_config
@@ -87,3 +94,147 @@ def test_shadow_records_need_shadow_min_bars_common_bars(
     assert Registry(tmp_path).active_version(MODEL) == old  # fewer than 30 scored bars
     events = [json.loads(f["data"]) for _, f in redis_client.xrange(KEYS.events)]
     assert not any(e.get("reason") == "shadow" for e in events)
+
+
+def transitions(client: redis.Redis) -> list[tuple[str, str, str]]:
+    """(type, version, reason) of every promotion and retirement on the events stream."""
+    events: list[Event] = [parse_entry(f) for _, f in client.xrange(KEYS.events)]
+    return [
+        (e.type, str(e.data["version"]), str(e.data["reason"]))
+        for e in events
+        if e.type in ("model.promoted", "model.retired")
+    ]
+
+
+def held(service: InferenceService) -> set[tuple[str, str]]:
+    """(version, stage) of the xgb model's versions the worker holds."""
+    return {(m.version, m.stage) for m in service.loaded if m.model_id == MODEL}
+
+
+async def replay(service: InferenceService, stale: tuple[LoadedModel, ...]) -> None:
+    """Judge the shadow again as if the worker still held ``stale``."""
+    service.loaded = stale
+    await service._judge_shadow([MODEL])
+    await service._retire_superseded()
+
+
+def test_of_two_winning_candidates_the_better_is_promoted_and_the_other_faces_it(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    horizon, min_bars, max_bars = 2, 8, 20
+    bars = planted_market(60, horizon, seed=5)
+    old = install_version(tmp_path, "xgb", {"until_ts": 0, "seed": 1})
+    oracle = install_version(tmp_path, "xgb", {}, stage="candidate")
+    # guesses on its first two scored bars, then knows the future: it beats the
+    # guessing active version, never the oracle
+    late = install_version(tmp_path, "xgb", {"from_ts": int(bars.ts[6])}, stage="candidate")
+    cfg = make_config(
+        redis_url, tmp_path, horizon=horizon, shadow_min_bars=min_bars, shadow_max_bars=max_bars
+    )
+    registry = Registry(tmp_path)
+
+    async def scenario() -> None:
+        async with inference(cfg, ("xgb",)) as (service, store):
+            feeder = Feeder(service, store, bars)
+            feeder.store_until(5)
+            await service.run_until_idle()
+            stale = service.loaded
+            assert held(service) == {(old, "active"), (oracle, "candidate"), (late, "candidate")}
+            while registry.active_version(MODEL) == old:
+                assert feeder.fed < 30, "no candidate was promoted"
+                await feeder.feed(feeder.fed + 1)
+            assert registry.stage(MODEL, late) == "candidate"  # a winner too, but not the best
+            while registry.stage(MODEL, late) == "candidate":
+                assert feeder.fed < 50, "the second candidate was never judged out"
+                await feeder.feed(feeder.fed + 1)
+            await feeder.feed(feeder.fed + 2)
+            assert held(service) == {(oracle, "active")}  # the retired candidate is unloaded
+            assert (service.totals.promotions, service.totals.shadow_retired) == (1, 1)
+            await replay(service, stale)
+            assert (service.totals.promotions, service.totals.shadow_retired) == (1, 1)
+
+    asyncio.run(scenario())
+    assert transitions(redis_client) == [
+        ("model.retired", old, f"replaced by {oracle}"),
+        ("model.promoted", oracle, "shadow"),
+        ("model.retired", late, "shadow"),
+    ]
+    events = [parse_entry(f) for _, f in redis_client.xrange(KEYS.events)]
+    [expired] = [e for e in events if e.type == "model.retired" and e.data["version"] == late]
+    assert f"of {oracle} over {max_bars} common bars" in expired.data["detail"]
+    pending = {e.event_id for e in registry.pending_events()}
+    shadow = [e for e in events if e.data.get("reason") == "shadow"]
+    assert len(shadow) == 2 and not pending & {e.event_id for e in shadow}  # confirmed
+
+
+def test_a_candidate_not_ahead_after_shadow_max_bars_is_retired(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    horizon, min_bars, max_bars = 2, 4, 10
+    bars = planted_market(40, horizon, seed=6)
+    active = install_version(tmp_path, "xgb", {})
+    loser = install_version(tmp_path, "xgb", {"until_ts": 0, "seed": 3}, stage="candidate")
+    cfg = make_config(
+        redis_url, tmp_path, horizon=horizon, shadow_min_bars=min_bars, shadow_max_bars=max_bars
+    )
+    registry = Registry(tmp_path)
+
+    async def scenario() -> None:
+        async with inference(cfg, ("xgb",)) as (service, store):
+            feeder = Feeder(service, store, bars)
+            feeder.store_until(5)
+            await service.run_until_idle()
+            stale = service.loaded
+            while registry.stage(MODEL, loser) == "candidate":
+                assert feeder.fed < 30, "the losing candidate was never retired"
+                await feeder.feed(feeder.fed + 1)
+            await feeder.feed(feeder.fed + 2)
+            assert held(service) == {(active, "active")}
+            await replay(service, stale)
+            assert service.totals.shadow_retired == 1
+
+    asyncio.run(scenario())
+    assert registry.active_version(MODEL) == active
+    assert transitions(redis_client) == [("model.retired", loser, "shadow")]
+    [retired] = [
+        parse_entry(f)
+        for _, f in redis_client.xrange(KEYS.events)
+        if parse_entry(f).type == "model.retired"
+    ]
+    assert f"over {max_bars} common bars" in retired.data["detail"]
+    assert retired.data["detail"].startswith("mean loss 0.")
+
+
+def test_candidates_beyond_max_candidates_are_retired_as_superseded(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    bars = planted_market(30, 2, seed=7)
+    install_version(tmp_path, "xgb", {})
+    first, second, third = (
+        install_version(tmp_path, "xgb", {"until_ts": 0, "seed": s}, stage="candidate")
+        for s in (2, 3, 4)
+    )
+    cfg = make_config(redis_url, tmp_path, shadow_min_bars=48)
+    registry = Registry(tmp_path)
+
+    async def scenario() -> None:
+        async with inference(cfg, ("xgb",)) as (service, store):
+            feeder = Feeder(service, store, bars)
+            feeder.store_until(5)
+            await service.run_until_idle()
+            assert {v for v, stage in held(service) if stage == "candidate"} == {second, third}
+            assert registry.stage(MODEL, first) == "retired"
+            stale = service.loaded
+            fourth = install_version(tmp_path, "xgb", {"seed": 5}, stage="candidate")
+            await feeder.feed(8)
+            assert {v for v, stage in held(service) if stage == "candidate"} == {third, fourth}
+            assert registry.stage(MODEL, second) == "retired"
+            await replay(service, stale)
+            assert service.totals.superseded == 2
+
+    asyncio.run(scenario())
+    assert transitions(redis_client) == [
+        ("model.retired", first, "superseded"),
+        ("model.retired", second, "superseded"),
+    ]
+    assert registry.stage(MODEL, third) == "candidate"

@@ -15,12 +15,11 @@ import pytest
 import redis
 
 from quantum_daemon.bars import Bars
-from quantum_daemon.config import EvaluationConfig
+from quantum_daemon.config import EvaluationConfig, InferenceConfig
 from quantum_daemon.ensemble import parse_signal
 from quantum_daemon.events import parse_entry
 from quantum_daemon.features import build_features, shared_features
 from quantum_daemon.inference.records import RECORDS_FILE, PredictionRecords
-from quantum_daemon.inference.service import CONTEXT_BARS
 from quantum_daemon.inference.worker import BarWindows
 from quantum_daemon.keys import Keys
 from quantum_daemon.models.families import load_model
@@ -82,7 +81,8 @@ def test_real_families_answer_in_the_worker_as_they_do_in_process(
     signals = [parse_signal(f) for _, f in redis_client.xrange(KEYS.signals(SYMBOL, TF))]
     assert [s.ts for s in signals] == [int(t) for t in bars.ts[699:710]]
     last = signals[-1]
-    window = bars.slice(710 - CONTEXT_BARS - 1, 710)  # the context before the one new bar
+    context = InferenceConfig().context_bars
+    window = bars.slice(710 - context - 1, 710)  # the context before the one new bar
     for c in last.contributions:
         model, _ = load_model(registry.version_path(c.model, c.version))
         expected = model.predict(window, np.array([len(window) - 1]))

@@ -1,7 +1,9 @@
 """The continuous-learning loop in one service, on real Redis, a real bar store
 and real spawn workers: models train at start-up, are evaluated and promoted
 or rejected with events; a killed or overrunning job fails alone; new bars
-retrain; an altered artifact is refused; a restart keeps the active versions."""
+retrain, and a better version waits in shadow as a candidate (or, without a
+shadow period, replaces the active one); an altered artifact is refused; a
+restart keeps the active versions."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import pytest
 import redis
 
 from quantum_daemon import artifacts
-from quantum_daemon.config import PromotionConfig
+from quantum_daemon.config import Config, PromotionConfig
 from quantum_daemon.lifecycle import LifecycleService
 from quantum_daemon.registry import Registry
 from quantum_daemon.store import BarStore
@@ -114,10 +116,11 @@ def test_a_job_past_its_time_limit_is_stopped(
     assert failed.data["reason"] == "time limit of 1.5s exceeded"
 
 
-def test_new_bars_retrain_and_a_better_version_replaces_the_active_one(
-    tmp_path: Path, redis_url: str, redis_client: redis.Redis, store: BarStore
-) -> None:
-    cfg = make_config(tmp_path, redis_url)
+def retrain_with_better_metrics(
+    cfg: Config, tmp_path: Path, redis_client: redis.Redis, store: BarStore
+) -> LifecycleService:
+    """Train a first version, then store 100 bars with better metrics planned:
+    the second version beats the first head to head."""
     plan(tmp_path, xgb=GOOD)
 
     async def more_bars(svc: LifecycleService) -> None:
@@ -129,17 +132,40 @@ def test_new_bars_retrain_and_a_better_version_replaces_the_active_one(
         await asyncio.to_thread(add_bars, store, 100, 400)
         svc.on_bars_stored("BTCUSDT", "1h", 100)
 
-    def two_versions(svc: LifecycleService) -> bool:
-        return sum(1 for e in events(redis_client) if e.type == "model.promoted") == 2
+    def two_evaluated(svc: LifecycleService) -> bool:
+        judged = of_model(events(redis_client), XGB).count("model.evaluated") == 2
+        return judged and not svc.jobs
 
-    asyncio.run(run_service(cfg, store, two_versions, during=more_bars))
+    return asyncio.run(run_service(cfg, store, two_evaluated, during=more_bars))
+
+
+def test_new_bars_retrain_and_a_better_version_waits_in_shadow_as_a_candidate(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, store: BarStore
+) -> None:
+    cfg = make_config(tmp_path, redis_url)
+    svc = retrain_with_better_metrics(cfg, tmp_path, redis_client, store)
+    registry = Registry(tmp_path)
+    first, second = [v.version for v in registry.versions(XGB)]
+    assert (registry.stage(XGB, first), registry.stage(XGB, second)) == ("active", "candidate")
+    assert of_model(events(redis_client), XGB).count("model.promoted") == 1
+    verdict = next(v for v in registry.show(XGB)["versions"] if v["version"] == second)["verdict"]
+    assert verdict["promote"] is False and "waits in shadow" in verdict["reason"]
+    assert sorted(j["stage"] for j in svc.jobs_view()["recent"]) == ["active", "candidate"]
+    started = [e for e in events(redis_client) if e.type == "training.started"]
+    assert started[-1].data["reasons"] == ["bars"]
+
+
+def test_without_a_shadow_period_a_better_version_replaces_the_active_one(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, store: BarStore
+) -> None:
+    cfg = make_config(tmp_path, redis_url)
+    cfg = replace(cfg, promotion=replace(cfg.promotion, shadow_min_bars=0))
+    retrain_with_better_metrics(cfg, tmp_path, redis_client, store)
     registry = Registry(tmp_path)
     first, second = [v.version for v in registry.versions(XGB)]
     assert (registry.stage(XGB, first), registry.active_version(XGB)) == ("retired", second)
     promoted = [e for e in events(redis_client) if e.type == "model.promoted"][-1]
     assert promoted.data["from"] == first and promoted.data["to"] == second
-    started = [e for e in events(redis_client) if e.type == "training.started"]
-    assert started[-1].data["reasons"] == ["bars"]
 
 
 def test_an_altered_active_artifact_is_refused_at_startup_and_the_model_retrains(

@@ -1,5 +1,6 @@
 """Promotion gates: minimum trades, deflated Sharpe, profit factor, and beating
-the active version head to head on the same unseen test decisions."""
+the active version head to head on the same unseen test decisions; the first
+passing version is promoted at once, a later one waits in shadow."""
 
 from __future__ import annotations
 
@@ -51,10 +52,22 @@ def test_a_record_without_losing_trades_has_an_unbounded_profit_factor() -> None
     assert no_trades.failed_gate == "min_profit_factor"
 
 
-def test_a_version_that_beats_the_active_one_head_to_head_is_promoted() -> None:
+def test_a_version_that_beats_the_active_one_waits_in_shadow() -> None:
     verdict = judge(metrics(), "v1", h2h(new=1.5, active=0.9), CFG)
+    assert verdict.stage == "candidate" and not verdict.promote
+    assert verdict.failed_gate is None
+    assert verdict.reason.startswith("beats v1: sharpe 1.500 vs 0.900")
+    assert "waits in shadow for 48 bars" in verdict.reason
+
+
+def test_without_a_shadow_period_the_backtest_promotes_at_once() -> None:
+    at_once = PromotionConfig(min_trades=5, min_dsr=0.5, min_profit_factor=1.1, shadow_min_bars=0)
+    verdict = judge(metrics(), "v1", h2h(new=1.5, active=0.9), at_once)
     assert verdict.stage == "candidate" and verdict.promote
     assert verdict.reason.startswith("beats v1: sharpe 1.500 vs 0.900")
+    assert "shadow" not in verdict.reason
+    first = judge(metrics(), None, None, at_once)
+    assert first.promote and first.reason == "first version of the model to pass the gates"
 
 
 def test_a_tie_or_a_worse_record_does_not_beat_the_active_version() -> None:

@@ -21,6 +21,7 @@ from quantum_daemon.registry import STATE_FILE, Registry, RegistryError
 
 MODEL = "xgb_BTCUSDT_1h"
 GATES = PromotionConfig(min_trades=5, min_dsr=0.0, min_profit_factor=1.0)
+AT_ONCE = PromotionConfig(min_trades=5, min_dsr=0.0, min_profit_factor=1.0, shadow_min_bars=0)
 GOOD = {"trades": 20, "dsr": 0.7, "profit_factor": 1.3, "sharpe": 1.1}
 BAD = {"trades": 2, "dsr": 0.7, "profit_factor": 1.3, "sharpe": 1.1}
 
@@ -56,11 +57,20 @@ def trained(registry: Registry, data_dir: Path, day: int, metrics: dict[str, Any
     return version
 
 
-def evaluate(registry: Registry, version: str, h2h: HeadToHead | None = None) -> list[Event]:
+def evaluate(
+    registry: Registry,
+    version: str,
+    h2h: HeadToHead | None = None,
+    gates: PromotionConfig = GATES,
+) -> list[Event]:
     metrics = registry.show(MODEL)["versions"]
     values = next(v["metrics"] for v in metrics if v["version"] == version)
-    verdict = judge(values, registry.active_version(MODEL), h2h, GATES)
+    verdict = judge(values, registry.active_version(MODEL), h2h, gates)
     return registry.apply_verdict(MODEL, version, verdict)
+
+
+def beats(active: str) -> HeadToHead:
+    return HeadToHead(active, 50, 0, 1, new_sharpe=2.0, active_sharpe=1.0)
 
 
 def types(events: list[Event]) -> list[str]:
@@ -109,13 +119,25 @@ def test_a_failing_version_is_rejected_with_its_gate(registry: Registry, tmp_pat
     assert registry.active_version(MODEL) is None
 
 
-def test_a_version_that_beats_the_active_one_replaces_it_in_one_write(
+def test_a_version_that_beats_the_active_one_stays_a_candidate_in_shadow(
     registry: Registry, tmp_path: Path
 ) -> None:
     old = trained(registry, tmp_path, 1)
     evaluate(registry, old)
     new = trained(registry, tmp_path, 2)
-    events = evaluate(registry, new, HeadToHead(old, 50, 0, 1, new_sharpe=2.0, active_sharpe=1.0))
+    events = evaluate(registry, new, beats(old))
+    assert types(events) == ["model.evaluated"]
+    assert events[0].data["verdict"]["promote"] is False
+    assert (registry.stage(MODEL, old), registry.stage(MODEL, new)) == ("active", "candidate")
+
+
+def test_without_a_shadow_period_a_better_version_replaces_the_active_one_in_one_write(
+    registry: Registry, tmp_path: Path
+) -> None:
+    old = trained(registry, tmp_path, 1)
+    evaluate(registry, old)
+    new = trained(registry, tmp_path, 2)
+    events = evaluate(registry, new, beats(old), AT_ONCE)
     assert types(events) == ["model.evaluated", "model.retired", "model.promoted"]
     assert events[1].data["version"] == old and events[1].data["replaced_by"] == new
     assert events[2].data["from"] == old and events[2].data["to"] == new
@@ -132,6 +154,44 @@ def test_a_version_that_does_not_beat_the_active_one_is_rejected(
     events = evaluate(registry, new, HeadToHead(old, 50, 0, 1, new_sharpe=0.5, active_sharpe=1.0))
     assert events[-1].type == "model.rejected" and events[-1].data["gate"] == "beats_active"
     assert registry.active_version(MODEL) == old
+
+
+def test_a_shadow_win_promotes_only_a_candidate_over_the_version_it_was_judged_against(
+    registry: Registry, tmp_path: Path
+) -> None:
+    old = trained(registry, tmp_path, 1)
+    evaluate(registry, old)
+    new = trained(registry, tmp_path, 2)
+    evaluate(registry, new, beats(old))
+    assert registry.promote_candidate(MODEL, new, "v20000101_000000", "shadow") == []
+    events = registry.promote_candidate(MODEL, new, old, "shadow")
+    assert types(events) == ["model.retired", "model.promoted"]
+    assert events[1].data["reason"] == "shadow"
+    assert registry.promote_candidate(MODEL, new, old, "shadow") == []  # a replay: nothing
+    assert registry.active_version(MODEL) == new
+
+
+def test_shadow_retirements_act_only_on_candidates_and_once(
+    registry: Registry, tmp_path: Path
+) -> None:
+    active = trained(registry, tmp_path, 1)
+    evaluate(registry, active)
+    candidates = [trained(registry, tmp_path, day) for day in (2, 3, 4)]
+    for version in candidates:
+        evaluate(registry, version, beats(active))
+    superseded = registry.retire_superseded(MODEL, keep=2)
+    assert [(e.type, e.data["version"], e.data["reason"]) for e in superseded] == [
+        ("model.retired", candidates[0], "superseded")
+    ]
+    assert registry.retire_superseded(MODEL, keep=2) == []
+    expired = registry.retire_candidate(MODEL, candidates[1], "shadow", "mean loss 0.3 vs 0.2")
+    assert expired[0].data["detail"] == "mean loss 0.3 vs 0.2"
+    assert registry.retire_candidate(MODEL, candidates[1], "shadow", "again") == []
+    assert registry.retire_candidate(MODEL, active, "shadow") == []  # never the active one
+    stages = [registry.stage(MODEL, v) for v in (active, *candidates)]
+    assert stages == ["active", "retired", "retired", "candidate"]
+    history = registry.show(MODEL)["versions"][2]["history"]
+    assert history[-1]["reason"] == "shadow: mean loss 0.3 vs 0.2"
 
 
 def test_rollback_brings_back_the_previous_active_version(

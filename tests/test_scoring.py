@@ -18,6 +18,7 @@ from quantum_daemon.scoring import (
     return_scale,
     score_forecast,
     score_position,
+    shadow_outcome,
     shadow_verdict,
 )
 
@@ -117,6 +118,19 @@ def test_shadow_verdict_pairs_bars_and_needs_enough_of_them() -> None:
     assert not shadow_verdict(better, active, min_bars=6).promote
     assert not shadow_verdict(active, better, min_bars=1).promote
     assert not shadow_verdict({}, active, min_bars=1).promote
+
+
+def test_of_several_winners_the_lowest_loss_is_promoted_and_losers_expire() -> None:
+    active = {t: 0.25 for t in range(30)}
+    verdicts = {
+        "v1": shadow_verdict({t: 0.30 for t in range(30)}, active, min_bars=5),  # 30 bars, behind
+        "v2": shadow_verdict({t: 0.10 for t in range(10)}, active, min_bars=5),
+        "v3": shadow_verdict({t: 0.05 for t in range(20, 30)}, active, min_bars=5),
+        "v4": shadow_verdict({t: 0.40 for t in range(10)}, active, min_bars=5),  # behind, young
+    }
+    assert shadow_outcome(verdicts, max_bars=30) == ("v3", ["v1"])
+    assert shadow_outcome(verdicts, max_bars=10) == ("v3", ["v1", "v4"])
+    assert shadow_outcome({}, max_bars=10) == (None, [])
 
 
 def test_compare_with_plain_rule() -> None:

@@ -30,6 +30,7 @@ class WorkerSettings:
     horizon: int = 24  # for versions whose metadata has none
     cost_rate: float = 0.0012  # the evaluator's (fee + slippage) per unit traded
     context_bars: int = 512  # history read before the first bar to predict
+    max_candidates: int = 2  # newest candidates of a model held in shadow
     threads: int = 1
     seed: int = 42
     log_level: str = "info"

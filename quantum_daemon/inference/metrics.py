@@ -76,6 +76,12 @@ class InferenceMetrics:
             "Candidates promoted on their live (shadow) record",
             registry=registry,
         )
+        self.retirements = Counter(
+            "quantum_shadow_retirements",
+            "Candidates retired from shadow: record ran out (shadow) or superseded",
+            ["reason"],
+            registry=registry,
+        )
 
     def observe_latency(self, seconds: float) -> None:
         self.latency.observe(seconds)

@@ -19,7 +19,16 @@ Per closed bar (docs/inference.md has the whole path):
    version and bar), and compares each candidate's live record with its
    active version's (``scoring.shadow_verdict``): a candidate that beats it
    over ``[promotion] shadow_min_bars`` bars is promoted (``model.promoted``,
-   reason ``shadow``; the old version is retired in the same registry write).
+   reason ``shadow``; the old version is retired in the same registry write;
+   of several winners, the lowest mean loss), one that has not after
+   ``shadow_max_bars`` common bars is retired (``model.retired``, reason
+   ``shadow``).
+
+The worker holds each model's ``[inference] max_candidates`` newest
+candidates; when it reports its models, older candidates are retired as
+``superseded``. Every transition goes through the registry (outbox, exactly
+once) and acts only on versions still candidates, so a replayed round emits
+nothing twice.
 
 The event loop never runs model code: the worker does (``worker.py``), and
 the SQLite and registry files are touched in one I/O thread.
@@ -64,9 +73,9 @@ from quantum_daemon.inference.rounds import bars_needed, settle, trust_rounds
 from quantum_daemon.inference.signals import decision_rows, prediction_rows, signals_of
 from quantum_daemon.keys import Keys
 from quantum_daemon.logs import get_logger
-from quantum_daemon.registry import Registry, RegistryError
+from quantum_daemon.registry import SUPERSEDED, Registry, RegistryError
 from quantum_daemon.scheduler import ModelKey
-from quantum_daemon.scoring import ShadowVerdict, shadow_verdict
+from quantum_daemon.scoring import ShadowVerdict, shadow_outcome, shadow_verdict
 from quantum_daemon.store import BarStore
 from quantum_daemon.timeframes import DAY_MS, timeframe_ms
 from quantum_daemon.training.pool import RestartBudget
@@ -90,14 +99,8 @@ class Lifecycle(Protocol):
 
 
 SHADOW_REASON = "shadow"
-SIGNALS_MAXLEN = 10_000  # per series stream, trimmed approximately
-MAX_CATCH_UP = 1_000  # bars answered per request after a backlog (one ingest batch)
-CONTEXT_BARS = 512  # history before the first answered bar: features' and networks' windows
-WORKER_THREADS = 1  # the worker's BLAS / torch threads: leave the other core to the daemon
-REQUEST_TIMEOUT_S = 120.0  # a request may wait for the worker to (re)load its models
 PUBLISH_ATTEMPTS = 3
 SUMMARY_S = 60.0
-RETENTION_MS = 90 * DAY_MS  # settled predictions older than this are pruned
 PRUNE_EVERY_S = 3600.0
 
 
@@ -119,6 +122,8 @@ class InferenceTotals:
     void: int = 0
     rounds: int = 0
     promotions: int = 0
+    shadow_retired: int = 0  # record ran out without beating the active version
+    superseded: int = 0
     refused: int = 0
 
 
@@ -158,7 +163,7 @@ class InferenceService:
             on_restart=self.metrics.worker_restarts.inc,
         )
         self.totals = InferenceTotals()
-        self.request_timeout_s = REQUEST_TIMEOUT_S
+        self.request_timeout_s = cfg.inference.request_timeout_s
         self.last_ts: dict[Series, int] = {}
         self.latest: dict[Series, Signal] = {}
         self.weights: dict[str, float] = {}
@@ -181,8 +186,9 @@ class InferenceService:
             store_path=str(self.store.path),
             horizon=self.cfg.evaluation.horizon,
             cost_rate=self.cost_rate,
-            context_bars=CONTEXT_BARS,
-            threads=WORKER_THREADS,
+            context_bars=self.cfg.inference.context_bars,
+            max_candidates=self.cfg.inference.max_candidates,
+            threads=self.cfg.inference.worker_threads,
             seed=self.cfg.models.seed,
             log_level=self.cfg.logging.level,
             log_format="json" if fmt == "auto" else fmt,
@@ -272,7 +278,7 @@ class InferenceService:
             self.link.next_id(),
             *series,
             after_ts=self.last_ts.get(series),
-            max_bars=MAX_CATCH_UP,
+            max_bars=self.cfg.inference.max_catch_up,
             weights=tuple(self.weights.items()),
         )
         self.totals.requests += 1
@@ -305,11 +311,12 @@ class InferenceService:
 
     async def _publish(self, signals: list[Signal], stored_at: float) -> None:
         key = self.keys.signals(signals[0].symbol, signals[0].tf)
+        maxlen = self.cfg.inference.signals_maxlen
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             try:
                 async with self.client.pipeline(transaction=False) as pipe:
                     for signal in signals:
-                        pipe.xadd(key, _fields(signal), maxlen=SIGNALS_MAXLEN, approximate=True)
+                        pipe.xadd(key, _fields(signal), maxlen=maxlen, approximate=True)
                     await pipe.execute()
                 break
             except (RedisError, OSError) as exc:
@@ -411,25 +418,28 @@ class InferenceService:
         await self._judge_shadow(sorted({p.model_id for p in due if p.stage == CANDIDATE}))
 
     async def _judge_shadow(self, model_ids: list[str]) -> None:
+        """Each model's loaded candidates against its loaded active version."""
         for model_id in model_ids:
-            pair = self._shadow_pair(model_id)
-            if pair is None:
-                continue
-            active, candidate = pair
-            verdict = shadow_verdict(
-                await self._in_io(self.records.losses, model_id, candidate.version),
-                await self._in_io(self.records.losses, model_id, active.version),
-                self.cfg.promotion.shadow_min_bars,
-            )
-            if verdict.promote:
-                await self._promote(candidate, active, verdict)
+            of_model = [m for m in self.loaded if m.model_id == model_id]
+            active = next((m for m in of_model if m.stage == ACTIVE), None)
+            candidates = [m for m in of_model if m.stage == CANDIDATE]
+            if active is not None and candidates:
+                await self._judge_candidates(active, candidates)
 
-    def _shadow_pair(self, model_id: str) -> tuple[LoadedModel, LoadedModel] | None:
-        """(active, candidate) versions of a model, both loaded."""
-        of_model = {m.stage: m for m in self.loaded if m.model_id == model_id}
-        if ACTIVE in of_model and CANDIDATE in of_model:
-            return of_model[ACTIVE], of_model[CANDIDATE]
-        return None
+    async def _judge_candidates(self, active: LoadedModel, candidates: list[LoadedModel]) -> None:
+        """Expire the candidates whose record ran out, then promote the best winner."""
+        min_bars = self.cfg.promotion.shadow_min_bars
+        active_losses = await self._in_io(self.records.losses, active.model_id, active.version)
+        verdicts: dict[str, ShadowVerdict] = {}
+        for candidate in candidates:
+            losses = await self._in_io(self.records.losses, candidate.model_id, candidate.version)
+            verdicts[candidate.version] = shadow_verdict(losses, active_losses, min_bars)
+        best, expired = shadow_outcome(verdicts, self.cfg.promotion.shadow_max_bars)
+        by_version = {c.version: c for c in candidates}
+        for version in expired:
+            await self._expire(by_version[version], active, verdicts[version])
+        if best is not None:
+            await self._promote(by_version[best], active, verdicts[best])
 
     async def _promote(
         self, candidate: LoadedModel, active: LoadedModel, verdict: ShadowVerdict
@@ -437,11 +447,18 @@ class InferenceService:
         model_id = candidate.model_id
         try:
             events = await self._in_io(
-                self.registry.promote, model_id, candidate.version, SHADOW_REASON
+                self.registry.promote_candidate,
+                model_id,
+                candidate.version,
+                active.version,
+                SHADOW_REASON,
             )
         except RegistryError as exc:  # the registry moved on meanwhile (an operator)
             log.warning("inference.shadow_promotion_refused", model_id=model_id, error=str(exc))
             return
+        if not events:  # no longer a candidate, or another version is active: a stale round
+            return
+        # until the worker reports again, this model has no active version to judge against
         self.loaded = tuple(m for m in self.loaded if m not in (candidate, active))
         self.totals.promotions += 1
         self.metrics.promotions.inc()
@@ -455,6 +472,54 @@ class InferenceService:
             candidate_loss=round(verdict.candidate_loss, 6),
             active_loss=round(verdict.active_loss, 6),
         )
+        await self._transitioned(model_id, events)
+
+    async def _expire(
+        self, candidate: LoadedModel, active: LoadedModel, verdict: ShadowVerdict
+    ) -> None:
+        """Retire a candidate whose shadow record reached ``shadow_max_bars``
+        common bars without beating the active version."""
+        model_id = candidate.model_id
+        detail = (
+            f"mean loss {verdict.candidate_loss:.6f} vs {verdict.active_loss:.6f} "
+            f"of {active.version} over {verdict.bars} common bars"
+        )
+        events = await self._in_io(
+            self.registry.retire_candidate, model_id, candidate.version, SHADOW_REASON, detail
+        )
+        if not events:  # no longer a candidate: a stale round
+            return
+        self.loaded = tuple(m for m in self.loaded if m != candidate)
+        self.totals.shadow_retired += 1
+        self.metrics.retirements.labels(SHADOW_REASON).inc()
+        log.info(
+            "model.retired",
+            model_id=model_id,
+            version=candidate.version,
+            reason=SHADOW_REASON,
+            detail=detail,
+        )
+        await self._transitioned(model_id, events)
+
+    async def _retire_superseded(self) -> None:
+        """Retire every model's candidates beyond its ``max_candidates`` newest."""
+        keep = self.cfg.inference.max_candidates
+        for model_id in await self._in_io(self.registry.model_ids):
+            events = await self._in_io(self.registry.retire_superseded, model_id, keep)
+            for event in events:
+                self.totals.superseded += 1
+                self.metrics.retirements.labels(SUPERSEDED).inc()
+                log.info(
+                    "model.retired",
+                    model_id=model_id,
+                    version=event.data["version"],
+                    reason=SUPERSEDED,
+                )
+            if events:
+                await self._transitioned(model_id, events)
+
+    async def _transitioned(self, model_id: str, events: list[Event]) -> None:
+        """Publish a shadow transition's events and tell the lifecycle."""
         await self._publish_events(model_id, events)
         if self.lifecycle is not None:
             await self.lifecycle.refresh_models()
@@ -471,6 +536,7 @@ class InferenceService:
                 and (problem.model_id, problem.version) not in self._handled_refusals
             ):
                 await self._refuse(problem)
+        await self._retire_superseded()
         live = tuple(sorted({m.family for m in report.loaded if m.stage == ACTIVE}))
         if live != self.live_families:
             self.live_families = live
@@ -530,7 +596,8 @@ class InferenceService:
             self.log_summary()
             if self.clock() - self._pruned_at >= PRUNE_EVERY_S and self.last_ts:
                 self._pruned_at = self.clock()
-                before = max(self.last_ts.values()) - RETENTION_MS
+                retention_ms = self.cfg.inference.retention_days * DAY_MS
+                before = max(self.last_ts.values()) - retention_ms
                 pruned = await self._in_io(self.records.prune, before)
                 log.debug("inference.pruned", predictions=pruned)
 

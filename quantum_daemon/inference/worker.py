@@ -2,8 +2,8 @@
 
 ``worker_main`` is the entry of a ``spawn`` process. It pins its thread
 counts and configures logging before anything imports numpy, then loads the
-``active`` version and the newest ``candidate`` of every model in the
-registry (each artifact sha256-checked by ``artifacts.load_version``; a
+``active`` version and the ``max_candidates`` newest ``candidate`` versions
+of every model in the registry (each artifact sha256-checked by ``artifacts.load_version``; a
 refused one is reported back, never loaded) and serves requests from its
 pipe: for a ``PredictRequest`` it reads the series' last bars from the bar
 store (WAL: reading never blocks ingest's writer), computes the features of
@@ -212,13 +212,18 @@ class InferenceServer:
         return _answer(request, bars, idx, answers, errors, started)
 
     def live_for(self, symbol: str, tf: str) -> list[LiveModel]:
-        """The series' models; a model of this symbol wins over a multi-symbol
-        one of the same family."""
-        chosen: dict[tuple[str, str], LiveModel] = {}
-        for live in sorted(self.models.values(), key=lambda m: m.info.symbol == symbol):
-            if live.info.tf == tf and live.info.symbol in (symbol, MULTI_SYMBOL):
-                chosen[(live.info.family, live.info.stage)] = live
-        return list(chosen.values())
+        """The series' models, every version of a stage (a model may have
+        several candidates); per family and stage, a model of this symbol
+        wins over a multi-symbol one."""
+        of_series = [
+            m
+            for m in self.models.values()
+            if m.info.tf == tf and m.info.symbol in (symbol, MULTI_SYMBOL)
+        ]
+        chosen: dict[tuple[str, str], str] = {}  # (family, stage) -> model_id
+        for live in sorted(of_series, key=lambda m: m.info.symbol == symbol):
+            chosen[(live.info.family, live.info.stage)] = live.info.model_id
+        return [m for m in of_series if chosen[(m.info.family, m.info.stage)] == m.info.model_id]
 
     def ask_models(
         self, live: Sequence[LiveModel], bars: Bars, idx: np.ndarray, weights: Mapping[str, float]
@@ -321,7 +326,8 @@ class InferenceServer:
 
     def wanted(self) -> dict[tuple[str, str], str]:
         """(model_id, version) -> stage: every active version and each
-        model's newest candidate."""
+        model's ``max_candidates`` newest candidates (the daemon retires
+        older ones as superseded)."""
         wanted: dict[tuple[str, str], str] = {}
         for model_id in self.registry.model_ids():
             infos = self.registry.versions(model_id)
@@ -329,8 +335,8 @@ class InferenceServer:
                 if info.stage == ACTIVE:
                     wanted[(model_id, info.version)] = ACTIVE
             candidates = sorted(i.version for i in infos if i.stage == CANDIDATE)
-            if candidates:
-                wanted[(model_id, candidates[-1])] = CANDIDATE
+            for version in candidates[-self.settings.max_candidates :]:
+                wanted[(model_id, version)] = CANDIDATE
         return wanted
 
     def load(self, model_id: str, version: str, stage: str) -> LiveModel | None:
