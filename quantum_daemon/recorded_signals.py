@@ -9,8 +9,8 @@ meets live. ``read_recorded_signals`` pulls one series' stream in XRANGE
 pages and keeps each entry's ``ts`` (bar open time, epoch ms), ``mu`` and
 ``p_up``; an entry without them, or with a number that does not parse or
 is out of range, is skipped and counted, never raised. Only these three fields are
-read (no JSON), so a full stream (about 10,000 entries) costs a few
-milliseconds of the event loop between the awaited pages.
+read (no JSON): a full stream of 10,000 entries takes about 0.1 s, in
+slices of a few milliseconds between the awaited pages of ``PAGE`` entries.
 
 ``RecordedSignals`` is frozen numpy arrays sorted by ``ts``, one entry per
 bar: where a bar was published twice (a replay, a restart), the later entry
@@ -31,7 +31,7 @@ from quantum_daemon.keys import Keys
 
 # The families trained on the recorded signal (they size it, they are not part of it).
 SIGNAL_CONSUMERS = frozenset({"rl_sizer"})
-PAGE = 1_000  # entries per XRANGE call
+PAGE = 500  # entries per XRANGE call: the event loop is free between pages
 
 
 @dataclass(frozen=True, eq=False)

@@ -11,12 +11,24 @@ validation Sharpe after costs (checkpoint on improvement, stop after
 on the same window is recorded beside it: the sizer earns its place only by
 beating that rule out of sample (``scoring.compare_with_plain_rule``).
 
-Signal source: a callable ``(bars, idx, horizon) -> Forecast``. In the daemon
-it is the trust-weighted ensemble of the active forecasters
-(``ensemble.pool_forecasts``); without one, a cold-start stand-in is used,
-``momentum_signal``: ``mu = horizon * ret_24 / 24`` (the mean one-bar log
-return of the last day, scaled to the horizon) and ``p_up = Phi(mu /
-(rvol_24 sqrt(horizon)))``.
+Signal source: a callable ``(bars, idx, horizon) -> Forecast``. Live, the
+sizer sizes the trust-weighted ensemble of the active forecasters, so that
+is what it is trained and judged on: ``RecordedOrMomentum`` (set by
+``use_signals``, which the daemon's training jobs call through
+``families.training_family`` / ``load_model``) takes, at each bar whose open
+time was recorded, the ensemble signal the daemon published on
+``quantum:signals:{SYMBOL}:{TF}`` (``recorded_signals``). That signal is out
+of sample by construction: each entry came from models trained on bars
+before it, and no later entry is read for an earlier bar. At bars before
+the ensemble went live (or older than the trimmed stream's first entry) it
+falls back to the cold-start stand-in ``momentum_signal``, which is also the
+whole source when nothing was recorded (the CLI's ``train``, a fresh
+daemon): ``mu = horizon * ret_24 / 24`` (the mean one-bar log return of the last day,
+scaled to the horizon) and ``p_up = Phi(mu / (rvol_24 sqrt(horizon)))``. The
+fit record says which source was sized (``signal_source``: ``momentum`` or
+``recorded_ensemble+momentum``) and, for the latter, the share of recorded
+signals among the training and validation decisions
+(``recorded_fraction_train`` / ``_val``; ``offline`` adds ``_test``).
 
 Prediction (``predict``) returns the signal it sized as ``mu``/``p_up`` and
 the sizes as ``position``, rolled forward from a flat book at ``idx[0]``;
