@@ -6,8 +6,9 @@ Runs the daemon's own ingest and inference steps in-process on uvloop (the
 redis-server into the SQLite bar store, its ``on_stored`` hook, the
 ``InferenceService`` with its spawn worker), and a training pool (the
 daemon's ``ProcessPool``: spawn workers at nice +10) that keeps one real
-training job running the whole time (``--train-family``, default ``nhits``,
-into a scratch folder so the live registry does not change).
+training job running the whole time (``--train-family``, default ``nhits``;
+``--train-jobs 2`` keeps two, both cores busy), into a scratch folder so the
+live registry does not change.
 
 Set-up (skipped when ``--data-dir`` already holds active versions): the real
 BTC/USDT 1h bars of ``../shared/data/market``; the first ``--history`` bars
@@ -90,6 +91,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--history", type=int, default=2105, help="bars before the first one")
     parser.add_argument("--data-dir", help="keep the store and models here (reused next time)")
     parser.add_argument("--train-family", default="nhits", help="the job that runs meanwhile")
+    parser.add_argument("--train-jobs", type=int, default=1, help="jobs at once (2: both cores)")
     parser.add_argument("--no-training", action="store_true", help="measure without a job")
     parser.add_argument("--pause-ms", type=float, default=20.0, help="between signal and next bar")
     parser.add_argument("--market", default=str(MARKET))
@@ -173,33 +175,53 @@ async def _train_in(
 # -- the training job that runs during the measurement ----------------------------------
 
 
-async def keep_training(cfg: Config, bars: Bars, family: str, stop: asyncio.Event) -> int:
-    """Run one job after another in a scratch folder until ``stop``; jobs completed."""
-    settings = replace(PoolSettings.from_config(cfg, gpu_present=False), cpu_workers=1)
-    done = 0
+async def keep_training(
+    cfg: Config, bars: Bars, family: str, lanes: int, stop: asyncio.Event
+) -> int:
+    """Keep ``lanes`` jobs running at once, one after another in each lane, in a
+    scratch folder until ``stop``; jobs completed."""
+    settings = replace(PoolSettings.from_config(cfg, gpu_present=False), cpu_workers=lanes)
     with tempfile.TemporaryDirectory(prefix="bench-latency-train-") as scratch:
         async with ProcessPool(settings) as pool:
-            while not stop.is_set():
-                spec = TrainJobSpec(
-                    job_id=f"busy-{done}",
-                    family=family,
-                    bars=bars,
-                    data_dir=scratch,
-                    version_time=datetime.now(UTC).replace(microsecond=0),
-                    evaluation=cfg.evaluation,
-                    timeout_s=3600,
-                )
-                job = asyncio.ensure_future(
-                    pool.run(run_job, spec, family=family, job_id=spec.job_id, timeout_s=3600)
-                )
-                halt = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({job, halt}, return_when=asyncio.FIRST_COMPLETED)
-                halt.cancel()
-                if not job.done():
-                    job.cancel()
-                    await asyncio.gather(job, return_exceptions=True)
-                    break
-                done += 1 if job.result().ok else 0
+            done = await asyncio.gather(
+                *(_training_lane(pool, cfg, bars, family, lane, scratch, stop)
+                  for lane in range(lanes))
+            )  # fmt: skip
+    return sum(done)
+
+
+async def _training_lane(
+    pool: ProcessPool,
+    cfg: Config,
+    bars: Bars,
+    family: str,
+    lane: int,
+    scratch: str,
+    stop: asyncio.Event,
+) -> int:
+    done = 0
+    while not stop.is_set():
+        spec = TrainJobSpec(
+            job_id=f"busy-{lane}-{done}",
+            family=family,
+            bars=bars,
+            data_dir=str(Path(scratch) / f"lane-{lane}"),
+            version_time=datetime.now(UTC).replace(microsecond=0),
+            evaluation=cfg.evaluation,
+            seed=42 + lane,
+            timeout_s=3600,
+        )
+        job = asyncio.ensure_future(
+            pool.run(run_job, spec, family=family, job_id=spec.job_id, timeout_s=3600)
+        )
+        halt = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({job, halt}, return_when=asyncio.FIRST_COMPLETED)
+        halt.cancel()
+        if not job.done():
+            job.cancel()
+            await asyncio.gather(job, return_exceptions=True)
+            break
+        done += 1 if job.result().ok else 0
     return done
 
 
@@ -227,7 +249,7 @@ async def measure(cfg: Config, bars: Bars, args: argparse.Namespace) -> dict[str
             if not args.no_training:
                 history = bars.slice(0, args.history)
                 trainer = tg.create_task(
-                    keep_training(cfg, history, args.train_family, training_stop)
+                    keep_training(cfg, history, args.train_family, args.train_jobs, training_stop)
                 )
                 await asyncio.sleep(5.0)  # the job is past its start-up
             start = args.history
@@ -297,6 +319,7 @@ def summarize(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     previous = [*warmup[-1:], *rows][:-1]
+    busy = f"{args.train_jobs} x {args.train_family}"
 
     def per_bar(key: str) -> list[float]:
         return [(b[key] - a[key]) * 1000 for a, b in zip(previous, rows, strict=True)]
@@ -307,7 +330,7 @@ def summarize(
         "bars": len(rows),
         "families_in_signal": sorted({int(r["families"]) for r in rows}),
         "sized_by_rl_sizer": all(r["position_source"] == 1.0 for r in rows),
-        "training": "none" if args.no_training else f"{args.train_family} ({jobs} jobs done)",
+        "training": "none" if args.no_training else f"{busy} ({jobs} jobs done)",
         "arrival_to_signal_ms": quantiles([r["arrival_to_signal_ms"] for r in rows]),
         "stored_to_signal_ms": quantiles([r["stored_to_signal_ms"] for r in rows]),
         "worker_ms": quantiles(per_bar("worker_sum_s")),
