@@ -166,3 +166,40 @@ def test_history_is_json_pairs_of_round_time_and_weight(
     assert times == sorted(times)
     assert history[-1][1] == pytest.approx(float(redis_client.get(KEYS.trust("xgb"))))
     assert times[-1] == int(bars.ts[39]) + 3_600_000  # the round of the last bar, at its close
+
+
+def test_the_published_signal_is_the_ensemble_the_sizer_sized_when_a_round_lands_meanwhile(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """The sizer is trained on the recorded signal (``recorded_signals``), so
+    what is published must be what the live sizer sized: the pool under the
+    weights sent with the request, even when a trust round (bookkeeping, on
+    the same loop) moves the weights while the worker answers."""
+    horizon = 2
+    bars = planted_market(20, horizon, seed=8)
+    install_version(tmp_path, "xgb", {})  # the oracle
+    install_version(tmp_path, "lgbm", {"until_ts": 0, "seed": 1})  # a guesser
+    install_version(tmp_path, "rl_sizer", {"positions": True})
+    cfg = make_config(redis_url, tmp_path, horizon=horizon)
+
+    async def scenario() -> None:
+        async with inference(cfg, ("xgb", "lgbm", "rl_sizer")) as (service, store):
+            feeder = Feeder(service, store, bars)
+            feeder.store_until(5)
+            await service.run_until_idle()
+            feeder.store_until(6)
+            serving = asyncio.ensure_future(service.serve_next())
+            await asyncio.sleep(0)  # the request is on the pipe
+            service.weights = {"xgb": 0.9, "lgbm": 0.1}  # what a trust round does meanwhile
+            await serving
+            await service.run_until_idle()
+
+    asyncio.run(scenario())
+    last = parse_signal(redis_client.xrevrange(KEYS.signals(SYMBOL, TF), count=1)[0][1])
+    assert last.ts == int(bars.ts[5])
+    with sqlite3.connect(tmp_path / RECORDS_FILE) as conn:
+        sized = conn.execute(
+            "SELECT mu, p_up FROM predictions WHERE family = 'rl_sizer' AND ts = ?", (last.ts,)
+        ).fetchone()
+    assert (last.mu, last.p_up) == tuple(sized)
+    assert last.position_source == "rl_sizer"

@@ -8,11 +8,13 @@ Per closed bar (docs/inference.md has the whole path):
 2. ``serve`` sends the worker one ``PredictRequest`` for the series (the bars
    after the last one answered); the worker answers every live model's
    ``mu``, ``p_up`` and positions;
-3. the active forecasters' answers are pooled under the current trust
-   weights (``ensemble.combine``), the position is ``rl_sizer``'s when one is
-   active, else the plain rule's (``ensemble.build_signal``), and the signal
-   is added to ``quantum:signals:{SYMBOL}:{TF}`` with its latency: that is
-   the latency path, nothing else is on it;
+3. the active forecasters' answers are pooled under the trust weights the
+   request carried (``ensemble.combine``; the pool the worker's sizer sized,
+   even if a trust round moved the weights meanwhile), the position is
+   ``rl_sizer``'s when one is active, else the plain rule's
+   (``ensemble.build_signal``), and the signal is added to
+   ``quantum:signals:{SYMBOL}:{TF}`` with its latency: that is the latency
+   path, nothing else is on it;
 4. ``bookkeep`` then records the predictions (``records``), settles those
    whose horizon has elapsed (``rounds``, ``scoring``), applies one trust
    round per settling bar (``trust_store``: atomic, idempotent per model,
@@ -294,12 +296,19 @@ class InferenceService:
                 "inference.request_failed", symbol=series[0], tf=series[1], error=reply.error
             )
             return
-        await self._deliver(series, reply, stored_at)
+        await self._deliver(series, reply, dict(request.weights), stored_at)
 
-    async def _deliver(self, series: Series, answer: PredictAnswer, stored_at: float) -> None:
+    async def _deliver(
+        self, series: Series, answer: PredictAnswer, weights: dict[str, float], stored_at: float
+    ) -> None:
+        """Publish the answer's signals, pooled under ``weights``, the ones the
+        request carried: the worker's sizer sized that same pool, and the
+        sizer is trained on the published signal (``recorded_signals``). A
+        trust round that moved ``self.weights`` while the worker answered
+        applies from the next request on."""
         latency_ms = (self.clock() - stored_at) * 1000.0
         threshold = self.cfg.evaluation.position_threshold
-        signals = signals_of(answer, self.weights, latency_ms, threshold)
+        signals = signals_of(answer, weights, latency_ms, threshold)
         if signals:
             await self._publish(signals, stored_at)
         if answer.ts:
