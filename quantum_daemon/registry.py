@@ -276,13 +276,16 @@ class Registry:
             return self._activate(state, version, reason)
 
     def retire_candidate(
-        self, model_id: str, version: str, reason: str, detail: str | None = None
+        self, model_id: str, version: str, judged_against: str, reason: str, detail: str
     ) -> list[Event]:
-        """Retire a version only while it is a candidate (its shadow record
-        ran out, or newer candidates superseded it); otherwise nothing, so a
+        """A candidate's shadow record ran out against ``judged_against``:
+        retire it only while it is still a candidate and ``judged_against``
+        still the active version (an operator may have replaced it: the
+        candidate then faces the new one); otherwise nothing, so a stale or
         replayed decision changes nothing."""
         with self.files.edit(model_id) as state:
-            if self._version(state, version)["stage"] != "candidate":
+            entry = self._version(state, version)
+            if entry["stage"] != "candidate" or state["active"] != judged_against:
                 return []
             return self._retire(state, version, reason, replaced_by=None, detail=detail)
 

@@ -238,3 +238,50 @@ def test_candidates_beyond_max_candidates_are_retired_as_superseded(
         ("model.retired", second, "superseded"),
     ]
     assert registry.stage(MODEL, third) == "candidate"
+
+
+def test_an_expiry_judged_against_a_version_an_operator_replaced_changes_nothing(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """The operator promotes another version after the worker answered a bar
+    and before bookkeeping scored it: the round still sees the old active
+    version. The candidate's record against it ran out in that round, but it
+    is no longer the active version: the candidate stays, to face the new one."""
+    horizon, fed, max_bars = 2, 14, 9  # the 9th common bar is scored with bar 14
+    bars = planted_market(30, horizon, seed=9)
+    earlier = install_version(tmp_path, "xgb", {"until_ts": 0, "seed": 4}, stage="candidate")
+    registry = Registry(tmp_path)
+    registry.retire(MODEL, earlier, "planted: an earlier version")
+    active = install_version(tmp_path, "xgb", {})  # the oracle: the candidate never beats it
+    loser = install_version(tmp_path, "xgb", {"until_ts": 0, "seed": 3}, stage="candidate")
+    cfg = make_config(
+        redis_url, tmp_path, horizon=horizon, shadow_min_bars=4, shadow_max_bars=max_bars
+    )
+
+    async def scenario() -> None:
+        async with inference(cfg, ("xgb",)) as (service, store):
+            feeder = Feeder(service, store, bars)
+            feeder.store_until(5)
+            await service.run_until_idle()
+            await feeder.feed(fed)
+            assert held(service) == {(active, "active"), (loser, "candidate")}
+            feeder.store_until(fed + 1)
+            await service.serve_next()  # answered; its bookkeeping is still queued
+            registry.promote(MODEL, earlier, "operator: back to the earlier version")
+            await service.run_until_idle()
+            record = await service._in_io(service.records.losses, MODEL, loser)
+            against = await service._in_io(service.records.losses, MODEL, active)
+            assert len(set(record) & set(against)) == max_bars  # its record ran out
+            assert registry.stage(MODEL, loser) == "candidate"
+            await feeder.feed(fed + 3)
+            assert held(service) == {(earlier, "active"), (loser, "candidate")}
+
+    asyncio.run(scenario())
+    assert registry.stage(MODEL, loser) == "candidate"
+    assert service_shadow_events(redis_client) == []
+
+
+def service_shadow_events(client: redis.Redis) -> list[tuple[str, str]]:
+    """(type, version) of the events with reason ``shadow`` on the stream."""
+    events = [parse_entry(f) for _, f in client.xrange(KEYS.events)]
+    return [(e.type, str(e.data["version"])) for e in events if e.data.get("reason") == "shadow"]

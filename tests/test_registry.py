@@ -184,10 +184,14 @@ def test_shadow_retirements_act_only_on_candidates_and_once(
         ("model.retired", candidates[0], "superseded")
     ]
     assert registry.retire_superseded(MODEL, keep=2) == []
-    expired = registry.retire_candidate(MODEL, candidates[1], "shadow", "mean loss 0.3 vs 0.2")
+    expired = registry.retire_candidate(
+        MODEL, candidates[1], active, "shadow", "mean loss 0.3 vs 0.2"
+    )
     assert expired[0].data["detail"] == "mean loss 0.3 vs 0.2"
-    assert registry.retire_candidate(MODEL, candidates[1], "shadow", "again") == []
-    assert registry.retire_candidate(MODEL, active, "shadow") == []  # never the active one
+    assert registry.retire_candidate(MODEL, candidates[1], active, "shadow", "again") == []
+    assert registry.retire_candidate(MODEL, active, active, "shadow", "x") == []  # never active
+    # judged against a version that is no longer the active one: nothing
+    assert registry.retire_candidate(MODEL, candidates[2], candidates[0], "shadow", "x") == []
     stages = [registry.stage(MODEL, v) for v in (active, *candidates)]
     assert stages == ["active", "retired", "retired", "candidate"]
     history = registry.show(MODEL)["versions"][2]["history"]

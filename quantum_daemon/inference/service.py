@@ -487,16 +487,22 @@ class InferenceService:
         self, candidate: LoadedModel, active: LoadedModel, verdict: ShadowVerdict
     ) -> None:
         """Retire a candidate whose shadow record reached ``shadow_max_bars``
-        common bars without beating the active version."""
+        common bars without beating the active version (only while that
+        version is still the active one)."""
         model_id = candidate.model_id
         detail = (
             f"mean loss {verdict.candidate_loss:.6f} vs {verdict.active_loss:.6f} "
             f"of {active.version} over {verdict.bars} common bars"
         )
         events = await self._in_io(
-            self.registry.retire_candidate, model_id, candidate.version, SHADOW_REASON, detail
+            self.registry.retire_candidate,
+            model_id,
+            candidate.version,
+            active.version,
+            SHADOW_REASON,
+            detail,
         )
-        if not events:  # no longer a candidate: a stale round
+        if not events:  # no longer a candidate, or another version is active: a stale round
             return
         self.loaded = tuple(m for m in self.loaded if m != candidate)
         self.totals.shadow_retired += 1
