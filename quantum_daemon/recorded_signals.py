@@ -32,6 +32,7 @@ from quantum_daemon.keys import Keys
 # The families trained on the recorded signal (they size it, they are not part of it).
 SIGNAL_CONSUMERS = frozenset({"rl_sizer"})
 PAGE = 500  # entries per XRANGE call: the event loop is free between pages
+MAX_TS = 2**63 - 1  # the arrays are int64: a larger ts would raise, not be skipped
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,15 +112,15 @@ async def read_recorded_signals(
 
 def signal_row(fields: Mapping[Any, Any]) -> tuple[int, float, float] | None:
     """(ts, mu, p_up) of one signal entry's fields (``str`` or ``bytes``), or
-    None when one is missing or does not parse, ``mu`` is not finite or
-    ``p_up`` is outside [0, 1]."""
+    None when one is missing or does not parse, ``ts`` is not an epoch-ms
+    time an int64 holds, ``mu`` is not finite or ``p_up`` is outside [0, 1]."""
     text = {_text(k): v for k, v in fields.items()}
     try:
         ts = int(_text(text["ts"]))
         mu, p_up = float(_text(text["mu"])), float(_text(text["p_up"]))
     except (KeyError, ValueError, UnicodeDecodeError):
         return None
-    if not (math.isfinite(mu) and 0.0 <= p_up <= 1.0):
+    if not (0 <= ts <= MAX_TS and math.isfinite(mu) and 0.0 <= p_up <= 1.0):
         return None
     return ts, mu, p_up
 

@@ -67,6 +67,8 @@ def test_a_malformed_entry_is_skipped_and_counted(
         {"ts": str(T0 + HOUR), "p_up": "0.5"},
         {**signal_entry(T0 + 2 * HOUR, 0.0, 0.5), "mu": "nan"},
         {**signal_entry(T0 + 3 * HOUR, 0.0, 0.5), "p_up": "1.5"},
+        {**signal_entry(T0, 0.0, 0.5), "ts": str(2**63)},  # parses, but no int64 holds it
+        {**signal_entry(T0, 0.0, 0.5), "ts": "-1"},
     ]
     for fields in bad:
         redis_client.xadd(STREAM, fields)
@@ -74,7 +76,7 @@ def test_a_malformed_entry_is_skipped_and_counted(
     got = read(redis_url)
     np.testing.assert_array_equal(got.ts, [T0, T0 + 4 * HOUR])
     np.testing.assert_allclose(got.mu, [0.01, -0.01])
-    assert got.skipped == 4
+    assert got.skipped == 6
 
 
 def test_a_missing_or_empty_stream_gives_no_signals(
