@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 
 import redis
@@ -285,3 +286,39 @@ def service_shadow_events(client: redis.Redis) -> list[tuple[str, str]]:
     """(type, version) of the events with reason ``shadow`` on the stream."""
     events = [parse_entry(f) for _, f in client.xrange(KEYS.events)]
     return [(e.type, str(e.data["version"])) for e in events if e.data.get("reason") == "shadow"]
+
+
+def test_a_model_removed_by_hand_mid_shadow_does_not_stop_the_bookkeeping(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """The model's folder is deleted after the worker answered a bar and
+    before bookkeeping scored it: the expiry that round decides finds no
+    such version in the registry. That is logged, as for a promotion; the
+    bookkeeping loop (an exception there stops the daemon) goes on."""
+    horizon, fed, max_bars = 2, 14, 9  # the 9th common bar is scored with bar 14
+    bars = planted_market(30, horizon, seed=10)
+    install_version(tmp_path, "xgb", {})
+    loser = install_version(tmp_path, "xgb", {"until_ts": 0, "seed": 3}, stage="candidate")
+    install_version(tmp_path, "lgbm", {"until_ts": 0, "seed": 2})
+    cfg = make_config(
+        redis_url, tmp_path, horizon=horizon, shadow_min_bars=4, shadow_max_bars=max_bars
+    )
+
+    async def scenario() -> None:
+        async with inference(cfg, ("xgb", "lgbm")) as (service, store):
+            feeder = Feeder(service, store, bars)
+            feeder.store_until(5)
+            await service.run_until_idle()
+            await feeder.feed(fed)
+            assert (loser, "candidate") in held(service)
+            feeder.store_until(fed + 1)
+            await service.serve_next()  # answered; its bookkeeping is still queued
+            shutil.rmtree(tmp_path / "models" / MODEL)
+            await service.run_until_idle()
+            await feeder.feed(fed + 3)
+            assert held(service) == set()
+            assert {m.family for m in service.loaded} == {"lgbm"}
+            assert service.totals.shadow_retired == 0
+
+    asyncio.run(scenario())
+    assert redis_client.xlen(KEYS.signals("TESTUSDT", "1h")) == fed + 3 - 4

@@ -494,14 +494,18 @@ class InferenceService:
             f"mean loss {verdict.candidate_loss:.6f} vs {verdict.active_loss:.6f} "
             f"of {active.version} over {verdict.bars} common bars"
         )
-        events = await self._in_io(
-            self.registry.retire_candidate,
-            model_id,
-            candidate.version,
-            active.version,
-            SHADOW_REASON,
-            detail,
-        )
+        try:
+            events = await self._in_io(
+                self.registry.retire_candidate,
+                model_id,
+                candidate.version,
+                active.version,
+                SHADOW_REASON,
+                detail,
+            )
+        except RegistryError as exc:  # the registry moved on meanwhile (the version is gone)
+            log.warning("inference.shadow_retirement_refused", model_id=model_id, error=str(exc))
+            return
         if not events:  # no longer a candidate, or another version is active: a stale round
             return
         self.loaded = tuple(m for m in self.loaded if m != candidate)
