@@ -322,3 +322,43 @@ def test_a_model_removed_by_hand_mid_shadow_does_not_stop_the_bookkeeping(
 
     asyncio.run(scenario())
     assert redis_client.xlen(KEYS.signals("TESTUSDT", "1h")) == fed + 3 - 4
+
+
+def test_a_restart_mid_shadow_resumes_the_comparison_from_the_records(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """The live records are in predictions.sqlite3: after a restart the
+    candidate's comparison goes on from the bars scored before it, and the
+    promotion's events go out once."""
+    horizon, min_bars = 2, 10
+    bars = planted_market(40, horizon, seed=11)
+    old = install_version(tmp_path, "xgb", {"until_ts": 0, "seed": 1})
+    new = install_version(tmp_path, "xgb", {}, stage="candidate")
+    cfg = make_config(redis_url, tmp_path, horizon=horizon, shadow_min_bars=min_bars)
+    registry = Registry(tmp_path)
+    fed = 5
+
+    async def run(until: int | None) -> int:
+        async with inference(cfg, ("xgb",)) as (service, store):
+            feeder = Feeder(service, store, bars, fed=fed)
+            if until is not None:  # the first run: stop before the record is long enough
+                feeder.store_until(until)
+                await service.run_until_idle()
+                await feeder.feed(until + min_bars - 2)
+                return feeder.fed
+            while registry.active_version(MODEL) == old:
+                assert feeder.fed < 30, "the candidate was never promoted"
+                await feeder.feed(feeder.fed + 1)
+            record = await service._in_io(service.records.losses, MODEL, new)
+            against = await service._in_io(service.records.losses, MODEL, old)
+            assert len(set(record) & set(against)) == min_bars  # both runs' bars counted
+            return feeder.fed
+
+    fed = asyncio.run(run(until=5))
+    assert registry.stage(MODEL, new) == "candidate"
+    asyncio.run(run(until=None))
+    asyncio.run(run(until=None))  # one more restart after the promotion: nothing again
+    assert transitions(redis_client) == [
+        ("model.retired", old, f"replaced by {new}"),
+        ("model.promoted", new, "shadow"),
+    ]
