@@ -47,7 +47,11 @@ from quantum_daemon.lifecycle_metrics import LifecycleMetrics
 from quantum_daemon.lifecycle_views import JobRecord, jobs_view, models_view
 from quantum_daemon.logs import get_logger
 from quantum_daemon.promotion import HeadToHead, judge
-from quantum_daemon.recorded_signals import SIGNAL_CONSUMERS, read_recorded_signals
+from quantum_daemon.recorded_signals import (
+    SIGNAL_CONSUMERS,
+    RecordedSignals,
+    read_recorded_signals,
+)
 from quantum_daemon.registry import Registry
 from quantum_daemon.scheduler import (
     ModelKey,
@@ -302,9 +306,7 @@ class LifecycleService:
         path = self.registry.version_path(key.model_id, active) if active else None
         signals = None
         if key.family in SIGNAL_CONSUMERS:
-            signals = await read_recorded_signals(self.client, self.keys, key.symbol, key.tf)
-            if signals.skipped:
-                log.warning("signals.unreadable", model_id=key.model_id, skipped=signals.skipped)
+            signals = await self._recorded_signals(key, int(bars.ts[-1]) if len(bars) else None)
         return TrainJobSpec(
             job_id=f"{key.model_id}-{uuid.uuid4().hex[:8]}",
             family=key.family,
@@ -317,6 +319,15 @@ class LifecycleService:
             active=ActiveRef(active, str(path)) if active and path else None,
             signals=signals,
         )
+
+    async def _recorded_signals(self, key: ModelKey, last_ts: int | None) -> RecordedSignals:
+        """The series' recorded ensemble signals up to the job's last bar
+        (``last_ts``): bars stored and answered after the job read its bars
+        are not its to see."""
+        signals = await read_recorded_signals(self.client, self.keys, key.symbol, key.tf)
+        if signals.skipped:
+            log.warning("signals.unreadable", model_id=key.model_id, skipped=signals.skipped)
+        return signals.until(last_ts)
 
     def _version_time(self, model_id: str) -> datetime:
         """Now, or one second past the model's newest version name."""

@@ -69,6 +69,14 @@ class RecordedSignals:
         last_of_ts = np.append(ts[1:] != ts[:-1], True)
         return cls(ts[last_of_ts], values[last_of_ts, 0], values[last_of_ts, 1], skipped)
 
+    def until(self, last_ts: int | None) -> RecordedSignals:
+        """The signals of bars up to ``last_ts`` (none for None): what a job
+        whose last bar opened at ``last_ts`` may see."""
+        if last_ts is None:
+            return RecordedSignals.empty(self.skipped)
+        keep = self.ts <= last_ts
+        return RecordedSignals(self.ts[keep], self.mu[keep], self.p_up[keep], self.skipped)
+
     def __len__(self) -> int:
         return int(self.ts.shape[0])
 

@@ -96,6 +96,8 @@ def test_lookup_and_fraction_by_bar_open_time() -> None:
     assert recorded.recorded_fraction(bar_ts) == pytest.approx(0.4)
     assert recorded.recorded_fraction(bar_ts[:0]) == 0.0
     assert RecordedSignals.empty().recorded_fraction(bar_ts) == 0.0
+    np.testing.assert_array_equal(recorded.until(T0 + 2 * HOUR).ts, [T0 + HOUR])
+    assert len(recorded.until(None)) == 0
 
 
 def test_recorded_signals_are_frozen_and_travel_to_workers() -> None:
@@ -113,13 +115,16 @@ def test_the_lifecycle_gives_rl_sizer_jobs_the_streams_signals(
     tmp_path: Path, redis_url: str, redis_client: redis.Redis
 ) -> None:
     """Through a real service and a spawn worker: the rl_sizer job's spec
-    carries what the signal stream holds; the xgb job's carries nothing."""
+    carries what the signal stream holds up to the job's last bar; the xgb
+    job's carries nothing."""
     with BarStore.in_dir(tmp_path) as store:
         add_bars(store, 400)
         ts = store.read_bars("BTCUSDT", "1h").ts[-50:]
         for k, bar_ts in enumerate(ts):
             redis_client.xadd(STREAM, signal_entry(int(bar_ts), 0.001 * k, 0.5))
         redis_client.xadd(STREAM, {"ts": "garbage"})
+        # a bar stored and answered after the job read its bars: not the job's to see
+        redis_client.xadd(STREAM, signal_entry(int(ts[-1]) + HOUR, 0.9, 0.9))
         cfg = make_config(tmp_path, redis_url, families=("xgb", "rl_sizer"))
         plan(tmp_path, xgb=GOOD, rl_sizer=GOOD)
         done = published(
