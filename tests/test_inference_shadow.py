@@ -362,3 +362,17 @@ def test_a_restart_mid_shadow_resumes_the_comparison_from_the_records(
         ("model.retired", old, f"replaced by {new}"),
         ("model.promoted", new, "shadow"),
     ]
+
+
+def test_predictions_are_kept_long_enough_for_a_shadow_period_on_the_longest_timeframe() -> None:
+    from dataclasses import replace
+
+    from quantum_daemon.config import Config, ModelsConfig
+    from quantum_daemon.inference.service import prediction_retention_ms
+    from quantum_daemon.timeframes import DAY_MS
+
+    hourly = Config()
+    assert prediction_retention_ms(hourly) == hourly.inference.retention_days * DAY_MS
+    daily = replace(hourly, models=ModelsConfig(timeframes=("1h", "1d")))
+    bars = daily.promotion.shadow_max_bars + daily.evaluation.horizon + 1
+    assert prediction_retention_ms(daily) == bars * DAY_MS > 90 * DAY_MS

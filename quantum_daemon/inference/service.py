@@ -615,8 +615,7 @@ class InferenceService:
             self.log_summary()
             if self.clock() - self._pruned_at >= PRUNE_EVERY_S and self.last_ts:
                 self._pruned_at = self.clock()
-                retention_ms = self.cfg.inference.retention_days * DAY_MS
-                before = max(self.last_ts.values()) - retention_ms
+                before = max(self.last_ts.values()) - prediction_retention_ms(self.cfg)
                 pruned = await self._in_io(self.records.prune, before)
                 log.debug("inference.pruned", predictions=pruned)
 
@@ -739,3 +738,13 @@ async def _first(event: asyncio.Event, other: asyncio.Event) -> None:
     finally:
         for waiter in waiters:
             waiter.cancel()
+
+
+def prediction_retention_ms(cfg: Config) -> int:
+    """How far behind the newest bar settled predictions are kept: ``[inference]
+    retention_days``, stretched where a shadow period on the longest timeframe
+    needs longer (``shadow_max_bars`` plus the horizon), so that a candidate's
+    record can always reach the expiry (90 days hold only 90 daily bars)."""
+    longest = max((timeframe_ms(tf) for tf in cfg.models.timeframes), default=0)
+    shadow_ms = (cfg.promotion.shadow_max_bars + cfg.evaluation.horizon + 1) * longest
+    return max(cfg.inference.retention_days * DAY_MS, shadow_ms)
