@@ -105,7 +105,7 @@ def answer(ts: tuple[int, ...]) -> PredictAnswer:
 
 
 def test_signals_pool_the_active_forecasters_and_take_the_sizers_position() -> None:
-    [signal] = signals_of(answer((5 * H,)), {"xgb": 0.5, "evo_model": 0.5}, 3.0, 0.05)
+    [signal] = signals_of(answer((5 * H,)), [{"xgb": 0.5, "evo_model": 0.5}], 3.0, 0.05)
     assert {c.family for c in signal.contributions} == {"xgb", "evo_model"}  # no candidate
     assert (signal.position, signal.position_source) == (0.25, "rl_sizer")
     assert signal.plain_position == 1.0
@@ -116,7 +116,7 @@ def test_signals_pool_the_active_forecasters_and_take_the_sizers_position() -> N
 def test_records_keep_the_first_word_and_find_what_is_due(tmp_path: Path) -> None:
     records = PredictionRecords(tmp_path / "p.sqlite3")
     first = answer((5 * H, 6 * H))
-    signals = signals_of(first, {}, 1.0, 0.05)
+    signals = signals_of(first, [{}, {}], 1.0, 0.05)
     records.record(prediction_rows(first, H), decision_rows(signals))
     again = PredictAnswer(2, "TESTUSDT", "1h", (6 * H,), (1.0,), first.models[:1])
     records.record(prediction_rows(again, H), [])  # the same bar predicted again: ignored

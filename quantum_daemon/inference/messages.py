@@ -12,11 +12,18 @@ it must stay free of numpy and model libraries.
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from quantum_daemon.timeframes import timeframe_ms
 
 ACTIVE = "active"
 CANDIDATE = "candidate"
 MULTI_SYMBOL = "multi"  # the symbol part of ``{family}_multi_{TF}``: a model over several symbols
+
+WeightSet = tuple[tuple[str, float], ...]  # (family, weight); empty: uniform over the members
+WeightsAt = tuple[tuple[int, WeightSet], ...]  # (from close time, weights), ascending
 
 
 @dataclass(frozen=True)
@@ -42,14 +49,32 @@ class WorkerSettings:
 class PredictRequest:
     """Predict the bars of ``symbol``/``tf`` stored after ``after_ts`` (open
     time; ``None``: the newest bar only), at most ``max_bars`` of them.
-    ``weights`` are the trust weights the sizer's ensemble input is pooled with."""
+
+    ``weights`` are the current trust weights. ``weights_at`` is empty when
+    every bar of the request is pooled with them (the live case: one new
+    bar); otherwise it holds the trust weights as of the request's bars
+    (``timeline.WeightTimeline.for_request``), and each bar is pooled with
+    the entry of the latest start at or before its close. The worker's sizer
+    and the published signal use the same ``bar_weights``."""
 
     request_id: int
     symbol: str
     tf: str
     after_ts: int | None
     max_bars: int
-    weights: tuple[tuple[str, float], ...] = ()
+    weights: WeightSet = ()
+    weights_at: WeightsAt = ()
+
+    def bar_weights(self, ts: Sequence[int]) -> list[dict[str, float]]:
+        """The trust weights of each bar (open times ``ts``): see the class
+        docstring; a bar closing before the first entry is pooled uniformly."""
+        if not self.weights_at:
+            return [dict(self.weights)] * len(ts)
+        step = timeframe_ms(self.tf)
+        starts = [start for start, _ in self.weights_at]
+        chosen = [bisect_right(starts, t + step) - 1 for t in ts]
+        sets = {k: dict(self.weights_at[k][1]) if k >= 0 else {} for k in set(chosen)}
+        return [sets[k] for k in chosen]
 
 
 @dataclass(frozen=True)

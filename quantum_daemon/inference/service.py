@@ -6,11 +6,13 @@ Per closed bar (docs/inference.md has the whole path):
 1. ingest commits the bar and calls ``bars_stored`` (its ``on_stored`` hook):
    the series is marked as waiting, with the time it was stored;
 2. ``serve`` sends the worker one ``PredictRequest`` for the series (the bars
-   after the last one answered); the worker answers every live model's
-   ``mu``, ``p_up`` and positions;
-3. the active forecasters' answers are pooled under the trust weights the
-   request carried (``ensemble.combine``; the pool the worker's sizer sized,
-   even if a trust round moved the weights meanwhile), the position is
+   after the last one answered) with the trust weights as of those bars
+   (``timeline``: the current weights, unless a catch-up bar closed before
+   rounds already applied); the worker answers every live model's ``mu``,
+   ``p_up`` and positions;
+3. each bar's active forecasters' answers are pooled under that bar's
+   weights from the request (``ensemble.combine``; the pool the worker's
+   sizer sized, even if a trust round moved the weights meanwhile), the position is
    ``rl_sizer``'s when one is active, else the plain rule's
    (``ensemble.build_signal``), and the signal is added to
    ``quantum:signals:{SYMBOL}:{TF}`` with its latency: that is the latency
@@ -73,6 +75,7 @@ from quantum_daemon.inference.process import WorkerDied, WorkerLink
 from quantum_daemon.inference.records import RECORDS_FILE, PredictionRecords
 from quantum_daemon.inference.rounds import bars_needed, settle, trust_rounds
 from quantum_daemon.inference.signals import decision_rows, prediction_rows, signals_of
+from quantum_daemon.inference.timeline import WeightTimeline, rounds_in_history
 from quantum_daemon.keys import Keys
 from quantum_daemon.logs import get_logger
 from quantum_daemon.registry import SUPERSEDED, Registry, RegistryError
@@ -81,7 +84,7 @@ from quantum_daemon.scoring import ShadowVerdict, shadow_outcome, shadow_verdict
 from quantum_daemon.store import BarStore
 from quantum_daemon.timeframes import DAY_MS, timeframe_ms
 from quantum_daemon.training.pool import RestartBudget
-from quantum_daemon.trust_store import TrustStore
+from quantum_daemon.trust_store import TrustRound, TrustStore
 
 log = get_logger()
 
@@ -169,6 +172,7 @@ class InferenceService:
         self.last_ts: dict[Series, int] = {}
         self.latest: dict[Series, Signal] = {}
         self.weights: dict[str, float] = {}
+        self.timeline = WeightTimeline()  # the weights after each applied round, by bar time
         self.loaded: tuple[LoadedModel, ...] = ()
         self.live_families: tuple[str, ...] = ()
         self._live_changed = False
@@ -214,7 +218,8 @@ class InferenceService:
     async def recover(self, stop: asyncio.Event | None = None) -> bool:
         """Start-up is recovery: resume each series after its newest signal
         (in the records, or only in the signal stream after a crash between
-        publishing and recording) and read the trust weights. Retries while
+        publishing and recording), read the trust weights and rebuild their
+        timeline from the trust history. Retries while
         Redis is away; False if ``stop`` came first."""
         if self._recovered:
             return True
@@ -222,7 +227,7 @@ class InferenceService:
         while not self._recovered:
             try:
                 await self._resume_from_redis()
-                self.weights = await self.trust.weights()
+                self._seed_timeline(await self.trust.weights(), await self.trust.history())
                 self._recovered = True
             except (RedisError, OSError) as exc:
                 delay = backoff.next_delay()
@@ -243,6 +248,19 @@ class InferenceService:
             if entries:
                 ts = _signal_of(entries[0][1]).ts
                 self.last_ts[series] = max(ts, self.last_ts.get(series, ts))
+
+    def _seed_timeline(
+        self, weights: dict[str, float], history: dict[str, list[tuple[int, float]]]
+    ) -> None:
+        """The rounds the history holds whole, then the current weights: at
+        the newest answered bar's close when the history lacks them (no round
+        can be later than that bar)."""
+        self.timeline = WeightTimeline()
+        for round_ts, after in rounds_in_history(history, weights):
+            self.timeline.append(round_ts, after)
+        if dict(self.timeline.newest) != weights:
+            self.timeline.append(self._round_ts() or 0, weights)
+        self.weights = weights
 
     def loops(self) -> dict[str, LoopFactory]:
         return {
@@ -276,13 +294,7 @@ class InferenceService:
         """Ask the worker about the series waiting longest and publish its signals."""
         series, stored_at = min(self._waiting.items(), key=lambda item: item[1])
         del self._waiting[series]
-        request = PredictRequest(
-            self.link.next_id(),
-            *series,
-            after_ts=self.last_ts.get(series),
-            max_bars=self.cfg.inference.max_catch_up,
-            weights=tuple(self.weights.items()),
-        )
+        request = self.request_for(series)
         self.totals.requests += 1
         try:
             reply = await self.link.ask(request, self.request_timeout_s)
@@ -296,18 +308,33 @@ class InferenceService:
                 "inference.request_failed", symbol=series[0], tf=series[1], error=reply.error
             )
             return
-        await self._deliver(series, reply, dict(request.weights), stored_at)
+        await self._deliver(series, reply, request, stored_at)
+
+    def request_for(self, series: Series) -> PredictRequest:
+        """The bars after the last one answered, with the trust weights as of
+        them: the current weights, and the older ones only for bars that
+        closed before rounds already applied (``timeline``)."""
+        after_ts = self.last_ts.get(series)
+        return PredictRequest(
+            self.link.next_id(),
+            *series,
+            after_ts=after_ts,
+            max_bars=self.cfg.inference.max_catch_up,
+            weights=tuple(self.weights.items()),
+            weights_at=self.timeline.for_request(after_ts, timeframe_ms(series[1]), self.weights),
+        )
 
     async def _deliver(
-        self, series: Series, answer: PredictAnswer, weights: dict[str, float], stored_at: float
+        self, series: Series, answer: PredictAnswer, request: PredictRequest, stored_at: float
     ) -> None:
-        """Publish the answer's signals, pooled under ``weights``, the ones the
-        request carried: the worker's sizer sized that same pool, and the
+        """Publish the answer's signals, each bar pooled under its weights
+        from the request: the worker's sizer sized that same pool, and the
         sizer is trained on the published signal (``recorded_signals``). A
         trust round that moved ``self.weights`` while the worker answered
         applies from the next request on."""
         latency_ms = (self.clock() - stored_at) * 1000.0
         threshold = self.cfg.evaluation.position_threshold
+        weights = request.bar_weights(answer.ts)
         signals = signals_of(answer, weights, latency_ms, threshold)
         if signals:
             await self._publish(signals, stored_at)
@@ -413,8 +440,7 @@ class InferenceService:
         bars = await self._in_io(self.store.read_bars, symbol, tf, start, end)
         settled = settle(due, bars, self.cost_rate)
         for round_ts, scores in trust_rounds(due, settled, step):
-            result = await self.trust.apply(scores, self.live_families, round_ts)
-            self.weights = dict(result.after)
+            self._trust_moved(await self.trust.apply(scores, self.live_families, round_ts))
             self.totals.rounds += 1
         await self._in_io(self.records.settle, settled)
         for p, s in zip(due, settled, strict=True):
@@ -570,9 +596,14 @@ class InferenceService:
         round_ts = self._round_ts()
         if not self._live_changed or round_ts is None:
             return
-        result = await self.trust.set_live(self.live_families, round_ts)
-        self.weights = dict(result.after)
+        self._trust_moved(await self.trust.set_live(self.live_families, round_ts))
         self._live_changed = False
+
+    def _trust_moved(self, result: TrustRound) -> None:
+        """A round was applied: its weights are the current ones, and the
+        weights as of the bars closing from its time on (``timeline``)."""
+        self.weights = dict(result.after)
+        self.timeline.append(result.round_ts, self.weights)
 
     async def _refuse(self, problem: LoadProblem) -> None:
         """A version whose artifacts failed their checksum in the worker: the

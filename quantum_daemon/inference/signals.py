@@ -35,16 +35,21 @@ def sizer_at(models: Sequence[ModelAnswer], k: int) -> SizerDecision | None:
 
 
 def signals_of(
-    answer: PredictAnswer, weights: Mapping[str, float], latency_ms: float, threshold: float
+    answer: PredictAnswer,
+    weights: Sequence[Mapping[str, float]],
+    latency_ms: float,
+    threshold: float,
 ) -> list[Signal]:
-    """One signal per answered bar that has at least one active forecaster;
-    ``threshold`` is the plain rule's (``[evaluation] position_threshold``)."""
+    """One signal per answered bar that has at least one active forecaster,
+    pooled under that bar's trust ``weights`` (one mapping per bar of
+    ``answer.ts``); ``threshold`` is the plain rule's (``[evaluation]
+    position_threshold``)."""
     signals: list[Signal] = []
     for k, ts in enumerate(answer.ts):
         members = members_at(answer.models, k)
         if not members:
             continue
-        ensemble = combine(members, weights)
+        ensemble = combine(members, weights[k])
         sizer = sizer_at(answer.models, k)
         signals.append(
             build_signal(answer.symbol, answer.tf, ts, ensemble, sizer, latency_ms, threshold)

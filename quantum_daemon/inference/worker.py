@@ -10,7 +10,8 @@ store (WAL: reading never blocks ingest's writer), computes the features of
 that window once (``features.shared_features``), and asks every live model of
 the series for ``mu``, ``p_up`` and, for position families, a position.
 ``rl_sizer`` sizes the trust-weighted ensemble of the active forecasters
-(``ensemble.combine``), keeping its book per series in memory.
+(``ensemble.combine``, each bar under its weights from the request:
+``PredictRequest.bar_weights``), keeping its book per series in memory.
 
 Before each request the worker compares the registry's state stamp (mtime
 and size of every ``state.json``) with the one it loaded from; a change
@@ -208,7 +209,8 @@ class InferenceServer:
         idx = _newer(bars.ts, request.after_ts, request.max_bars)
         if idx.size == 0:
             return _answer(request, bars, idx, (), (), started)
-        answers, errors = self.ask_models(live, bars, idx, dict(request.weights))
+        weights = request.bar_weights([int(t) for t in bars.ts[idx]])
+        answers, errors = self.ask_models(live, bars, idx, weights)
         return _answer(request, bars, idx, answers, errors, started)
 
     def live_for(self, symbol: str, tf: str) -> list[LiveModel]:
@@ -226,8 +228,14 @@ class InferenceServer:
         return [m for m in of_series if chosen[(m.info.family, m.info.stage)] == m.info.model_id]
 
     def ask_models(
-        self, live: Sequence[LiveModel], bars: Bars, idx: np.ndarray, weights: Mapping[str, float]
+        self,
+        live: Sequence[LiveModel],
+        bars: Bars,
+        idx: np.ndarray,
+        weights: Sequence[Mapping[str, float]],
     ) -> tuple[list[ModelAnswer], list[tuple[str, str]]]:
+        """Every live model on the bars at ``idx``; the sizer sizes the pool
+        of the active forecasters under each bar's ``weights``."""
         from quantum_daemon.features import shared_features
 
         answers: list[ModelAnswer] = []
@@ -462,10 +470,11 @@ def _check_finite(answer: ModelAnswer) -> None:
 
 
 def _ensemble_input(
-    answers: Sequence[ModelAnswer], weights: Mapping[str, float]
+    answers: Sequence[ModelAnswer], weights: Sequence[Mapping[str, float]]
 ) -> tuple[list[float], list[float]] | None:
-    """Per bar, the trust-weighted pool of the active forecasters: what the
-    daemon publishes as the signal, and what the sizer sizes."""
+    """Per bar, the pool of the active forecasters under that bar's trust
+    ``weights``: what the daemon publishes as the signal, and what the sizer
+    sizes."""
     from quantum_daemon.ensemble import MemberForecast, combine
 
     active = [a for a in answers if a.stage == ACTIVE and a.family not in SIZER_FAMILIES]
@@ -475,7 +484,7 @@ def _ensemble_input(
     for k in range(len(active[0].mu)):
         pooled = combine(
             [MemberForecast(a.family, a.model_id, a.version, a.mu[k], a.p_up[k]) for a in active],
-            weights,
+            weights[k],
         )
         mus.append(pooled.mu)
         ps.append(pooled.p_up)
