@@ -167,7 +167,7 @@ def signal_fields(signal: Signal) -> dict[str, str]:
 
 def parse_signal(fields: Mapping[str, str] | Mapping[bytes, bytes]) -> Signal:
     """Read back a signal from its stream fields (``str`` or ``bytes``)."""
-    f = {_text(k): _text(v) for k, v in fields.items()}
+    f = {field_text(k): field_text(v) for k, v in fields.items()}
     return Signal(
         symbol=f["symbol"],
         tf=f["tf"],
@@ -188,5 +188,6 @@ def signal_json(signal: Signal) -> dict[str, object]:
     return asdict(signal) | {"contributions": [asdict(c) for c in signal.contributions]}
 
 
-def _text(value: str | bytes) -> str:
+def field_text(value: str | bytes) -> str:
+    """A Redis field name or value as text (redis-py gives bytes unless it decodes)."""
     return value.decode() if isinstance(value, bytes) else value

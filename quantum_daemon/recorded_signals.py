@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import redis.asyncio as aioredis
 
+from quantum_daemon.ensemble import field_text
 from quantum_daemon.keys import Keys
 
 # The families trained on the recorded signal (they size it, they are not part of it).
@@ -115,23 +116,19 @@ async def read_recorded_signals(
                 rows.append(row)
         if len(entries) < page:
             return RecordedSignals.from_rows(rows, skipped)
-        start = "(" + _text(entries[-1][0])
+        start = "(" + field_text(entries[-1][0])
 
 
 def signal_row(fields: Mapping[Any, Any]) -> tuple[int, float, float] | None:
     """(ts, mu, p_up) of one signal entry's fields (``str`` or ``bytes``), or
     None when one is missing or does not parse, ``ts`` is not an epoch-ms
     time an int64 holds, ``mu`` is not finite or ``p_up`` is outside [0, 1]."""
-    text = {_text(k): v for k, v in fields.items()}
+    text = {field_text(k): v for k, v in fields.items()}
     try:
-        ts = int(_text(text["ts"]))
-        mu, p_up = float(_text(text["mu"])), float(_text(text["p_up"]))
+        ts = int(field_text(text["ts"]))
+        mu, p_up = float(field_text(text["mu"])), float(field_text(text["p_up"]))
     except (KeyError, ValueError, UnicodeDecodeError):
         return None
     if not (0 <= ts <= MAX_TS and math.isfinite(mu) and 0.0 <= p_up <= 1.0):
         return None
     return ts, mu, p_up
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -270,8 +270,7 @@ class Registry:
         while it is still a candidate and ``replacing`` still the active
         version; a stale or replayed comparison changes nothing."""
         with self.files.edit(model_id) as state:
-            entry = self._version(state, version)
-            if entry["stage"] != "candidate" or state["active"] != replacing:
+            if not self._candidate_against(state, version, replacing):
                 return []
             return self._activate(state, version, reason)
 
@@ -284,10 +283,15 @@ class Registry:
         candidate then faces the new one); otherwise nothing, so a stale or
         replayed decision changes nothing."""
         with self.files.edit(model_id) as state:
-            entry = self._version(state, version)
-            if entry["stage"] != "candidate" or state["active"] != judged_against:
+            if not self._candidate_against(state, version, judged_against):
                 return []
             return self._retire(state, version, reason, replaced_by=None, detail=detail)
+
+    def _candidate_against(self, state: dict[str, Any], version: str, active: str) -> bool:
+        """Whether ``version`` is still a candidate and ``active`` still the
+        version its shadow record was compared with."""
+        entry = self._version(state, version)
+        return bool(entry["stage"] == "candidate" and state["active"] == active)
 
     def retire_superseded(self, model_id: str, keep: int) -> list[Event]:
         """Retire the model's candidates older than its ``keep`` newest
