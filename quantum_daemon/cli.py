@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from quantum_daemon import config as config_mod
+from quantum_daemon.domain import config as config_mod
 
 # Sub-command modules under quantum_daemon.commands, in help order.
 COMMAND_MODULES: tuple[str, ...] = (

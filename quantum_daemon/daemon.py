@@ -18,19 +18,19 @@ from urllib.parse import urlsplit, urlunsplit
 import uvloop
 
 from quantum_daemon import __version__
-from quantum_daemon.api import ApiServer
-from quantum_daemon.config import Config
-from quantum_daemon.dashboard import Dashboard
-from quantum_daemon.heartbeat import heartbeat_loop, loop_lag_monitor
+from quantum_daemon.domain.config import Config
+from quantum_daemon.domain.keys import Keys
 from quantum_daemon.inference import InferenceService
 from quantum_daemon.ingest import IngestMetrics, IngestService
-from quantum_daemon.keys import Keys
-from quantum_daemon.lifecycle import LifecycleService
-from quantum_daemon.logs import get_logger
-from quantum_daemon.redis_link import RedisLink
-from quantum_daemon.sdnotify import Notifier
-from quantum_daemon.store import BarStore
-from quantum_daemon.telemetry import DaemonMetrics
+from quantum_daemon.lifecycle.service import LifecycleService
+from quantum_daemon.runtime.heartbeat import heartbeat_loop, loop_lag_monitor
+from quantum_daemon.runtime.logs import get_logger
+from quantum_daemon.runtime.redis_link import RedisLink
+from quantum_daemon.runtime.sdnotify import Notifier
+from quantum_daemon.runtime.telemetry import DaemonMetrics
+from quantum_daemon.storage.bar_store import BarStore
+from quantum_daemon.web.api import ApiServer
+from quantum_daemon.web.dashboard import Dashboard
 
 log = get_logger()
 

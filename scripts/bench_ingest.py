@@ -35,13 +35,13 @@ import redis
 import redis.asyncio as aioredis
 import uvloop
 
-from quantum_daemon.config import Config, IngestConfig, RedisConfig, StorageConfig
+from quantum_daemon.domain.config import Config, IngestConfig, RedisConfig, StorageConfig
+from quantum_daemon.domain.keys import Keys
 from quantum_daemon.ingest import IngestMetrics, IngestService
-from quantum_daemon.keys import Keys
-from quantum_daemon.logs import configure_logging
-from quantum_daemon.redis_server import running_redis
-from quantum_daemon.replay import replay_files
-from quantum_daemon.store import BarStore
+from quantum_daemon.ingest.replay import replay_files
+from quantum_daemon.runtime.logs import configure_logging
+from quantum_daemon.storage.bar_store import BarStore
+from quantum_daemon_dev.redis_server import running_redis
 
 KEYS = Keys()
 T0 = 1_577_836_800_000  # 2020-01-01

@@ -48,26 +48,26 @@ import redis.asyncio as aioredis
 import uvloop
 from prometheus_client import CollectorRegistry
 
-from quantum_daemon.barfiles import read_bar_file
-from quantum_daemon.bars import Bars
-from quantum_daemon.config import (
+from quantum_daemon.core.ensemble import parse_signal
+from quantum_daemon.core.promotion import Verdict
+from quantum_daemon.domain.bars import Bars
+from quantum_daemon.domain.config import (
     Config,
     IngestConfig,
     ModelsConfig,
     RedisConfig,
     StorageConfig,
 )
-from quantum_daemon.ensemble import parse_signal
+from quantum_daemon.domain.keys import Keys
 from quantum_daemon.inference import InferenceService
 from quantum_daemon.ingest import IngestMetrics, IngestService
-from quantum_daemon.keys import Keys
-from quantum_daemon.logs import configure_logging
-from quantum_daemon.promotion import Verdict
-from quantum_daemon.redis_server import running_redis
-from quantum_daemon.registry import Registry
-from quantum_daemon.store import Bar, BarStore
+from quantum_daemon.runtime.logs import configure_logging
+from quantum_daemon.storage.bar_files import read_bar_file
+from quantum_daemon.storage.bar_store import Bar, BarStore
+from quantum_daemon.storage.registry.registry import Registry
 from quantum_daemon.training.jobs import TrainJobSpec, run_job
 from quantum_daemon.training.pool import PoolSettings, ProcessPool
+from quantum_daemon_dev.redis_server import running_redis
 
 REPO = Path(__file__).resolve().parents[1]
 MARKET = REPO.parent / "shared" / "data" / "market" / "BTC_USDT-1h.feather"
@@ -374,7 +374,7 @@ def _forget_live_bars(data_dir: Path, last_history_ts: int) -> None:
     import sqlite3
 
     from quantum_daemon.inference.records import RECORDS_FILE
-    from quantum_daemon.store import DB_FILENAME
+    from quantum_daemon.storage.bar_store import DB_FILENAME
 
     with sqlite3.connect(data_dir / DB_FILENAME) as conn:
         conn.execute("DELETE FROM bars WHERE ts > ?", (last_history_ts,))

@@ -29,13 +29,13 @@ import redis.asyncio as aioredis
 import uvloop
 from prometheus_client import CollectorRegistry
 
-from quantum_daemon import config as config_mod
-from quantum_daemon.barfiles import read_bar_file
-from quantum_daemon.lifecycle import LifecycleService
-from quantum_daemon.logs import configure_logging
-from quantum_daemon.redis_server import running_redis
-from quantum_daemon.scheduler import model_keys
-from quantum_daemon.store import Bar, BarStore
+from quantum_daemon.domain import config as config_mod
+from quantum_daemon.lifecycle.scheduler import model_keys
+from quantum_daemon.lifecycle.service import LifecycleService
+from quantum_daemon.runtime.logs import configure_logging
+from quantum_daemon.storage.bar_files import read_bar_file
+from quantum_daemon.storage.bar_store import Bar, BarStore
+from quantum_daemon_dev.redis_server import running_redis
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "quantum_daemon" / "data"

@@ -1,6 +1,6 @@
 """Reproduce the papers' long-horizon benchmarks with our N-HiTS and PatchTST.
 
-Protocol (see quantum_daemon/forecasting_data.py): the standard splits, every
+Protocol (see quantum_daemon_dev/forecasting_data.py): the standard splits, every
 channel z-scored with training-split statistics, trained on the training
 split with early stopping on the validation split, then MSE and MAE over
 every test window (stride 1, no dropped last batch) on the scaled data,

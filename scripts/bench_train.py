@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quantum_daemon.barfiles import read_bar_file
-from quantum_daemon.bars import Bars
-from quantum_daemon.evaluation.walkforward import EvaluationSettings, walk_forward
+from quantum_daemon.core.evaluation.walkforward import EvaluationSettings, walk_forward
+from quantum_daemon.domain.bars import Bars
 from quantum_daemon.models.families import family_class
+from quantum_daemon.storage.bar_files import read_bar_file
 
 MARKET = Path(__file__).resolve().parents[2] / "shared" / "data" / "market"
 

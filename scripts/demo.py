@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from quantum_daemon.redis_server import RedisServer, free_port
+from quantum_daemon_dev.redis_server import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "quantum_daemon" / "data"

@@ -10,7 +10,7 @@ ensure_redis_server
 
 export PYTHONDONTWRITEBYTECODE=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 echo "==> ruff"
-"$VENV/bin/ruff" check quantum_daemon tests scripts
+"$VENV/bin/ruff" check quantum_daemon quantum_daemon_dev tests scripts
 echo "==> mypy"
 "$VENV/bin/mypy"
 echo "==> pytest"

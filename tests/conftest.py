@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import redis
 
-from quantum_daemon.bars import Bars
-from quantum_daemon.redis_server import RedisServer, running_redis
+from quantum_daemon.domain.bars import Bars
+from quantum_daemon_dev.redis_server import RedisServer, running_redis
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +45,7 @@ def make_bars(
     vol: float = 0.01,
 ) -> Bars:
     """A random-walk bar series with consistent OHLC (high >= max(o, c), ...)."""
-    from quantum_daemon.timeframes import timeframe_ms
+    from quantum_daemon.domain.timeframes import timeframe_ms
 
     rng = np.random.default_rng(seed)
     log_ret = drift + vol * rng.standard_normal(n)

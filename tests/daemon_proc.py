@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quantum_daemon.redis_server import free_port
+from quantum_daemon_dev.redis_server import free_port
 
 
 def write_config(

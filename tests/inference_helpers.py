@@ -12,8 +12,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from quantum_daemon.bars import Bars
-from quantum_daemon.config import (
+from quantum_daemon.domain.bars import Bars
+from quantum_daemon.domain.config import (
     Config,
     EvaluationConfig,
     InferenceConfig,
@@ -22,7 +22,7 @@ from quantum_daemon.config import (
     StorageConfig,
 )
 from quantum_daemon.inference import InferenceService
-from quantum_daemon.store import Bar, BarStore
+from quantum_daemon.storage.bar_store import Bar, BarStore
 from tests.planted_family import PLANTED
 
 FAMILIES = ("xgb", "lgbm", "nhits", "patchtst", "evo_model", "rl_sizer")

@@ -14,12 +14,12 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from quantum_daemon.bars import Bars
-from quantum_daemon.config import Config, IngestConfig, RedisConfig, StorageConfig
+from quantum_daemon.domain.bars import Bars
+from quantum_daemon.domain.config import Config, IngestConfig, RedisConfig, StorageConfig
+from quantum_daemon.domain.keys import Keys
 from quantum_daemon.ingest import IngestMetrics, IngestService
-from quantum_daemon.keys import Keys
-from quantum_daemon.replay import publish_frame
-from quantum_daemon.store import Bar, BarStore
+from quantum_daemon.ingest.replay import publish_frame
+from quantum_daemon.storage.bar_store import Bar, BarStore
 
 KEYS = Keys()
 GROUP = "quantum-daemon"

@@ -57,8 +57,8 @@ def fake_train(spec: Any) -> Any:
     import json
     from pathlib import Path
 
-    from quantum_daemon import artifacts
-    from quantum_daemon.promotion import HeadToHead
+    from quantum_daemon.core.promotion import HeadToHead
+    from quantum_daemon.storage import artifacts
     from quantum_daemon.training.jobs import TrainJobResult
 
     plan = json.loads((Path(spec.data_dir) / FAKE_METRICS_FILE).read_text())

@@ -14,7 +14,7 @@ import redis
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from quantum_daemon.config import (
+from quantum_daemon.domain.config import (
     Config,
     LoggingConfig,
     ModelsConfig,
@@ -23,10 +23,10 @@ from quantum_daemon.config import (
     StorageConfig,
     TrainingConfig,
 )
-from quantum_daemon.events import Event, parse_entry
-from quantum_daemon.keys import Keys
-from quantum_daemon.lifecycle import LifecycleService
-from quantum_daemon.store import Bar, BarStore
+from quantum_daemon.domain.keys import Keys
+from quantum_daemon.lifecycle.service import LifecycleService
+from quantum_daemon.storage.bar_store import Bar, BarStore
+from quantum_daemon.storage.events import Event, parse_entry
 from quantum_daemon.training.pool import JobFn
 from tests import jobs_for_tests
 from tests.conftest import make_bars

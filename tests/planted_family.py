@@ -25,11 +25,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from quantum_daemon import artifacts
-from quantum_daemon.bars import Bars
+from quantum_daemon.core.promotion import Verdict
+from quantum_daemon.domain.bars import Bars
 from quantum_daemon.models.base import Forecast
-from quantum_daemon.promotion import Verdict
-from quantum_daemon.registry import Registry
+from quantum_daemon.storage import artifacts
+from quantum_daemon.storage.registry.registry import Registry
 from tests.conftest import make_bars
 
 PLANTED = "tests.planted_family:PlantedFamily"

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantum_daemon import artifacts
-from quantum_daemon.artifacts import ArtifactCorrupt, load_version, write_version
-from quantum_daemon.config import EvaluationConfig
+from quantum_daemon.domain.config import EvaluationConfig
 from quantum_daemon.models.families import load_model
-from quantum_daemon.offline import OfflineSpec, train_offline
+from quantum_daemon.storage import artifacts
+from quantum_daemon.storage.artifacts import ArtifactCorrupt, load_version, write_version
+from quantum_daemon.training.offline import OfflineSpec, train_offline
 from tests.conftest import make_bars
 
 NOW = datetime(2024, 5, 17, 12, 30, 45, tzinfo=UTC)

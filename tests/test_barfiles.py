@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantum_daemon.barfiles import (
+from quantum_daemon.storage.bar_files import (
     COLUMNS,
     BarFileError,
     normalize_symbol,

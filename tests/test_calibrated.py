@@ -14,11 +14,12 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from quantum_daemon.bars import Bars
-from quantum_daemon.calibration import Calibrator
-from quantum_daemon.evaluation.report import CALIBRATION_FILE, JSON_KEYS
-from quantum_daemon.evaluation.splits import walk_forward_folds
-from quantum_daemon.evaluation.walkforward import EvaluationSettings, split_plan, walk_forward
+from quantum_daemon.core.calibration import Calibrator
+from quantum_daemon.core.evaluation.report import CALIBRATION_FILE, JSON_KEYS
+from quantum_daemon.core.evaluation.splits import walk_forward_folds
+from quantum_daemon.core.evaluation.walkforward import EvaluationSettings, split_plan, walk_forward
+from quantum_daemon.domain.bars import Bars
+from quantum_daemon.domain.timeframes import HOUR_MS
 from quantum_daemon.models.base import FitInfo, Forecast, TrainSet
 from quantum_daemon.models.calibrated import (
     Calibrated,
@@ -27,8 +28,7 @@ from quantum_daemon.models.calibrated import (
     wrap,
 )
 from quantum_daemon.models.families import calibrated_family, load_model
-from quantum_daemon.offline import OfflineSpec, train_offline
-from quantum_daemon.timeframes import HOUR_MS
+from quantum_daemon.training.offline import OfflineSpec, train_offline
 from tests.conftest import make_bars
 
 SETTINGS = EvaluationSettings(

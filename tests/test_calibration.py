@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from quantum_daemon.calibration import (
+from quantum_daemon.core.calibration import (
     Calibrator,
     expected_calibration_error,
     fit_calibrator,
@@ -118,7 +118,7 @@ def test_bad_inputs_are_refused() -> None:
 def test_platt_never_inverts_the_ranking() -> None:
     """A validation window where higher p_up went with fewer ups gives no
     calibration rather than a map that reverses the model's order."""
-    from quantum_daemon.calibration import fit_calibrator
+    from quantum_daemon.core.calibration import fit_calibrator
 
     rng = np.random.default_rng(3)
     p = rng.uniform(0.3, 0.7, 400)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from quantum_daemon import config as config_mod
-from quantum_daemon.config import EX_CONFIG, ConfigError, load
+from quantum_daemon.domain import config as config_mod
+from quantum_daemon.domain.config import EX_CONFIG, ConfigError, load
 
 REPO = Path(__file__).resolve().parents[1]
 

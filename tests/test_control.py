@@ -16,15 +16,15 @@ from typing import Any
 import pytest
 import redis
 
-from quantum_daemon import artifacts
 from quantum_daemon.cli import main as cli_main
 from quantum_daemon.commands.models import train_now
-from quantum_daemon.config import PromotionConfig
-from quantum_daemon.control import BadCommand, Command, parse_command
-from quantum_daemon.lifecycle import LifecycleService
-from quantum_daemon.promotion import judge
-from quantum_daemon.registry import Registry
-from quantum_daemon.store import BarStore
+from quantum_daemon.core.promotion import judge
+from quantum_daemon.domain.config import PromotionConfig
+from quantum_daemon.lifecycle.control import BadCommand, Command, parse_command
+from quantum_daemon.lifecycle.service import LifecycleService
+from quantum_daemon.storage import artifacts
+from quantum_daemon.storage.bar_store import BarStore
+from quantum_daemon.storage.registry.registry import Registry
 from tests.daemon_proc import write_config
 from tests.lifecycle_harness import (
     GOOD,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from quantum_daemon.redis_server import RedisServer, running_redis
+from quantum_daemon_dev.redis_server import RedisServer, running_redis
 from tests.daemon_proc import DaemonProcess, api_port, write_config
 
 

@@ -20,15 +20,15 @@ import redis
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from quantum_daemon import artifacts
-from quantum_daemon.api import ApiServer, json_response
-from quantum_daemon.config import ApiConfig, EvaluationConfig
-from quantum_daemon.dashboard import EQUITY_POINTS, RETURNS_FILE, Dashboard, compared_versions
-from quantum_daemon.keys import Keys
-from quantum_daemon.offline import OfflineSpec, train_offline
-from quantum_daemon.promotion import Verdict
-from quantum_daemon.redis_server import free_port
-from quantum_daemon.registry import Registry
+from quantum_daemon.core.promotion import Verdict
+from quantum_daemon.domain.config import ApiConfig, EvaluationConfig
+from quantum_daemon.domain.keys import Keys
+from quantum_daemon.storage import artifacts
+from quantum_daemon.storage.registry.registry import Registry
+from quantum_daemon.training.offline import OfflineSpec, train_offline
+from quantum_daemon.web.api import ApiServer, json_response
+from quantum_daemon.web.dashboard import EQUITY_POINTS, RETURNS_FILE, Dashboard, compared_versions
+from quantum_daemon_dev.redis_server import free_port
 from tests.conftest import make_bars
 
 KEYS = Keys()

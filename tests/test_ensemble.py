@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from quantum_daemon.ensemble import (
+from quantum_daemon.core.ensemble import (
     MemberForecast,
     SizerDecision,
     build_signal,
@@ -18,8 +18,8 @@ from quantum_daemon.ensemble import (
     signal_fields,
     signal_json,
 )
+from quantum_daemon.core.scoring import score_forecast
 from quantum_daemon.models.base import Forecast
-from quantum_daemon.scoring import score_forecast
 
 
 def member(family: str, mu: float, p_up: float) -> MemberForecast:

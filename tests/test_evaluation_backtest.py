@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantum_daemon.evaluation.backtest import (
+from quantum_daemon.core.evaluation.backtest import (
     buy_and_hold,
     cost_rate,
     flat,

@@ -7,8 +7,8 @@ import empyrical
 import numpy as np
 import pytest
 
-from quantum_daemon.evaluation.backtest import run_backtest
-from quantum_daemon.evaluation.performance import (
+from quantum_daemon.core.evaluation.backtest import run_backtest
+from quantum_daemon.core.evaluation.performance import (
     downside_risk,
     forecast_metrics,
     max_drawdown,
@@ -19,7 +19,7 @@ from quantum_daemon.evaluation.performance import (
     total_return,
     trading_metrics,
 )
-from quantum_daemon.timeframes import bars_per_year
+from quantum_daemon.domain.timeframes import bars_per_year
 
 REL = 1e-9
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from quantum_daemon.evaluation.significance import (
+from quantum_daemon.core.evaluation.significance import (
     EULER_GAMMA,
     deflated_sharpe_ratio,
     dsr_of_returns,

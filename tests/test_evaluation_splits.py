@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantum_daemon.evaluation.splits import InsufficientData, SplitPlan, walk_forward_folds
+from quantum_daemon.core.evaluation.splits import InsufficientData, SplitPlan, walk_forward_folds
 
 
 @settings(max_examples=200, deadline=None)

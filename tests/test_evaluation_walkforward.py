@@ -10,13 +10,13 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from quantum_daemon.bars import Bars
-from quantum_daemon.config import EvaluationConfig
-from quantum_daemon.evaluation.performance import TRADING_KEYS, trading_metrics
-from quantum_daemon.evaluation.report import JSON_KEYS, metrics_json, write_report
-from quantum_daemon.evaluation.splits import walk_forward_folds
-from quantum_daemon.evaluation.walkforward import EvaluationSettings, split_plan, walk_forward
-from quantum_daemon.features import horizon_log_return
+from quantum_daemon.core.evaluation.performance import TRADING_KEYS, trading_metrics
+from quantum_daemon.core.evaluation.report import JSON_KEYS, metrics_json, write_report
+from quantum_daemon.core.evaluation.splits import walk_forward_folds
+from quantum_daemon.core.evaluation.walkforward import EvaluationSettings, split_plan, walk_forward
+from quantum_daemon.core.features import horizon_log_return
+from quantum_daemon.domain.bars import Bars
+from quantum_daemon.domain.config import EvaluationConfig
 from quantum_daemon.models.base import FitInfo, Forecast, TrainSet
 from tests.conftest import make_bars
 

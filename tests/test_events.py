@@ -11,7 +11,8 @@ from pathlib import Path
 import redis
 import redis.asyncio as aioredis
 
-from quantum_daemon.events import (
+from quantum_daemon.domain.keys import Keys
+from quantum_daemon.storage.events import (
     Event,
     EventPublisher,
     OutboxFlusher,
@@ -19,9 +20,8 @@ from quantum_daemon.events import (
     parse_entry,
     publish_sync,
 )
-from quantum_daemon.keys import Keys
-from quantum_daemon.redis_server import free_port
-from quantum_daemon.registry import Registry
+from quantum_daemon.storage.registry.registry import Registry
+from quantum_daemon_dev.redis_server import free_port
 
 KEYS = Keys("quantum")
 MODEL = "lgbm_ETHUSDT_1h"

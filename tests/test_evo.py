@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantum_daemon.bars import Bars
-from quantum_daemon.evaluation.walkforward import EvaluationSettings, walk_forward
+from quantum_daemon.core.evaluation.walkforward import EvaluationSettings, walk_forward
+from quantum_daemon.domain.bars import Bars
+from quantum_daemon.domain.timeframes import timeframe_ms
 from quantum_daemon.models.base import TrainSet
 from quantum_daemon.models.evo import DEFAULT_FEATURES, EvoFamily, EvoParams
-from quantum_daemon.timeframes import timeframe_ms
 
 SMALL = {"max_evaluations": 400, "patience": 10}
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantum_daemon.bars import Bars
-from quantum_daemon.features import (
+from quantum_daemon.core.features import (
     FEATURE_NAMES,
     FEATURES,
     build_features,
@@ -16,6 +15,7 @@ from quantum_daemon.features import (
     horizon_sign,
     warmup_bars,
 )
+from quantum_daemon.domain.bars import Bars
 from tests.conftest import make_bars
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "evaluation.md"

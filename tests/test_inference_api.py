@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 import redis
 
-from quantum_daemon.api import ApiServer
-from quantum_daemon.config import ApiConfig
-from quantum_daemon.keys import Keys
+from quantum_daemon.domain.config import ApiConfig
+from quantum_daemon.domain.keys import Keys
+from quantum_daemon.web.api import ApiServer
 from tests.inference_helpers import Feeder, inference, make_config
 from tests.planted_family import install_version, planted_market
 

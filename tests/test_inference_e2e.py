@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 import redis
 
-from quantum_daemon.barfiles import read_bar_file
+from quantum_daemon.core.ensemble import parse_signal
 from quantum_daemon.daemon import Daemon
-from quantum_daemon.ensemble import parse_signal
-from quantum_daemon.events import parse_entry
-from quantum_daemon.keys import Keys
-from quantum_daemon.replay import publish_frame
+from quantum_daemon.domain.keys import Keys
+from quantum_daemon.ingest.replay import publish_frame
+from quantum_daemon.storage.bar_files import read_bar_file
+from quantum_daemon.storage.events import parse_entry
 from tests.daemon_proc import DaemonProcess, api_port, write_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import redis
 
-from quantum_daemon.ensemble import parse_signal
-from quantum_daemon.events import Event, parse_entry
+from quantum_daemon.core.ensemble import parse_signal
+from quantum_daemon.domain.keys import Keys
 from quantum_daemon.inference import InferenceService
 from quantum_daemon.inference.messages import LoadedModel
-from quantum_daemon.keys import Keys
-from quantum_daemon.registry import Registry
+from quantum_daemon.storage.events import Event, parse_entry
+from quantum_daemon.storage.registry.registry import Registry
 from tests.inference_helpers import Feeder, inference, make_config
 from tests.planted_family import install_version, planted_market
 
@@ -367,9 +367,9 @@ def test_a_restart_mid_shadow_resumes_the_comparison_from_the_records(
 def test_predictions_are_kept_long_enough_for_a_shadow_period_on_the_longest_timeframe() -> None:
     from dataclasses import replace
 
-    from quantum_daemon.config import Config, ModelsConfig
+    from quantum_daemon.domain.config import Config, ModelsConfig
+    from quantum_daemon.domain.timeframes import DAY_MS
     from quantum_daemon.inference.service import prediction_retention_ms
-    from quantum_daemon.timeframes import DAY_MS
 
     hourly = Config()
     assert prediction_retention_ms(hourly) == hourly.inference.retention_days * DAY_MS

@@ -14,19 +14,19 @@ import numpy as np
 import pytest
 import redis
 
-from quantum_daemon.bars import Bars
-from quantum_daemon.config import EvaluationConfig, InferenceConfig
-from quantum_daemon.ensemble import parse_signal
-from quantum_daemon.events import parse_entry
-from quantum_daemon.features import build_features, shared_features
+from quantum_daemon.core.ensemble import parse_signal
+from quantum_daemon.core.features import build_features, shared_features
+from quantum_daemon.core.promotion import Verdict
+from quantum_daemon.domain.bars import Bars
+from quantum_daemon.domain.config import EvaluationConfig, InferenceConfig
+from quantum_daemon.domain.keys import Keys
 from quantum_daemon.inference.records import RECORDS_FILE, PredictionRecords
 from quantum_daemon.inference.worker import BarWindows
-from quantum_daemon.keys import Keys
 from quantum_daemon.models.families import load_model
-from quantum_daemon.offline import OfflineSpec, train_offline
-from quantum_daemon.promotion import Verdict
-from quantum_daemon.registry import Registry
-from quantum_daemon.store import BarStore
+from quantum_daemon.storage.bar_store import BarStore
+from quantum_daemon.storage.events import parse_entry
+from quantum_daemon.storage.registry.registry import Registry
+from quantum_daemon.training.offline import OfflineSpec, train_offline
 from tests.conftest import make_bars
 from tests.inference_helpers import Feeder, bar_at, inference, make_config
 from tests.planted_family import ARTIFACT, install_version, planted_market

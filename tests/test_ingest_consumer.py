@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from quantum_daemon.ingest import IngestMetrics
-from quantum_daemon.store import BarStore
+from quantum_daemon.storage.bar_store import BarStore
 from tests.conftest import make_bars
 from tests.ingest_helpers import (
     KEYS,

@@ -19,7 +19,7 @@ from quantum_daemon.ingest.decode import (
     explain_entry,
     fields_json,
 )
-from quantum_daemon.store import Bar
+from quantum_daemon.storage.bar_store import Bar
 
 T0 = 1_704_067_200_000
 _FIELD_NAMES = [name.encode() for name in FIELDS]

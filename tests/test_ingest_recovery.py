@@ -17,8 +17,8 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
-from quantum_daemon.redis_server import RedisServer
-from quantum_daemon.store import Bar, BarStore, InsertResult
+from quantum_daemon.storage.bar_store import Bar, BarStore, InsertResult
+from quantum_daemon_dev.redis_server import RedisServer
 from tests.conftest import make_bars
 from tests.ingest_helpers import (
     GROUP,

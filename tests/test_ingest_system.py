@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from quantum_daemon.bars import Bars
-from quantum_daemon.redis_server import RedisServer
-from quantum_daemon.store import DB_FILENAME
+from quantum_daemon.domain.bars import Bars
+from quantum_daemon.storage.bar_store import DB_FILENAME
+from quantum_daemon_dev.redis_server import RedisServer
 from tests.conftest import make_bars
 from tests.daemon_proc import DaemonProcess, api_port, write_config
 from tests.ingest_helpers import KEYS, dlq, group_state, publish

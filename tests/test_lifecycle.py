@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from quantum_daemon import artifacts
-from quantum_daemon.config import Config, PromotionConfig
-from quantum_daemon.lifecycle import LifecycleService
-from quantum_daemon.registry import Registry
-from quantum_daemon.store import BarStore
+from quantum_daemon.domain.config import Config, PromotionConfig
+from quantum_daemon.lifecycle.service import LifecycleService
+from quantum_daemon.storage import artifacts
+from quantum_daemon.storage.bar_store import BarStore
+from quantum_daemon.storage.registry.registry import Registry
 from quantum_daemon.training.jobs import run_job
 from quantum_daemon.training.pool import PoolCrashLoop
 from tests.lifecycle_harness import (

@@ -20,8 +20,8 @@ import pytest
 import redis
 
 from quantum_daemon.daemon import Daemon
-from quantum_daemon.events import Event, parse_entry
-from quantum_daemon.scheduler import model_keys
+from quantum_daemon.lifecycle.scheduler import model_keys
+from quantum_daemon.storage.events import Event, parse_entry
 from tests.daemon_proc import DaemonProcess, api_port, write_config
 
 REPO = Path(__file__).resolve().parents[1]

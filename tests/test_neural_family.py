@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from quantum_daemon.bars import Bars
+from quantum_daemon.domain.bars import Bars
 from quantum_daemon.models.base import TrainSet
 from quantum_daemon.models.neural import (
     ARTIFACT,
@@ -196,7 +196,7 @@ def test_unknown_parameters_are_rejected(bars: Bars) -> None:
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
 def test_walk_forward_evaluator_judges_the_family(family: type[NeuralFamily]) -> None:
     """The neural families run through the same evaluator as the trees."""
-    walkforward = pytest.importorskip("quantum_daemon.evaluation.walkforward")
+    walkforward = pytest.importorskip("quantum_daemon.core.evaluation.walkforward")
     bars = make_bars(400, seed=3)
     settings = walkforward.EvaluationSettings(horizon=HORIZON, n_test_windows=2)
     evaluation = walkforward.walk_forward(family, bars, settings, seed=0, params=TINY[family])

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from quantum_daemon.config import PromotionConfig
-from quantum_daemon.promotion import GATES, HeadToHead, judge
+from quantum_daemon.core.promotion import GATES, HeadToHead, judge
+from quantum_daemon.domain.config import PromotionConfig
 
 CFG = PromotionConfig(min_trades=5, min_dsr=0.5, min_profit_factor=1.1)
 

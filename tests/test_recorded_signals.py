@@ -14,10 +14,10 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from quantum_daemon.ensemble import MemberForecast, build_signal, combine, signal_fields
-from quantum_daemon.keys import Keys
-from quantum_daemon.recorded_signals import RecordedSignals, read_recorded_signals
-from quantum_daemon.store import BarStore
+from quantum_daemon.core.ensemble import MemberForecast, build_signal, combine, signal_fields
+from quantum_daemon.domain.keys import Keys
+from quantum_daemon.storage.bar_store import BarStore
+from quantum_daemon.storage.recorded_signals import RecordedSignals, read_recorded_signals
 from tests import jobs_for_tests
 from tests.lifecycle_harness import GOOD, add_bars, make_config, plan, published, run_service
 

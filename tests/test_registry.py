@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from quantum_daemon import artifacts
-from quantum_daemon.config import PromotionConfig
-from quantum_daemon.events import Event
-from quantum_daemon.promotion import HeadToHead, judge
-from quantum_daemon.registry import STATE_FILE, Registry, RegistryError
+from quantum_daemon.core.promotion import HeadToHead, judge
+from quantum_daemon.domain.config import PromotionConfig
+from quantum_daemon.storage import artifacts
+from quantum_daemon.storage.events import Event
+from quantum_daemon.storage.registry.registry import STATE_FILE, Registry, RegistryError
 
 MODEL = "xgb_BTCUSDT_1h"
 GATES = PromotionConfig(min_trades=5, min_dsr=0.0, min_profit_factor=1.0)

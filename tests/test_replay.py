@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from quantum_daemon.cli import main
-from quantum_daemon.replay import Progress
-from quantum_daemon.store import BarStore
+from quantum_daemon.ingest.replay import Progress
+from quantum_daemon.storage.bar_store import BarStore
 from tests.ingest_helpers import KEYS, ingest_service, make_config
 
 SAMPLE = Path(__file__).resolve().parents[1] / "quantum_daemon" / "data" / "BTC_USDT-1h.feather"

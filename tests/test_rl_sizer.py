@@ -16,11 +16,12 @@ from gymnasium.utils.env_checker import check_env
 from safetensors.torch import load_file
 from scipy.special import ndtr
 
-from quantum_daemon.bars import Bars
-from quantum_daemon.config import EvaluationConfig
-from quantum_daemon.evaluation.backtest import cost_rate, next_bar_returns, run_backtest
-from quantum_daemon.evaluation.performance import sharpe_ratio
-from quantum_daemon.evaluation.walkforward import EvaluationSettings, walk_forward
+from quantum_daemon.core.evaluation.backtest import cost_rate, next_bar_returns, run_backtest
+from quantum_daemon.core.evaluation.performance import sharpe_ratio
+from quantum_daemon.core.evaluation.walkforward import EvaluationSettings, walk_forward
+from quantum_daemon.core.scoring import compare_with_plain_rule
+from quantum_daemon.domain.bars import Bars
+from quantum_daemon.domain.config import EvaluationConfig
 from quantum_daemon.models.base import Forecast, TrainSet
 from quantum_daemon.models.families import load_model, training_family
 from quantum_daemon.models.rl_sizer import (
@@ -30,8 +31,7 @@ from quantum_daemon.models.rl_sizer import (
     momentum_signal,
 )
 from quantum_daemon.models.sizing_env import Book, EnvSettings, SizingData, SizingEnv, observe
-from quantum_daemon.recorded_signals import RecordedSignals
-from quantum_daemon.scoring import compare_with_plain_rule
+from quantum_daemon.storage.recorded_signals import RecordedSignals
 from quantum_daemon.training.jobs import (
     ActiveRef,
     TrainJobSpec,

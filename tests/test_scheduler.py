@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from quantum_daemon.scheduler import (
+from quantum_daemon.lifecycle.scheduler import (
     ModelKey,
     ModelStart,
     Scheduler,

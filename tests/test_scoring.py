@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quantum_daemon.evaluation.backtest import cost_rate, position_from_forecast, run_backtest
-from quantum_daemon.scoring import (
+from quantum_daemon.core.evaluation.backtest import cost_rate, position_from_forecast, run_backtest
+from quantum_daemon.core.scoring import (
     bar_net_return,
     compare_with_plain_rule,
     position_loss,

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantum_daemon.bars import Bars
-from quantum_daemon.store import Bar, BarStore, Outcome, SeriesStats
+from quantum_daemon.domain.bars import Bars
+from quantum_daemon.storage.bar_store import Bar, BarStore, Outcome, SeriesStats
 from tests.conftest import make_bars
 
 HOUR = 3_600_000

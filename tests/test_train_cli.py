@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from quantum_daemon.commands.train import parse_time
-from quantum_daemon.evaluation.performance import TRADING_KEYS
-from quantum_daemon.evaluation.report import JSON_KEYS
-from quantum_daemon.store import Bar, BarStore
+from quantum_daemon.core.evaluation.performance import TRADING_KEYS
+from quantum_daemon.core.evaluation.report import JSON_KEYS
+from quantum_daemon.storage.bar_store import Bar, BarStore
 from tests.conftest import make_bars
 
 # The real Binance bars live in ../shared beside the repository.

@@ -12,14 +12,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from quantum_daemon.bars import Bars
-from quantum_daemon.evaluation.backtest import position_from_forecast
-from quantum_daemon.evaluation.significance import SIGNIFICANT
-from quantum_daemon.evaluation.walkforward import EvaluationReport, EvaluationSettings, walk_forward
+from quantum_daemon.core.evaluation.backtest import position_from_forecast
+from quantum_daemon.core.evaluation.significance import SIGNIFICANT
+from quantum_daemon.core.evaluation.walkforward import (
+    EvaluationReport,
+    EvaluationSettings,
+    walk_forward,
+)
+from quantum_daemon.domain.bars import Bars
+from quantum_daemon.domain.timeframes import DAY_MS, HOUR_MS
 from quantum_daemon.models.base import TrainSet
 from quantum_daemon.models.families import family_class
 from quantum_daemon.models.trees import Fitted, TreeData, TreeFamily
-from quantum_daemon.timeframes import DAY_MS, HOUR_MS
 from tests.conftest import make_bars
 
 FAMILIES = ("xgb", "lgbm")
@@ -196,8 +200,9 @@ def test_shuffled_target_breaks_the_edge(
 def test_daemon_side_modules_never_import_model_libraries() -> None:
     code = (
         "import sys\n"
-        "import quantum_daemon.features, quantum_daemon.artifacts, quantum_daemon.offline\n"
-        "import quantum_daemon.evaluation.walkforward, quantum_daemon.evaluation.report\n"
+        "import quantum_daemon.core.features, quantum_daemon.storage.artifacts\n"
+        "import quantum_daemon.training.offline\n"
+        "import quantum_daemon.core.evaluation.walkforward, quantum_daemon.core.evaluation.report\n"
         "import quantum_daemon.models.families, quantum_daemon.commands.train\n"
         "libs = ('xgboost', 'lightgbm', 'torch', 'matplotlib')\n"
         "heavy = sorted(m for m in libs if m in sys.modules)\n"

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantum_daemon.trust import (
+from quantum_daemon.core.trust import (
     align,
     recovery_rounds,
     switching_regret_bound,

@@ -15,13 +15,13 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from quantum_daemon.bars import Bars
-from quantum_daemon.config import FAMILIES, TrustConfig
-from quantum_daemon.evaluation.backtest import cost_rate
-from quantum_daemon.keys import Keys
-from quantum_daemon.scoring import return_scale, score_forecast, score_position
-from quantum_daemon.trust import recovery_rounds
-from quantum_daemon.trust_store import Score, TrustStore
+from quantum_daemon.core.evaluation.backtest import cost_rate
+from quantum_daemon.core.scoring import return_scale, score_forecast, score_position
+from quantum_daemon.core.trust import recovery_rounds
+from quantum_daemon.domain.bars import Bars
+from quantum_daemon.domain.config import FAMILIES, TrustConfig
+from quantum_daemon.domain.keys import Keys
+from quantum_daemon.storage.trust_store import Score, TrustStore
 from tests.conftest import make_bars
 
 T = TypeVar("T")

@@ -20,7 +20,7 @@ def register(sub: Any) -> None:
 
 def bars_stats(args: argparse.Namespace) -> int:
     from quantum_daemon.cli import load_config
-    from quantum_daemon.store import DB_FILENAME, BarStore
+    from quantum_daemon.storage.bar_store import DB_FILENAME, BarStore
 
     cfg = load_config(args)
     path = cfg.storage.data_dir / DB_FILENAME

@@ -26,11 +26,11 @@ from typing import Any
 
 import redis
 
-from quantum_daemon.config import Config
-from quantum_daemon.control import CONTROL_MAXLEN, Command, apply_to_registry
-from quantum_daemon.events import Event, parse_entry, publish_sync
-from quantum_daemon.keys import Keys
-from quantum_daemon.registry import Registry, RegistryError
+from quantum_daemon.domain.config import Config
+from quantum_daemon.domain.keys import Keys
+from quantum_daemon.lifecycle.control import CONTROL_MAXLEN, Command, apply_to_registry
+from quantum_daemon.storage.events import Event, parse_entry, publish_sync
+from quantum_daemon.storage.registry.registry import Registry, RegistryError
 
 TABLE_METRICS = ("trades", "sharpe", "dsr", "profit_factor")
 

@@ -23,10 +23,10 @@ def register(sub: Any) -> None:
 def replay(args: argparse.Namespace) -> int:
     import redis
 
-    from quantum_daemon.barfiles import BarFileError
     from quantum_daemon.cli import load_config
-    from quantum_daemon.keys import Keys
-    from quantum_daemon.replay import replay_files
+    from quantum_daemon.domain.keys import Keys
+    from quantum_daemon.ingest.replay import replay_files
+    from quantum_daemon.storage.bar_files import BarFileError
 
     cfg = load_config(args)
     url = args.redis_url or cfg.redis.url

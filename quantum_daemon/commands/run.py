@@ -14,7 +14,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from quantum_daemon.cli import load_config
     from quantum_daemon.daemon import run_daemon
-    from quantum_daemon.logs import configure_logging
+    from quantum_daemon.runtime.logs import configure_logging
 
     cfg = load_config(args)
     configure_logging(cfg.logging.level, cfg.logging.format)

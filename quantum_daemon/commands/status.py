@@ -43,7 +43,7 @@ def status(args: argparse.Namespace) -> int:
 def read_heartbeat(cfg: Any, timeout: float) -> dict[str, Any]:
     import redis
 
-    from quantum_daemon.keys import Keys
+    from quantum_daemon.domain.keys import Keys
 
     client = redis.Redis.from_url(
         cfg.redis.url,

@@ -103,8 +103,8 @@ def train(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, cfg: Any, bars: Any, params: dict[str, Any]) -> int:
-    from quantum_daemon.evaluation.splits import InsufficientData
-    from quantum_daemon.offline import OfflineSpec, train_offline
+    from quantum_daemon.core.evaluation.splits import InsufficientData
+    from quantum_daemon.training.offline import OfflineSpec, train_offline
 
     spec = OfflineSpec(
         family=args.family,
@@ -144,8 +144,8 @@ def _read_bars(args: argparse.Namespace, data_dir: Path) -> Any:
 
 
 def _bars_from_file(args: argparse.Namespace) -> Any:
-    from quantum_daemon.barfiles import BarFileError, read_bar_file
-    from quantum_daemon.bars import Bars
+    from quantum_daemon.domain.bars import Bars
+    from quantum_daemon.storage.bar_files import BarFileError, read_bar_file
 
     if not args.data.is_file():
         raise _NoInput(f"bar file not found: {args.data}")
@@ -157,7 +157,7 @@ def _bars_from_file(args: argparse.Namespace) -> Any:
 
 
 def _bars_from_store(args: argparse.Namespace, data_dir: Path) -> Any:
-    from quantum_daemon.store import DB_FILENAME, BarStore
+    from quantum_daemon.storage.bar_store import DB_FILENAME, BarStore
 
     if not args.symbol or not args.tf:
         raise ValueError("without --data, --symbol and --tf name the series in the bar store")
@@ -176,7 +176,7 @@ def _time_mask(ts: Any, start: int | None, end: int | None) -> Any:
 
 
 def _subset(bars: Any, keep: Any) -> Any:
-    from quantum_daemon.bars import Bars
+    from quantum_daemon.domain.bars import Bars
 
     return Bars(
         bars.symbol,

@@ -16,7 +16,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from quantum_daemon.timeframes import timeframe_ms
+from quantum_daemon.domain.timeframes import timeframe_ms
 
 ACTIVE = "active"
 CANDIDATE = "candidate"

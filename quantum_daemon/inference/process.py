@@ -31,7 +31,7 @@ from quantum_daemon.inference.messages import (
     WorkerSettings,
 )
 from quantum_daemon.inference.worker import worker_main
-from quantum_daemon.logs import get_logger
+from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.training.pool import RestartBudget
 
 log = get_logger()

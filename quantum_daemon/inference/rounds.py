@@ -21,16 +21,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from quantum_daemon.bars import Bars
-from quantum_daemon.inference.messages import CANDIDATE
-from quantum_daemon.inference.records import DuePrediction, Settled
-from quantum_daemon.scoring import (
+from quantum_daemon.core.scoring import (
     realized_log_return,
     return_scale,
     score_forecast,
     score_position,
 )
-from quantum_daemon.trust_store import Score
+from quantum_daemon.domain.bars import Bars
+from quantum_daemon.inference.messages import CANDIDATE
+from quantum_daemon.inference.records import DuePrediction, Settled
+from quantum_daemon.storage.trust_store import Score
 
 SCALE_WINDOW = 96  # one-bar returns behind the decision that set a position score's scale
 

@@ -52,13 +52,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
-from quantum_daemon.aio import sleep_or_stop
-from quantum_daemon.api import int_query, json_response
-from quantum_daemon.backoff import Backoff
-from quantum_daemon.config import Config
-from quantum_daemon.ensemble import Signal, parse_signal, signal_fields, signal_json
-from quantum_daemon.evaluation.backtest import cost_rate
-from quantum_daemon.events import Event, EventPublisher
+from quantum_daemon.core.ensemble import Signal, parse_signal, signal_fields, signal_json
+from quantum_daemon.core.evaluation.backtest import cost_rate
+from quantum_daemon.core.scoring import ShadowVerdict, shadow_outcome, shadow_verdict
+from quantum_daemon.domain.config import Config
+from quantum_daemon.domain.keys import Keys
+from quantum_daemon.domain.timeframes import DAY_MS, timeframe_ms
 from quantum_daemon.inference.messages import (
     ACTIVE,
     CANDIDATE,
@@ -76,15 +75,16 @@ from quantum_daemon.inference.records import RECORDS_FILE, PredictionRecords
 from quantum_daemon.inference.rounds import bars_needed, settle, trust_rounds
 from quantum_daemon.inference.signals import decision_rows, prediction_rows, signals_of
 from quantum_daemon.inference.timeline import WeightTimeline, rounds_in_history
-from quantum_daemon.keys import Keys
-from quantum_daemon.logs import get_logger
-from quantum_daemon.registry import SUPERSEDED, Registry, RegistryError
-from quantum_daemon.scheduler import ModelKey
-from quantum_daemon.scoring import ShadowVerdict, shadow_outcome, shadow_verdict
-from quantum_daemon.store import BarStore
-from quantum_daemon.timeframes import DAY_MS, timeframe_ms
+from quantum_daemon.lifecycle.scheduler import ModelKey
+from quantum_daemon.runtime.aio import sleep_or_stop
+from quantum_daemon.runtime.backoff import Backoff
+from quantum_daemon.runtime.logs import get_logger
+from quantum_daemon.storage.bar_store import BarStore
+from quantum_daemon.storage.events import Event, EventPublisher
+from quantum_daemon.storage.registry.registry import SUPERSEDED, Registry, RegistryError
+from quantum_daemon.storage.trust_store import TrustRound, TrustStore
 from quantum_daemon.training.pool import RestartBudget
-from quantum_daemon.trust_store import TrustRound, TrustStore
+from quantum_daemon.web.api import int_query, json_response
 
 log = get_logger()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from quantum_daemon.ensemble import (
+from quantum_daemon.core.ensemble import (
     SIZERS,
     MemberForecast,
     Signal,

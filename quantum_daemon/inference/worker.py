@@ -56,9 +56,9 @@ from quantum_daemon.training.worker import initialize_worker
 if TYPE_CHECKING:
     import numpy as np
 
-    from quantum_daemon.bars import Bars
-    from quantum_daemon.registry import Registry
-    from quantum_daemon.store import BarStore
+    from quantum_daemon.domain.bars import Bars
+    from quantum_daemon.storage.bar_store import BarStore
+    from quantum_daemon.storage.registry.registry import Registry
 
 SIZER_FAMILIES = frozenset({"rl_sizer"})  # as ensemble.SIZERS: they size the ensemble
 STATE_FILE = "state.json"
@@ -173,8 +173,8 @@ class InferenceServer:
     reported: tuple[object, ...] | None = None
 
     def __post_init__(self) -> None:
-        from quantum_daemon.registry import Registry
-        from quantum_daemon.store import BarStore
+        from quantum_daemon.storage.bar_store import BarStore
+        from quantum_daemon.storage.registry.registry import Registry
 
         self.log = _logger()
         self.registry: Registry = Registry(Path(self.settings.data_dir))
@@ -236,7 +236,7 @@ class InferenceServer:
     ) -> tuple[list[ModelAnswer], list[tuple[str, str]]]:
         """Every live model on the bars at ``idx``; the sizer sizes the pool
         of the active forecasters under each bar's ``weights``."""
-        from quantum_daemon.features import shared_features
+        from quantum_daemon.core.features import shared_features
 
         answers: list[ModelAnswer] = []
         errors: list[tuple[str, str]] = []
@@ -348,7 +348,7 @@ class InferenceServer:
         return wanted
 
     def load(self, model_id: str, version: str, stage: str) -> LiveModel | None:
-        from quantum_daemon.artifacts import ArtifactCorrupt
+        from quantum_daemon.storage.artifacts import ArtifactCorrupt
 
         path = self.registry.version_path(model_id, version)
         try:
@@ -379,14 +379,14 @@ class InferenceServer:
         """Checksums first, then the model, the way the daemon's own loader
         does it (``families.load_model``); a test-only override replaces the
         family's class."""
-        from quantum_daemon.artifacts import read_metadata
+        from quantum_daemon.storage.artifacts import read_metadata
 
         override = self.overrides.get(str(read_metadata(path).get("family")))
         if override is None:
             from quantum_daemon.models.families import load_model
 
             return load_model(path)
-        from quantum_daemon.artifacts import load_version
+        from quantum_daemon.storage.artifacts import load_version
 
         stored = load_version(path)
         module, _, name = override.partition(":")
@@ -417,7 +417,7 @@ def registry_stamp(root: Path) -> tuple[tuple[str, int, int], ...]:
 def _concat(a: Bars, b: Bars) -> Bars:
     import numpy as np
 
-    from quantum_daemon.bars import Bars
+    from quantum_daemon.domain.bars import Bars
 
     columns = ("ts", "open", "high", "low", "close", "volume")
     joined = {c: np.concatenate([getattr(a, c), getattr(b, c)]) for c in columns}
@@ -475,7 +475,7 @@ def _ensemble_input(
     """Per bar, the pool of the active forecasters under that bar's trust
     ``weights``: what the daemon publishes as the signal, and what the sizer
     sizes."""
-    from quantum_daemon.ensemble import MemberForecast, combine
+    from quantum_daemon.core.ensemble import MemberForecast, combine
 
     active = [a for a in answers if a.stage == ACTIVE and a.family not in SIZER_FAMILIES]
     if not active:
@@ -538,6 +538,6 @@ def _pin_torch_threads(threads: int) -> None:
 
 
 def _logger() -> Any:
-    from quantum_daemon.logs import get_logger
+    from quantum_daemon.runtime.logs import get_logger
 
     return get_logger()

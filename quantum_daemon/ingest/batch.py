@@ -23,7 +23,7 @@ from quantum_daemon.ingest.decode import (
     fields_json,
 )
 from quantum_daemon.ingest.gaps import Gap, GapTracker
-from quantum_daemon.store import Bar, BarStore
+from quantum_daemon.storage.bar_store import Bar, BarStore
 
 Fields = RawFields
 Entry = tuple[bytes, Fields]  # (entry id, fields) as Redis returns them

@@ -31,9 +31,8 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from quantum_daemon.aio import sleep_or_stop
-from quantum_daemon.backoff import Backoff
-from quantum_daemon.config import Config
+from quantum_daemon.domain.config import Config
+from quantum_daemon.domain.keys import Keys
 from quantum_daemon.ingest.batch import BatchOutcome, BatchProcessor, ReadBatch, StreamEntries
 from quantum_daemon.ingest.decode import Series
 from quantum_daemon.ingest.ledger import IngestTotals, Ledger
@@ -47,9 +46,10 @@ from quantum_daemon.ingest.streams import (
     group_state,
 )
 from quantum_daemon.ingest.wire import execute_transaction, finish_commands, raw_reads
-from quantum_daemon.keys import Keys
-from quantum_daemon.logs import get_logger
-from quantum_daemon.store import BarStore
+from quantum_daemon.runtime.aio import sleep_or_stop
+from quantum_daemon.runtime.backoff import Backoff
+from quantum_daemon.runtime.logs import get_logger
+from quantum_daemon.storage.bar_store import BarStore
 
 log = get_logger()
 

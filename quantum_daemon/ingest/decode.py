@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from quantum_daemon.store import Bar
-from quantum_daemon.timeframes import TIMEFRAME_MS
+from quantum_daemon.domain.timeframes import TIMEFRAME_MS
+from quantum_daemon.storage.bar_store import Bar
 
 FIELDS = ("ts", "open", "high", "low", "close", "volume")
 _FIELD_KEYS = tuple(name.encode() for name in FIELDS)

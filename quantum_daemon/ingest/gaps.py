@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from itertools import groupby
 from operator import itemgetter
 
-from quantum_daemon.store import Bar
-from quantum_daemon.timeframes import TIMEFRAME_MS
+from quantum_daemon.domain.timeframes import TIMEFRAME_MS
+from quantum_daemon.storage.bar_store import Bar
 
 _SERIES = itemgetter(0, 1)  # (symbol, tf) of a Bar
 

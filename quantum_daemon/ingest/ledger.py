@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from quantum_daemon.ingest.batch import BatchOutcome, ReadBatch
 from quantum_daemon.ingest.metrics import IngestMetrics
-from quantum_daemon.logs import get_logger
+from quantum_daemon.runtime.logs import get_logger
 
 log = get_logger()
 

@@ -9,10 +9,10 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from quantum_daemon.config import IngestConfig
+from quantum_daemon.domain.config import IngestConfig
+from quantum_daemon.domain.keys import Keys
 from quantum_daemon.ingest.decode import Series
-from quantum_daemon.keys import Keys
-from quantum_daemon.logs import get_logger
+from quantum_daemon.runtime.logs import get_logger
 
 log = get_logger()
 

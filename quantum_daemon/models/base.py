@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from quantum_daemon.bars import Bars
+from quantum_daemon.domain.bars import Bars
 
 
 @dataclass(frozen=True)

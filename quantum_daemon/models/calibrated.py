@@ -3,7 +3,7 @@
 ``calibrated_class(FamilyClass)`` gives a family class with the same ``name``
 (model ids and the registry do not change) whose ``fit`` fits the inner
 family, predicts the validation decisions, and fits a ``Calibrator``
-(``quantum_daemon.calibration``: Platt by default, ``isotonic`` or
+(``quantum_daemon.core.calibration``: Platt by default, ``isotonic`` or
 ``identity`` through the constructor or the ``calibration`` hyper-parameter,
 which the inner family never sees) on (raw ``p_up``, realized up) over the
 validation window only: ``up = log(close[t+h] / close[t]) > 0``. The
@@ -32,13 +32,13 @@ from typing import Any, ClassVar, cast, get_args
 
 import numpy as np
 
-from quantum_daemon.bars import Bars
-from quantum_daemon.calibration import (
+from quantum_daemon.core.calibration import (
     Calibrator,
     Method,
     expected_calibration_error,
     fit_calibrator,
 )
+from quantum_daemon.domain.bars import Bars
 from quantum_daemon.models.base import Family, FitInfo, Forecast, TrainSet
 
 CALIBRATION_KEY = "calibration"  # the hyper-parameter and the metadata key

@@ -1,6 +1,6 @@
 """The ``evo_model`` family: a trading rule whose parameters CMA-ES evolves.
 
-The rule reads a handful of engineered features (``quantum_daemon.features``),
+The rule reads a handful of engineered features (``quantum_daemon.core.features``),
 z-scored with the training window's mean and standard deviation, and takes
 a position at each bar's close:
 
@@ -36,10 +36,10 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 
-from quantum_daemon.bars import Bars
-from quantum_daemon.evaluation.backtest import cost_rate, next_bar_returns, run_backtest
-from quantum_daemon.evaluation.performance import sharpe_ratio
-from quantum_daemon.features import FEATURE_NAMES, build_features, horizon_log_return
+from quantum_daemon.core.evaluation.backtest import cost_rate, next_bar_returns, run_backtest
+from quantum_daemon.core.evaluation.performance import sharpe_ratio
+from quantum_daemon.core.features import FEATURE_NAMES, build_features, horizon_log_return
+from quantum_daemon.domain.bars import Bars
 from quantum_daemon.models.base import FitInfo, Forecast, TrainSet
 
 ARTIFACT = "evo.json"

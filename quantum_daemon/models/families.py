@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from quantum_daemon.models.base import Family
-from quantum_daemon.recorded_signals import SIGNAL_CONSUMERS, RecordedSignals
+from quantum_daemon.storage.recorded_signals import SIGNAL_CONSUMERS, RecordedSignals
 
 _FAMILY_MODULES: dict[str, tuple[str, str]] = {
     "xgb": ("quantum_daemon.models.xgb", "XGBFamily"),
@@ -75,7 +75,7 @@ def load_model(
 ) -> tuple[Family, Mapping[str, Any]]:
     """Verify a version folder's checksums, then rebuild its fitted model
     (sizing ``signals`` as ``training_family`` does)."""
-    from quantum_daemon.artifacts import load_version
+    from quantum_daemon.storage.artifacts import load_version
 
     version = load_version(directory)
     name = version.metadata["family"]

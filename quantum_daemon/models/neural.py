@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from scipy.special import ndtr
 from torch import nn
 
-from quantum_daemon.bars import Bars
+from quantum_daemon.domain.bars import Bars
 from quantum_daemon.models.base import FitInfo, Forecast, TrainSet
 from quantum_daemon.models.nhits import NHiTS, NHiTSConfig
 from quantum_daemon.models.patchtst import PatchTST, PatchTSTConfig

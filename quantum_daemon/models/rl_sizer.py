@@ -57,10 +57,11 @@ from scipy.special import ndtr
 from stable_baselines3 import PPO
 from stable_baselines3.common.policies import ActorCriticPolicy
 
-from quantum_daemon.bars import Bars
-from quantum_daemon.evaluation.backtest import cost_rate, next_bar_returns
-from quantum_daemon.evaluation.performance import sharpe_ratio
-from quantum_daemon.features import FEATURE_NAMES, build_features
+from quantum_daemon.core.evaluation.backtest import cost_rate, next_bar_returns
+from quantum_daemon.core.evaluation.performance import sharpe_ratio
+from quantum_daemon.core.features import FEATURE_NAMES, build_features
+from quantum_daemon.core.scoring import compare_with_plain_rule
+from quantum_daemon.domain.bars import Bars
 from quantum_daemon.models.base import FitInfo, Forecast, TrainSet
 from quantum_daemon.models.sizing_env import (
     OBS_HIGH,
@@ -72,8 +73,7 @@ from quantum_daemon.models.sizing_env import (
     observe,
     rollout,
 )
-from quantum_daemon.recorded_signals import RecordedSignals
-from quantum_daemon.scoring import compare_with_plain_rule
+from quantum_daemon.storage.recorded_signals import RecordedSignals
 
 POLICY_FILE = "policy.safetensors"
 STATE_FILE = "rl_sizer.json"

@@ -33,7 +33,7 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
-from quantum_daemon.scoring import bar_net_return
+from quantum_daemon.core.scoring import bar_net_return
 
 OBS_LOW = np.array([-5.0, -1.0, -5.0, -1.0, -1.0], dtype=np.float32)
 OBS_HIGH = np.array([5.0, 1.0, 5.0, 0.0, 1.0], dtype=np.float32)

@@ -1,7 +1,7 @@
 """What the gradient-boosted tree families (``xgb``, ``lgbm``) share.
 
 Both regress ``mu``, the log return over the next ``horizon`` bars, on the
-engineered features of ``quantum_daemon.features`` (scale-free, so no scaler
+engineered features of ``quantum_daemon.core.features`` (scale-free, so no scaler
 is fitted), with early stopping on the validation window. ``p_up`` comes from
 ``mu`` through a Gaussian mapping calibrated on the validation window only:
 ``p_up = Phi(mu / s)``, where ``s`` is the standard deviation of the
@@ -24,8 +24,8 @@ from typing import Any, ClassVar, Self
 import numpy as np
 from scipy.special import ndtr
 
-from quantum_daemon.bars import Bars
-from quantum_daemon.features import FEATURE_NAMES, build_features, horizon_log_return
+from quantum_daemon.core.features import FEATURE_NAMES, build_features, horizon_log_return
+from quantum_daemon.domain.bars import Bars
 from quantum_daemon.models.base import FitInfo, Forecast, TrainSet
 
 MIN_SIGMA = 1e-12

@@ -2,7 +2,7 @@
 
 ``run_job(spec)`` is the top-level function that every backend runs in a
 worker process (the local spawn pool, the GPU worker, Ray): it trains and
-evaluates one version with ``quantum_daemon.offline`` (which writes the
+evaluates one version with ``quantum_daemon.training.offline`` (which writes the
 version folder atomically), then compares the new version head to head with
 the model's active version (``promotion.HeadToHead``). The bars travel in the
 spec as arrays, so a worker never opens the bar store; so do, for
@@ -23,11 +23,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quantum_daemon.bars import Bars
-from quantum_daemon.config import EvaluationConfig
-from quantum_daemon.promotion import HeadToHead
-from quantum_daemon.recorded_signals import RecordedSignals
-from quantum_daemon.timeframes import timeframe_ms
+from quantum_daemon.core.promotion import HeadToHead
+from quantum_daemon.domain.bars import Bars
+from quantum_daemon.domain.config import EvaluationConfig
+from quantum_daemon.domain.timeframes import timeframe_ms
+from quantum_daemon.storage.recorded_signals import RecordedSignals
 
 if TYPE_CHECKING:
     from quantum_daemon.models.base import Family
@@ -94,7 +94,7 @@ def run_job(spec: TrainJobSpec) -> TrainJobResult:
     started = time.perf_counter()
     seed_everything(spec.seed)
     pin_torch_threads(spec.family)
-    from quantum_daemon.offline import OfflineSpec, train_offline
+    from quantum_daemon.training.offline import OfflineSpec, train_offline
 
     trained = train_offline(
         OfflineSpec(
@@ -152,8 +152,8 @@ def head_to_head(spec: TrainJobSpec, new_dir: Path) -> HeadToHead:
     """Both versions on the new version's last test window, on the decisions
     that the active version did not see in training (promotion.py: "beats"),
     sizing the same signal where they size one (``spec.signals``)."""
-    from quantum_daemon.artifacts import ArtifactCorrupt
     from quantum_daemon.models.families import load_model
+    from quantum_daemon.storage.artifacts import ArtifactCorrupt
 
     assert spec.active is not None
     try:
@@ -198,10 +198,10 @@ def common_unseen_decisions(
 
 def _score(spec: TrainJobSpec, model: Family, idx: Any) -> tuple[float, float]:
     """(annualized Sharpe, total return) after costs of ``model`` on ``idx``."""
-    from quantum_daemon.evaluation.backtest import cost_rate, next_bar_returns, run_backtest
-    from quantum_daemon.evaluation.performance import sharpe_ratio, total_return
-    from quantum_daemon.evaluation.walkforward import EvaluationSettings, positions_of
-    from quantum_daemon.timeframes import bars_per_year
+    from quantum_daemon.core.evaluation.backtest import cost_rate, next_bar_returns, run_backtest
+    from quantum_daemon.core.evaluation.performance import sharpe_ratio, total_return
+    from quantum_daemon.core.evaluation.walkforward import EvaluationSettings, positions_of
+    from quantum_daemon.domain.timeframes import bars_per_year
 
     settings = EvaluationSettings.from_config(spec.evaluation)
     forecast = model.predict(spec.bars.slice(0, int(idx[-1]) + 1), idx)

@@ -35,8 +35,8 @@ from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from quantum_daemon.config import Config
-from quantum_daemon.logs import get_logger
+from quantum_daemon.domain.config import Config
+from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.training.jobs import TORCH_FAMILIES
 from quantum_daemon.training.worker import Reply, WorkerSettings, worker_main
 

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from quantum_daemon.config import Config
-from quantum_daemon.logs import get_logger
+from quantum_daemon.domain.config import Config
+from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.training.jobs import TORCH_FAMILIES
 from quantum_daemon.training.pool import (
     JobFn,

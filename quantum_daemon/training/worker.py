@@ -50,7 +50,7 @@ def initialize_worker(settings: WorkerSettings) -> None:
     os.environ["QUANTUM_WORKER_THREADS"] = str(settings.threads)
     if not settings.use_gpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
-    from quantum_daemon.logs import configure_logging
+    from quantum_daemon.runtime.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)  # type: ignore[arg-type]
     import structlog

@@ -1,0 +1,196 @@
+"""The trust-weighted ensemble and the signal it becomes.
+
+At a bar's close every active forecasting model gives (``mu``, ``p_up``);
+the ensemble is their linear pool under the trust weights, renormalized over
+the families that answered (a family without a trust weight yet enters at
+``1/N``, as ``trust.align`` does):
+
+    mu = sum_f w_f mu_f        p_up = sum_f w_f p_up_f
+
+The linear pool is what the exponential-weights guarantee is about: the
+Brier score is convex in ``p_up``, so the ensemble's loss is at most the
+trust-weighted average of the families' losses. ``rl_sizer`` consumes the
+ensemble and is never part of it.
+
+The signal for ``quantum:signals:{SYMBOL}:{TF}`` carries the ensemble, the
+position (``rl_sizer``'s when one is active, else the plain rule's, which is
+always included as ``plain_position`` so position families can be scored
+against it), each family's contribution, the versions used, and the latency
+from bar arrival to signal. Pure: the caller measures the latency.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from quantum_daemon.core.evaluation.backtest import (
+    DEFAULT_POSITION_THRESHOLD,
+    position_from_forecast,
+)
+from quantum_daemon.core.trust import align
+from quantum_daemon.models.base import Forecast
+
+SIZERS = frozenset({"rl_sizer"})
+PLAIN_RULE = "plain_rule"
+
+
+@dataclass(frozen=True)
+class MemberForecast:
+    """One active model's answer at a bar's close."""
+
+    family: str
+    model: str
+    version: str
+    mu: float
+    p_up: float
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """What one family put into the ensemble: its forecast and its weight."""
+
+    family: str
+    model: str
+    version: str
+    weight: float
+    mu: float
+    p_up: float
+
+
+@dataclass(frozen=True)
+class EnsembleForecast:
+    mu: float
+    p_up: float
+    contributions: tuple[Contribution, ...]
+
+
+def combine(members: Sequence[MemberForecast], weights: Mapping[str, float]) -> EnsembleForecast:
+    """The linear pool of ``members`` (sizers left out) under ``weights``."""
+    pooled = [m for m in members if m.family not in SIZERS]
+    families = [m.family for m in pooled]
+    if not pooled:
+        raise ValueError("no forecasting model to combine")
+    if len(set(families)) != len(families):
+        raise ValueError(f"one model per family, got {sorted(families)}")
+    w = align(weights, families)
+    contributions = tuple(
+        Contribution(m.family, m.model, m.version, w[m.family], m.mu, m.p_up) for m in pooled
+    )
+    mu = math.fsum(c.weight * c.mu for c in contributions)
+    p_up = math.fsum(c.weight * c.p_up for c in contributions)
+    return EnsembleForecast(mu, min(max(p_up, 0.0), 1.0), contributions)
+
+
+def pool_forecasts(forecasts: Mapping[str, Forecast], weights: Mapping[str, float]) -> Forecast:
+    """The same linear pool over arrays (one forecast per family over the same
+    decisions), e.g. to give ``rl_sizer`` an ensemble history offline."""
+    pooled = {f: fc for f, fc in forecasts.items() if f not in SIZERS}
+    if not pooled:
+        raise ValueError("no forecasting family to combine")
+    w = align(weights, list(pooled))
+    mu = sum(w[f] * np.asarray(fc.mu, dtype=np.float64) for f, fc in pooled.items())
+    p_up = sum(w[f] * np.asarray(fc.p_up, dtype=np.float64) for f, fc in pooled.items())
+    return Forecast(mu=np.asarray(mu), p_up=np.clip(np.asarray(p_up), 0.0, 1.0))
+
+
+def plain_position(mu: float, p_up: float, threshold: float = DEFAULT_POSITION_THRESHOLD) -> float:
+    """The evaluator's signal-to-position rule for one forecast."""
+    return float(position_from_forecast(np.array([mu]), np.array([p_up]), threshold)[0])
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One entry of ``quantum:signals:{SYMBOL}:{TF}``; ``ts`` is the bar's open time."""
+
+    symbol: str
+    tf: str
+    ts: int
+    mu: float
+    p_up: float
+    position: float
+    position_source: str
+    plain_position: float
+    contributions: tuple[Contribution, ...]
+    versions: Mapping[str, str]
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class SizerDecision:
+    """``rl_sizer``'s position for this bar and the version that chose it."""
+
+    position: float
+    model: str
+    version: str
+
+
+def build_signal(
+    symbol: str,
+    tf: str,
+    ts: int,
+    ensemble: EnsembleForecast,
+    sizer: SizerDecision | None,
+    latency_ms: float,
+    threshold: float = DEFAULT_POSITION_THRESHOLD,
+) -> Signal:
+    """The signal of one bar: the sizer's position if there is one, else the plain rule's."""
+    plain = plain_position(ensemble.mu, ensemble.p_up, threshold)
+    versions = {c.family: c.version for c in ensemble.contributions}
+    position, source = plain, PLAIN_RULE
+    if sizer is not None:
+        position, source = min(max(sizer.position, -1.0), 1.0), "rl_sizer"
+        versions["rl_sizer"] = sizer.version
+    return Signal(
+        symbol, tf, ts, ensemble.mu, ensemble.p_up, position, source, plain,
+        ensemble.contributions, versions, latency_ms,
+    )  # fmt: skip
+
+
+def signal_fields(signal: Signal) -> dict[str, str]:
+    """Stream fields of a signal: numbers as decimal strings, nested parts as JSON."""
+    return {
+        "symbol": signal.symbol,
+        "tf": signal.tf,
+        "ts": str(signal.ts),
+        "mu": repr(signal.mu),
+        "p_up": repr(signal.p_up),
+        "position": repr(signal.position),
+        "position_source": signal.position_source,
+        "plain_position": repr(signal.plain_position),
+        "contributions": json.dumps([asdict(c) for c in signal.contributions]),
+        "versions": json.dumps(dict(signal.versions), sort_keys=True),
+        "latency_ms": repr(signal.latency_ms),
+    }
+
+
+def parse_signal(fields: Mapping[str, str] | Mapping[bytes, bytes]) -> Signal:
+    """Read back a signal from its stream fields (``str`` or ``bytes``)."""
+    f = {field_text(k): field_text(v) for k, v in fields.items()}
+    return Signal(
+        symbol=f["symbol"],
+        tf=f["tf"],
+        ts=int(f["ts"]),
+        mu=float(f["mu"]),
+        p_up=float(f["p_up"]),
+        position=float(f["position"]),
+        position_source=f["position_source"],
+        plain_position=float(f["plain_position"]),
+        contributions=tuple(Contribution(**c) for c in json.loads(f["contributions"])),
+        versions=json.loads(f["versions"]),
+        latency_ms=float(f["latency_ms"]),
+    )
+
+
+def signal_json(signal: Signal) -> dict[str, object]:
+    """A signal as JSON-able data, for ``/api/signals``."""
+    return asdict(signal) | {"contributions": [asdict(c) for c in signal.contributions]}
+
+
+def field_text(value: str | bytes) -> str:
+    """A Redis field name or value as text (redis-py gives bytes unless it decodes)."""
+    return value.decode() if isinstance(value, bytes) else value

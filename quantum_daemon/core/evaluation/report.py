@@ -1,0 +1,176 @@
+"""An evaluation as data: the metrics JSON, and the report folder.
+
+``metrics_json`` gives the one JSON shape that the CLI prints, the artifact
+metadata stores and the registry gates read. ``write_report`` writes
+``metrics.json``, ``returns.csv`` (``ts,strategy,buy_and_hold``: per-bar
+simple returns after costs, ``ts`` the epoch-ms open time of the bar whose
+return it is) and ``equity.png`` (matplotlib, imported here only, Agg backend).
+Numbers that are undefined (a profit factor without losses, a win rate
+without trades) are JSON null.
+
+``calibration_json`` / ``write_calibration`` give ``calibration.json`` for
+the report folder: the test-window ECE of ``p_up`` with its reliability bins,
+and per test window the validation ECE before and after calibration
+(``models.calibrated``). The ECE is not a ``JSON_KEYS`` key: the artifact
+metadata's ``metrics`` carry it as ``ece`` beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantum_daemon.core.calibration import reliability
+from quantum_daemon.core.evaluation.performance import TradingMetrics
+from quantum_daemon.core.evaluation.walkforward import EvaluationReport
+
+JSON_KEYS = (
+    "model_id",
+    "version",
+    "family",
+    "trades",
+    "win_rate",
+    "sharpe",
+    "sortino",
+    "profit_factor",
+    "max_drawdown",
+    "exposure",
+    "turnover",
+    "total_return",
+    "psr",
+    "dsr",
+    "mae",
+    "mase",
+    "hit_rate",
+    "n_test_bars",
+    "baselines",
+)
+
+
+def finite_or_none(value: float | int | None) -> float | int | None:
+    if value is None or isinstance(value, int):
+        return value
+    return float(value) if math.isfinite(value) else None
+
+
+def _trading_dict(metrics: TradingMetrics) -> dict[str, float | int | None]:
+    return {k: finite_or_none(v) for k, v in metrics.as_dict().items()}
+
+
+def metrics_json(
+    report: EvaluationReport, model_id: str, version: str, family: str
+) -> dict[str, Any]:
+    """The metrics of one evaluation, keys exactly ``JSON_KEYS``."""
+    return {
+        "model_id": model_id,
+        "version": version,
+        "family": family,
+        **_trading_dict(report.trading),
+        "psr": finite_or_none(report.psr),
+        "dsr": finite_or_none(report.dsr),
+        "mae": finite_or_none(report.forecast.mae),
+        "mase": finite_or_none(report.forecast.mase),
+        "hit_rate": finite_or_none(report.forecast.hit_rate),
+        "n_test_bars": report.n_test_bars,
+        "baselines": {k: _trading_dict(v) for k, v in report.baseline_metrics.items()},
+    }
+
+
+def write_report(directory: Path, metrics: dict[str, Any], report: EvaluationReport) -> list[Path]:
+    """Write metrics.json, returns.csv and equity.png into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / "metrics.json", directory / "returns.csv", directory / "equity.png"]
+    _write_text(paths[0], json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    _write_text(paths[1], returns_csv(report))
+    _plot_equity(paths[2], report)
+    return paths
+
+
+CALIBRATION_FILE = "calibration.json"
+N_BINS = 10
+_FIT_PREFIX = "calibration_"
+
+
+def calibration_json(report: EvaluationReport) -> dict[str, Any]:
+    """Test-window ECE and reliability bins, validation ECE per test window."""
+    up = np.where(np.isnan(report.outcome), np.nan, report.outcome > 0)
+    bins = reliability(report.p_up, up, N_BINS)
+    windows = []
+    for number, outcome in enumerate(report.folds):
+        found = {
+            k.removeprefix(_FIT_PREFIX): v
+            for k, v in outcome.fit.extra.items()
+            if k.startswith(_FIT_PREFIX)
+        }
+        windows.append({"window": number, "refitted": outcome.refitted, **found})
+    return {
+        "n_bins": N_BINS,
+        "test": {
+            "ece": finite_or_none(report.ece),
+            "n": sum(b.count for b in bins),
+            "reliability": [
+                {
+                    "lower": b.lower,
+                    "upper": b.upper,
+                    "count": b.count,
+                    "mean_p": b.mean_p,
+                    "frequency": b.frequency,
+                }
+                for b in bins
+            ],
+        },
+        "validation": windows,
+    }
+
+
+def write_calibration(directory: Path, report: EvaluationReport) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / CALIBRATION_FILE
+    _write_text(path, json.dumps(calibration_json(report), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def returns_csv(report: EvaluationReport) -> str:
+    bh = report.baselines["buy_and_hold"].net
+    lines = ["ts,strategy,buy_and_hold"]
+    lines += [
+        f"{int(ts)},{s!r},{b!r}"
+        for ts, s, b in zip(
+            report.return_ts, report.strategy.net.tolist(), bh.tolist(), strict=True
+        )
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _plot_equity(path: Path, report: EvaluationReport) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    when = report.return_ts.astype("datetime64[ms]")
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for name, net in (
+        ("strategy", report.strategy.net),
+        ("buy and hold", report.baselines["buy_and_hold"].net),
+    ):
+        ax.plot(when, np.cumprod(1.0 + net), label=name, linewidth=1.2)
+    ax.axhline(1.0, color="grey", linewidth=0.6)
+    ax.set_title(f"{report.symbol} {report.tf}: out-of-sample equity after costs")
+    ax.set_ylabel("equity (start = 1)")
+    ax.legend(loc="best")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,243 @@
+"""Operator commands: the ``quantum:control`` stream and what the CLI shares.
+
+A command is a stream entry with the fields ``command`` (``train``,
+``promote``, ``retire``, ``rollback``), ``model_id``, ``version`` (promote
+and retire) and an optional ``reason``. The daemon reads the stream with a
+consumer group (the ingest group's name), applies each command, answers on
+``quantum:events`` with ``control.applied`` or ``control.rejected`` (with
+``command_id``, the entry id, so that the sender can wait for its answer),
+then acknowledges it. On start it first re-reads its own pending entries;
+the registry remembers applied command ids, so a redelivery changes nothing.
+
+``apply_to_registry`` is the one mapping of promote / retire / rollback onto
+the registry: the daemon's handler and the CLI's direct mode (no daemon
+running) both call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from quantum_daemon.domain.keys import Keys
+from quantum_daemon.lifecycle.scheduler import ModelKey
+from quantum_daemon.runtime.aio import sleep_or_stop
+from quantum_daemon.runtime.backoff import Backoff
+from quantum_daemon.runtime.logs import get_logger
+from quantum_daemon.storage.artifacts import ArtifactCorrupt
+from quantum_daemon.storage.events import (
+    CONTROL_APPLIED,
+    CONTROL_REJECTED,
+    Event,
+    EventPublisher,
+    make_event,
+)
+from quantum_daemon.storage.registry.registry import Registry, RegistryError
+
+log = get_logger()
+
+COMMANDS = ("train", "promote", "retire", "rollback")
+NEEDS_VERSION = frozenset({"promote", "retire"})
+CONTROL_MAXLEN = 10_000
+
+
+class BadCommand(ValueError):
+    """A control entry that is not a valid command (it is rejected and acked)."""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    model_id: str
+    version: str | None = None
+    reason: str = "operator"
+    command_id: str | None = None
+
+    def fields(self) -> dict[str, str]:
+        """The stream entry that sends this command."""
+        body = {"command": self.name, "model_id": self.model_id, "reason": self.reason}
+        if self.version:
+            body["version"] = self.version
+        return body
+
+
+def parse_command(entry_id: str, fields: Mapping[Any, Any]) -> Command:
+    get = {_text(k): _text(v) for k, v in fields.items()}
+    name = get.get("command", "")
+    if name not in COMMANDS:
+        raise BadCommand(f"unknown command {name!r}; known: {list(COMMANDS)}")
+    model_id = get.get("model_id", "")
+    try:
+        ModelKey.parse(model_id)
+    except ValueError as exc:
+        raise BadCommand(str(exc)) from None
+    version = get.get("version") or None
+    if name in NEEDS_VERSION and version is None:
+        raise BadCommand(f"{name} needs a version")
+    return Command(name, model_id, version, get.get("reason") or "operator", entry_id)
+
+
+def apply_to_registry(registry: Registry, command: Command) -> list[Event]:
+    """Promote, retire or roll back in the registry; raises ``RegistryError``.
+    A version about to become active has its artifacts checked first: a
+    corrupt one is refused (``model.load_refused``) and never activated."""
+    reason = f"operator: {command.reason}"
+    if command.name in ("promote", "rollback"):
+        target = command.version or registry.previous_active(command.model_id)
+        if target is not None:
+            check_artifacts(registry, command.model_id, target)
+    if command.name == "promote":
+        assert command.version is not None
+        return registry.promote(command.model_id, command.version, reason, command.command_id)
+    if command.name == "retire":
+        assert command.version is not None
+        return registry.retire(command.model_id, command.version, reason, command.command_id)
+    if command.name == "rollback":
+        return registry.rollback(command.model_id, reason, command.command_id)
+    raise BadCommand(f"{command.name} is not a registry command")
+
+
+def check_artifacts(registry: Registry, model_id: str, version: str) -> None:
+    """Raise ``RegistryError`` (after recording the refusal) when the
+    version's artifacts fail their sha256 check."""
+    if version not in {v.version for v in registry.versions(model_id)}:
+        return  # the registry refuses an unknown version itself
+    try:
+        registry.verify(model_id, version)
+    except ArtifactCorrupt as exc:
+        registry.refuse(model_id, version, str(exc))
+        raise RegistryError(f"{model_id} {version}: artifact refused: {exc}") from None
+
+
+def reply_event(command: Command | None, entry_id: str, error: str | None, **fields: Any) -> Event:
+    """``control.applied`` or ``control.rejected`` for the entry ``entry_id``."""
+    model_id = command.model_id if command else ""
+    try:
+        key = ModelKey.parse(model_id)
+    except ValueError:
+        key = ModelKey("", "", "")
+    return make_event(
+        CONTROL_REJECTED if error else CONTROL_APPLIED,
+        model_id=model_id,
+        family=key.family,
+        symbol=key.symbol,
+        tf=key.tf,
+        version=command.version if command else None,
+        at=datetime.now(UTC),
+        transition=entry_id,
+        command_id=entry_id,
+        command=command.name if command else None,
+        error=error,
+        **fields,
+    )
+
+
+Handler = Callable[[Command], Awaitable[list[str]]]
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class ControlConsumer:
+    """Reads ``quantum:control`` with a consumer group and applies commands
+    with ``handler`` (which returns the names of what it did, for the reply)."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        group: str,
+        handler: Handler,
+        publisher: EventPublisher,
+        consumer: str | None = None,
+        block_ms: int = 200,
+        reconnect_max_s: float = 10.0,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.group = group
+        self.handler = handler
+        self.publisher = publisher
+        self.consumer = consumer or consumer_name()
+        self.block_ms = block_ms
+        self.reconnect_max_s = reconnect_max_s
+        self.applied = 0
+        self.rejected = 0
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.client.xgroup_create(self.keys.control, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = Backoff(cap=self.reconnect_max_s)
+        while not stop.is_set():
+            try:
+                await self.ensure_group()
+                await self.drain_pending()
+                while not stop.is_set():
+                    await self.read_once(">", self.block_ms)
+                    backoff.reset()
+            except (RedisError, OSError) as exc:
+                delay = backoff.next_delay()
+                log.warning("control.redis_error", error=str(exc), retry_in_s=round(delay, 3))
+                await sleep_or_stop(stop, delay)
+
+    async def drain_pending(self) -> int:
+        """Re-read and apply this consumer's unacknowledged commands."""
+        total = 0
+        while handled := await self.read_once("0", None):
+            total += handled
+        return total
+
+    async def read_once(self, cursor: str, block_ms: int | None) -> int:
+        reply: Any = await self.client.xreadgroup(
+            self.group, self.consumer, {self.keys.control: cursor}, count=10, block=block_ms
+        )
+        handled = 0
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                if fields:  # a pending entry trimmed away comes back empty
+                    await self.handle(_text(entry_id), fields)
+                else:
+                    await self.client.xack(self.keys.control, self.group, entry_id)
+                handled += 1
+        return handled
+
+    async def handle(self, entry_id: str, fields: Mapping[Any, Any]) -> None:
+        command: Command | None = None
+        try:
+            command = parse_command(entry_id, fields)
+            done = await self.handler(command)
+            reply = reply_event(command, entry_id, None, did=done)
+            self.applied += 1
+            log.info(
+                "control.applied",
+                command=command.name,
+                model_id=command.model_id,
+                version=command.version,
+                command_id=entry_id,
+                did=done,
+            )
+        except (BadCommand, RegistryError, KeyError) as exc:
+            error = str(exc) if not isinstance(exc, KeyError) else f"unknown model {exc}"
+            reply = reply_event(command, entry_id, error)
+            self.rejected += 1
+            log.warning("control.rejected", command_id=entry_id, error=error)
+        await self.publisher.publish(reply)
+        await self.client.xack(self.keys.control, self.group, entry_id)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,80 @@
+"""What ``/api/models``, ``/api/jobs`` and the status section show of the
+continuous-learning loop: plain data built from the service's state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from quantum_daemon.lifecycle.scheduler import Scheduler, TrainRequest
+from quantum_daemon.storage.registry.registry import Registry
+
+
+@dataclass
+class JobRecord:
+    """One job as ``/api/jobs`` shows it."""
+
+    job_id: str
+    model_id: str
+    family: str
+    reasons: list[str]
+    version: str
+    status: str = "running"
+    started_at: float = 0.0
+    seconds: float | None = None
+    reason: str | None = None
+    stage: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def models_view(registry: Registry) -> list[dict[str, Any]]:
+    """Every model with its active version and all its versions (reads files:
+    call it in a thread)."""
+    by_model: dict[str, dict[str, Any]] = {}
+    for info in registry.versions():
+        model = by_model.setdefault(
+            info.model_id,
+            {
+                "model_id": info.model_id,
+                "family": info.family,
+                "symbol": info.symbol,
+                "tf": info.tf,
+                "active": None,
+                "versions": [],
+            },
+        )
+        model["versions"].append(info.to_json())
+        if info.stage == "active":
+            model["active"] = info.version
+    return list(by_model.values())
+
+
+def jobs_view(
+    backend: Mapping[str, Any],
+    scheduler: Scheduler,
+    running: Iterable[JobRecord],
+    recent: Iterable[JobRecord],
+    totals: Mapping[str, int],
+    now: float,
+) -> dict[str, Any]:
+    return {
+        "backend": dict(backend),
+        "queued": [queued_view(scheduler, r, now) for r in scheduler.pending()],
+        "running": [asdict(r) for r in running],
+        "recent": [asdict(r) for r in reversed(list(recent))],
+        "totals": dict(totals),
+    }
+
+
+def queued_view(scheduler: Scheduler, request: TrainRequest, now: float) -> dict[str, Any]:
+    key = request.key
+    return {
+        "model_id": request.model_id,
+        "reasons": sorted(request.reasons),
+        "requested_at": request.requested_at,
+        "has_active": request.has_active,
+        "ready": scheduler.is_ready(request, now),
+        "bars": scheduler.available(key.symbol, key.tf),
+        "min_bars": scheduler.policy.min_bars,
+    }

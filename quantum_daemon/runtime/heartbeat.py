@@ -1,0 +1,69 @@
+"""Liveness for other processes: a heartbeat key with a TTL, and systemd's
+watchdog ping from the same loop (so a stalled loop stops both)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from quantum_daemon.domain.config import DaemonConfig
+from quantum_daemon.runtime.aio import sleep_or_stop
+from quantum_daemon.runtime.logs import get_logger
+from quantum_daemon.runtime.redis_link import RedisLink
+from quantum_daemon.runtime.sdnotify import Notifier
+
+log = get_logger()
+
+
+def heartbeat_payload(ready: bool, started_at: float, now: float) -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "ts": now,
+        "started_at": started_at,
+        "ready": ready,
+    }
+
+
+async def heartbeat_loop(
+    stop: asyncio.Event,
+    link: RedisLink,
+    key: str,
+    cfg: DaemonConfig,
+    notifier: Notifier,
+    is_ready: Callable[[], bool],
+) -> None:
+    started_at = time.time()
+    while not stop.is_set():
+        notifier.watchdog()
+        payload = json.dumps(heartbeat_payload(is_ready(), started_at, time.time()))
+        try:
+            await link.client.set(key, payload, px=int(cfg.heartbeat_ttl_s * 1000))
+        except (RedisError, OSError) as exc:
+            log.debug("heartbeat.failed", error=str(exc))
+        await sleep_or_stop(stop, cfg.heartbeat_interval_s)
+    try:
+        await link.client.delete(key)
+    except (RedisError, OSError):
+        pass
+
+
+async def loop_lag_monitor(
+    stop: asyncio.Event, observe: Callable[[float], None], warn_ms: float, interval_s: float = 0.05
+) -> None:
+    """Measure how late the loop wakes a sleeper; warn when it stalls."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        start = loop.time()
+        await asyncio.sleep(interval_s)
+        lag = max(0.0, loop.time() - start - interval_s)
+        observe(lag)
+        if lag * 1000 > warn_ms:
+            log.warning("loop.stalled", lag_ms=round(lag * 1000, 1))

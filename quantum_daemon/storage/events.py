@@ -1,0 +1,232 @@
+"""Lifecycle events on ``quantum:events`` (DESIGN §5), published exactly once.
+
+An entry has two fields: ``type`` (``model.promoted``, ...) and ``data``, a
+JSON object holding ``event_id``, ``model_id``, ``family``, ``symbol``,
+``tf``, ``version``, ``timestamp`` (ISO 8601, UTC, when it happened) and the
+event's own fields. The stream is trimmed (``MAXLEN ~``).
+
+Exactly once: every event has an id derived from what it records (type,
+model, version, and the transition or job), and is published by a Lua
+script that adds it only if its dedup key (``{events}:seen:{digest}``, with a
+TTL) was not set yet, atomically. Registry events are first written to the
+model's durable outbox in the same atomic write as the transition itself
+(``registry.py``); ``OutboxFlusher`` publishes the outbox and confirms what
+went out. A crash between publishing and confirming re-publishes on start,
+which the dedup key turns into a no-op; Redis down leaves events in the
+outbox until it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from quantum_daemon.domain.keys import Keys
+from quantum_daemon.runtime.aio import sleep_or_stop
+from quantum_daemon.runtime.logs import get_logger
+
+log = get_logger()
+
+EVENTS_MAXLEN = 10_000
+DEDUP_TTL_S = 7 * 24 * 3600
+FINAL_FLUSH_S = 2.0
+
+TRAINING_STARTED = "training.started"
+TRAINING_COMPLETED = "training.completed"
+TRAINING_FAILED = "training.failed"
+MODEL_REGISTERED = "model.registered"
+MODEL_EVALUATED = "model.evaluated"
+MODEL_PROMOTED = "model.promoted"
+MODEL_REJECTED = "model.rejected"
+MODEL_RETIRED = "model.retired"
+MODEL_LOAD_REFUSED = "model.load_refused"
+CONTROL_APPLIED = "control.applied"
+CONTROL_REJECTED = "control.rejected"
+
+# KEYS[1] stream, KEYS[2] dedup key; ARGV: ttl, maxlen, type, data.
+_PUBLISH_ONCE = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
+  return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'type', ARGV[3], 'data', ARGV[4])
+end
+return false
+"""
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str
+    data: Mapping[str, Any]
+
+    @property
+    def event_id(self) -> str:
+        return str(self.data["event_id"])
+
+    @property
+    def model_id(self) -> str | None:
+        value = self.data.get("model_id")
+        return None if value is None else str(value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "data": dict(self.data)}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Event:
+        return cls(str(raw["type"]), dict(raw["data"]))
+
+    def fields(self) -> dict[str, str]:
+        return {"type": self.type, "data": json.dumps(self.data, default=str)}
+
+
+def make_event(
+    type: str,
+    *,
+    model_id: str,
+    family: str,
+    symbol: str,
+    tf: str,
+    version: str | None,
+    at: datetime,
+    transition: str,
+    **fields: Any,
+) -> Event:
+    """An event whose id is ``type|model_id|version|transition``."""
+    event_id = f"{type}|{model_id}|{version or '-'}|{transition}"
+    data = {
+        "event_id": event_id,
+        "model_id": model_id,
+        "family": family,
+        "symbol": symbol,
+        "tf": tf,
+        "version": version,
+        "timestamp": at.isoformat(),
+        **fields,
+    }
+    return Event(type, data)
+
+
+def dedup_key(keys: Keys, event_id: str) -> str:
+    digest = hashlib.sha256(event_id.encode()).hexdigest()[:32]
+    return f"{keys.events}:seen:{digest}"
+
+
+def parse_entry(fields: Mapping[Any, Any]) -> Event:
+    """An event from a stream entry's fields (bytes or str)."""
+    get = {_text(k): _text(v) for k, v in fields.items()}
+    return Event(get["type"], json.loads(get["data"]))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class EventPublisher:
+    """Publishes events once each, on the daemon's asyncio client."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, maxlen: int = EVENTS_MAXLEN) -> None:
+        self.client = client
+        self.keys = keys
+        self.maxlen = maxlen
+        self._script = client.register_script(_PUBLISH_ONCE)
+
+    async def publish(self, event: Event) -> bool:
+        """True when added now, False when it had been published before."""
+        added = await self._script(
+            keys=[self.keys.events, dedup_key(self.keys, event.event_id)],
+            args=[DEDUP_TTL_S, self.maxlen, event.type, event.fields()["data"]],
+        )
+        return added is not None
+
+
+def publish_sync(
+    client: redis.Redis, keys: Keys, event: Event, maxlen: int = EVENTS_MAXLEN
+) -> bool:
+    """``EventPublisher.publish`` for synchronous callers (the CLI)."""
+    added = client.eval(
+        _PUBLISH_ONCE,
+        2,
+        keys.events,
+        dedup_key(keys, event.event_id),
+        DEDUP_TTL_S,
+        maxlen,
+        event.type,
+        event.fields()["data"],
+    )
+    return added is not None
+
+
+class OutboxStore(Protocol):
+    """Where unpublished events wait (the registry's per-model state files)."""
+
+    def pending_events(self) -> list[Event]: ...
+
+    def confirm_events(self, model_id: str, event_ids: Sequence[str]) -> None: ...
+
+
+class OutboxFlusher:
+    """Publishes the outbox in order, confirms what went out; on a Redis
+    error it stops and leaves the rest for the next flush."""
+
+    def __init__(self, store: OutboxStore, publisher: EventPublisher, interval_s: float = 2.0):
+        self.store = store
+        self.publisher = publisher
+        self.interval_s = interval_s
+        self.published = 0
+        self.backlog = 0
+        self._wakeup = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def flush(self) -> int:
+        """Publish what waits; return how many events were confirmed."""
+        pending = await asyncio.to_thread(self.store.pending_events)
+        done: dict[str, list[str]] = {}
+        try:
+            for event in pending:
+                await self.publisher.publish(event)
+                done.setdefault(event.model_id or "", []).append(event.event_id)
+        except (RedisError, OSError) as exc:
+            log.warning("events.flush_failed", error=str(exc), waiting=len(pending))
+        for model_id, ids in done.items():
+            await asyncio.to_thread(self.store.confirm_events, model_id, ids)
+        confirmed = sum(len(ids) for ids in done.values())
+        self.published += confirmed
+        self.backlog = len(pending) - confirmed
+        return confirmed
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                await self.flush()
+                if self.backlog:
+                    await sleep_or_stop(stop, self.interval_s)
+                else:
+                    await self._sleep(stop)
+        finally:
+            await self._last_flush()
+
+    async def _last_flush(self) -> None:
+        """Stopping or cancelled (a sibling loop crashed): publish what waits,
+        briefly; whatever does not go out stays in the outbox for the next start."""
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.flush()), FINAL_FLUSH_S)
+
+    async def _sleep(self, stop: asyncio.Event) -> None:
+        wake = asyncio.ensure_future(self._wakeup.wait())
+        halt = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({wake, halt}, timeout=30.0, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wake.cancel()
+            halt.cancel()
+        self._wakeup.clear()

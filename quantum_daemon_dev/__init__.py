@@ -1,0 +1,1 @@
+"""Tooling for the tests, the demo and the benchmarks: never imported by the daemon."""
