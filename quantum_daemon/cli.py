@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train",
     "models",
     "replay",
+    "simulate",
     "bars",
     "version",
 )

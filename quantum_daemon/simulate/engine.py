@@ -1,0 +1,591 @@
+"""The loop on a simulated clock: the live path's decisions, bar by bar.
+
+At each bar close ``t`` (in time order across the series):
+
+1. the scheduler hears of the stored bar (``Scheduler.bars_stored``, ``tick``);
+2. every live version (active or candidate) has its forecast for the bar
+   (batch predictions, ``predict_job``), the ensemble pools the active
+   forecasters under the trust weights of that moment and the signal takes
+   the plain rule's position (``core.ensemble``), as the inference worker does;
+3. the predictions due at this bar are settled (``inference.rounds.settle``),
+   one trust round per settling bar (``trust_store.plan_round``), candidates'
+   scores go to their shadow record and the shadow verdicts are applied
+   (``scoring.shadow_verdict``, ``shadow_outcome``, the registry's
+   ``promote_candidate`` / ``retire_candidate``);
+4. the jobs the scheduler hands out run in the executor on the
+   ``history_bars`` bars up to ``t`` (``training.jobs.run_job``), are judged
+   (``promotion.judge``, ``Registry.apply_verdict``) and superseded
+   candidates retired; simulated time stands still while they train, and a
+   version trained at ``t`` is live from the next bar on.
+
+Nothing here sees a bar after ``t``: predictions of a span are made from the
+bars up to each prediction's own bar (families' ``predict`` is causal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantum_daemon.core.ensemble import MemberForecast, combine, plain_position
+from quantum_daemon.core.evaluation.backtest import cost_rate
+from quantum_daemon.core.promotion import HeadToHead, judge
+from quantum_daemon.core.scoring import shadow_outcome, shadow_verdict
+from quantum_daemon.domain.bars import Bars
+from quantum_daemon.domain.config import Config
+from quantum_daemon.domain.timeframes import timeframe_ms
+from quantum_daemon.inference.records import DuePrediction
+from quantum_daemon.inference.rounds import SCALE_WINDOW, due_ts, settle, trust_rounds
+from quantum_daemon.lifecycle.scheduler import (
+    ModelKey,
+    Scheduler,
+    SchedulerPolicy,
+    TrainRequest,
+    model_keys,
+)
+from quantum_daemon.simulate.inputs import SimulationSeries
+from quantum_daemon.simulate.predict_job import PredictResult, PredictSpec, predict_span
+from quantum_daemon.storage import artifacts
+from quantum_daemon.storage.registry.registry import Registry
+from quantum_daemon.storage.trust_store import StoredState, plan_round
+from quantum_daemon.training.jobs import ActiveRef, TrainJobResult, TrainJobSpec, run_job
+from quantum_daemon.training.pool import Executor, JobOutcome
+
+ACTIVE, CANDIDATE = "active", "candidate"
+POSITION_FAMILIES = frozenset({"evo_model", "rl_sizer"})
+SHADOW_REASON = "shadow"
+PREDICT_CHUNK = 256  # bars forecast per batch call
+
+
+@dataclass
+class Prediction:
+    mu: float
+    p_up: float
+    position: float | None
+
+
+@dataclass
+class VersionRecord:
+    """A version's life in the simulation: its forecasts and live losses."""
+
+    model_id: str
+    family: str
+    symbol: str
+    version: str
+    path: str
+    trained_at: int  # bar index (of its series) of the training
+    live_from: int
+    horizon: int = 1
+    predictions: dict[int, Prediction] = field(default_factory=dict)
+    losses: dict[int, float] = field(default_factory=dict)  # bar ts -> live loss
+    live_bars: int = 0
+
+
+@dataclass
+class TimelineEntry:
+    ts: int  # close time of the bar at which it happened (epoch ms)
+    kind: str
+    model_id: str
+    version: str
+    detail: str = ""
+
+
+@dataclass
+class BarRecord:
+    """What the loop and the variants knew at one bar of one series."""
+
+    ts: int
+    close: float
+    forecasts: dict[tuple[str, str], tuple[str, Prediction]]  # (model, version) -> (stage, p)
+    newest: dict[str, str]  # model_id -> newest trained version
+    weights: dict[str, float]
+    signal: dict[str, Any] | None
+
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+class Simulation:
+    """See the module docstring; ``run`` returns when the span is done or
+    ``stop`` is set (then ``partial`` is true)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        series: Sequence[SimulationSeries],
+        families: Sequence[str],
+        data_dir: Path,
+        executor: Executor,
+        progress: Progress | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.series = {s.key: s for s in series}
+        self.tf = series[0].bars.tf
+        self.step = timeframe_ms(self.tf)
+        self.families = list(families)
+        self.data_dir = data_dir
+        self.executor = executor
+        self.progress = progress or (lambda _: None)
+        self.registry = Registry(data_dir)
+        symbols = [s.bars.symbol for s in series]
+        self.keys = model_keys(self.families, symbols, [self.tf])
+        policy = SchedulerPolicy(
+            retrain_every_bars=cfg.models.retrain_every_bars,
+            retrain_interval_s=cfg.models.retrain_interval_s,
+            min_bars=cfg.training.history_bars,
+        )
+        self.scheduler = Scheduler(self.keys, policy)
+        self.cost_rate = cost_rate(cfg.evaluation.fee_bps, cfg.evaluation.slippage_bps)
+        self.versions: dict[tuple[str, str], VersionRecord] = {}
+        self.newest: dict[str, str] = {}
+        self.weights: dict[str, float] = {}
+        self.live_families: tuple[str, ...] = ()
+        self.timeline: list[TimelineEntry] = []
+        self.bars: dict[tuple[str, str], list[BarRecord]] = {k: [] for k in self.series}
+        self.trust_history: list[tuple[int, dict[str, float]]] = []
+        self.jobs_done = 0
+        self.jobs_failed = 0
+        self.partial = False
+        self.now_ms = 0
+        self._loaded_cache: dict[str, list[tuple[str, str]]] = {}
+
+    # -- the clock -----------------------------------------------------------
+    def bar_times(self) -> list[int]:
+        """Open times of the simulated bars across all series, in order."""
+        times: set[int] = set()
+        for s in self.series.values():
+            times.update(int(t) for t in s.bars.ts[s.start : s.stop])
+        return sorted(times)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        times = self.bar_times()
+        first_close = times[0]  # the close of the last history bar is the open of the first
+        self._start(first_close)
+        await self._train_ready(first_close, {})
+        for n, ts in enumerate(times):
+            if stop.is_set():
+                self.partial = True
+                break
+            await self.step_bar(ts)
+            self.progress(
+                {
+                    "done": n + 1,
+                    "total": len(times),
+                    "ts": ts + self.step,
+                    "versions": self.jobs_done,
+                }
+            )
+
+    def _start(self, now_ms: int) -> None:
+        for key, s in self.series.items():
+            self.scheduler.set_available(key[0], key[1], s.start)
+        self.scheduler.start(now_ms / 1000, {})
+        self.now_ms = now_ms
+
+    async def step_bar(self, ts: int) -> None:
+        close_ms = ts + self.step
+        self.now_ms = close_ms
+        index = {}
+        for key, s in self.series.items():
+            i = _index_of(s.bars.ts, ts)
+            if i is not None and s.start <= i < s.stop:
+                index[key] = i
+                self.scheduler.bars_stored(key[0], key[1], 1, close_ms / 1000)
+        self.scheduler.tick(close_ms / 1000)
+        await self._forecast(index)
+        for key, i in index.items():
+            self._signal(key, i)
+        for key, i in index.items():
+            await self._settle(key, i)
+        await self._train_ready(close_ms, index)
+
+    # -- forecasts and the signal -------------------------------------------------
+    def live_versions(self, symbol: str) -> list[tuple[str, VersionRecord]]:
+        """(stage, version) of every active and loaded candidate of the series'
+        models, as the inference worker loads them."""
+        out = []
+        for key in self.keys:
+            if key.symbol != symbol:
+                continue
+            for version, stage in self._loaded(key.model_id):
+                out.append((stage, self.versions[(key.model_id, version)]))
+        return out
+
+    def _loaded(self, model_id: str) -> list[tuple[str, str]]:
+        if model_id not in self._loaded_cache:
+            self._loaded_cache[model_id] = self._read_loaded(model_id)
+        return self._loaded_cache[model_id]
+
+    def _read_loaded(self, model_id: str) -> list[tuple[str, str]]:
+        if model_id not in self._known_models():
+            return []
+        show = self.registry.show(model_id)
+        active = show["active"]
+        candidates = [v["version"] for v in show["versions"] if v["stage"] == CANDIDATE]
+        keep = candidates[-self.cfg.inference.max_candidates :] if candidates else []
+        loaded = [(active, ACTIVE)] if active else []
+        return loaded + [(v, CANDIDATE) for v in keep]
+
+    def _known_models(self) -> set[str]:
+        return {mid for mid, _ in self.versions}
+
+    async def _forecast(self, index: dict[tuple[str, str], int]) -> None:
+        """Make sure every live and newest version has its forecast for the bar."""
+        wanted: list[tuple[VersionRecord, Bars, int]] = []
+        for key, i in index.items():
+            records = [v for _, v in self.live_versions(key[0])]
+            records += [
+                self.versions[(k.model_id, self.newest[k.model_id])]
+                for k in self.keys
+                if k.symbol == key[0] and k.model_id in self.newest
+            ]
+            for record in {id(r): r for r in records}.values():
+                if i not in record.predictions and i >= record.live_from:
+                    wanted.append((record, self.series[key].bars, i))
+        results = await self._run_all(
+            [self._predict_spec(r, bars, i) for r, bars, i in wanted], predict_span
+        )
+        for (record, _, i), outcome in zip(wanted, results, strict=True):
+            self._store_predictions(record, i, outcome)
+
+    def _predict_spec(self, record: VersionRecord, bars: Bars, i: int) -> PredictSpec:
+        series = self.series[(bars.symbol, bars.tf)]
+        stop = min(i + PREDICT_CHUNK, series.stop)
+        begin = max(0, i - self.cfg.inference.context_bars)
+        return PredictSpec(
+            job_id=f"predict-{record.model_id}-{record.version}-{i}",
+            family=record.family,
+            path=record.path,
+            bars=bars.slice(begin, stop),
+            first=i - begin,
+        )
+
+    def _store_predictions(self, record: VersionRecord, i: int, outcome: JobOutcome) -> None:
+        if not outcome.ok:
+            self.timeline.append(
+                TimelineEntry(self.now_ms, "prediction_failed", record.model_id, record.version,
+                              outcome.reason or outcome.status)
+            )  # fmt: skip
+            record.predictions[i] = Prediction(math.nan, math.nan, None)
+            return
+        result: PredictResult = outcome.result
+        record.horizon = result.horizon
+        for k in range(len(result.mu)):
+            position = None if result.position is None else float(result.position[k])
+            record.predictions[i + k] = Prediction(
+                float(result.mu[k]), float(result.p_up[k]), position
+            )
+
+    def _signal(self, key: tuple[str, str], i: int) -> None:
+        bars = self.series[key].bars
+        forecasts = {}
+        for stage, record in self.live_versions(key[0]):
+            p = record.predictions.get(i)
+            if p is not None and math.isfinite(p.mu) and math.isfinite(p.p_up):
+                forecasts[(record.model_id, record.version)] = (stage, p, record)
+                record.live_bars += 1
+        active = [
+            MemberForecast(r.family, r.model_id, r.version, p.mu, p.p_up)
+            for stage, p, r in forecasts.values()
+            if stage == ACTIVE and r.family != "rl_sizer"
+        ]
+        signal = None
+        if active:
+            pooled = combine(active, self.weights)
+            threshold = self.cfg.evaluation.position_threshold
+            position = plain_position(pooled.mu, pooled.p_up, threshold)
+            signal = {
+                "ts": int(bars.ts[i]),
+                "symbol": key[0],
+                "tf": key[1],
+                "mu": pooled.mu,
+                "p_up": pooled.p_up,
+                "position": position,
+                "position_source": "plain_rule",
+                "plain_position": position,
+                "contributions": [
+                    {"family": c.family, "model": c.model, "version": c.version,
+                     "weight": c.weight, "mu": c.mu, "p_up": c.p_up}
+                    for c in pooled.contributions
+                ],
+                "versions": {c.family: c.version for c in pooled.contributions},
+            }  # fmt: skip
+        newest = {
+            k.model_id: self.newest[k.model_id]
+            for k in self.keys
+            if k.symbol == key[0] and k.model_id in self.newest
+        }
+        self.bars[key].append(
+            BarRecord(
+                ts=int(bars.ts[i]),
+                close=float(bars.close[i]),
+                forecasts={key: (st, p) for key, (st, p, _) in forecasts.items()},
+                newest=newest,
+                weights=dict(self.weights),
+                signal=signal,
+            )
+        )
+
+    # -- settling: trust rounds and the shadow record -----------------------------------
+    async def _settle(self, key: tuple[str, str], i: int) -> None:
+        """Settle what bar ``i`` decides: forecasts made ``horizon`` bars ago
+        and positions made one bar ago (``rounds.due_ts``)."""
+        bars = self.series[key].bars
+        history = self.bars[key]
+        due: list[DuePrediction] = []
+        by_ts = {r.ts: n for n, r in enumerate(history)}
+        for record in self._records_of(key[0]):
+            is_position = record.family in POSITION_FAMILIES
+            lag = 1 if is_position else record.horizon
+            made_at = int(bars.ts[i]) - lag * self.step
+            n = by_ts.get(made_at)
+            mine = (record.model_id, record.version)
+            made = None if n is None else history[n].forecasts.get(mine)
+            if n is None or made is None:
+                continue
+            stage, p = made
+            due.append(self._due(record, stage, p, history, n, is_position))
+        if not due:
+            return
+        start = max(0, (_index_of(bars.ts, min(d.ts for d in due)) or 0) - SCALE_WINDOW - 1)
+        window = bars.slice(start, i + 1)
+        settled = settle(due, window, self.cost_rate)
+        for d, s in zip(due, settled, strict=True):
+            if s.loss is not None:
+                self.versions[(d.model_id, d.version)].losses[d.ts] = s.loss
+        for round_ts, scores in trust_rounds(due, settled, self.step):
+            state = StoredState(self.weights, frozenset(), None)
+            plan = plan_round(state, scores, self.live_families, round_ts, self.cfg.trust)
+            if plan.round.changed:
+                self.weights = dict(plan.round.after)
+                self.trust_history.append((round_ts, dict(self.weights)))
+        self._judge_shadow(sorted({d.model_id for d in due if d.stage == CANDIDATE}))
+
+    def _records_of(self, symbol: str) -> list[VersionRecord]:
+        return [v for v in self.versions.values() if v.symbol == symbol]
+
+    def _due(
+        self,
+        record: VersionRecord,
+        stage: str,
+        p: Prediction,
+        history: list[BarRecord],
+        n: int,
+        is_position: bool,
+    ) -> DuePrediction:
+        def plain_at(k: int) -> float | None:
+            signal = history[k].signal if k >= 0 else None
+            return None if signal is None else float(signal["plain_position"])
+
+        mine = (record.model_id, record.version)
+        previous = history[n - 1].forecasts.get(mine) if n > 0 else None
+        previous_position = None if previous is None else previous[1].position
+        ts = history[n].ts
+        return DuePrediction(
+            model_id=record.model_id,
+            version=record.version,
+            family=record.family,
+            stage=stage,
+            symbol=record.symbol,
+            tf=self.tf,
+            ts=ts,
+            due_ts=due_ts(ts, record.horizon, self.step, is_position),
+            mu=p.mu,
+            p_up=p.p_up,
+            position=p.position if is_position else None,
+            previous_position=previous_position,
+            plain=plain_at(n),
+            previous_plain=plain_at(n - 1),
+        )
+
+    def _judge_shadow(self, model_ids: list[str]) -> None:
+        min_bars = self.cfg.promotion.shadow_min_bars
+        for model_id in model_ids:
+            loaded = self._loaded(model_id)
+            active = next((v for v, st in loaded if st == ACTIVE), None)
+            candidates = [v for v, st in loaded if st == CANDIDATE]
+            if active is None or not candidates:
+                continue
+            active_losses = self.versions[(model_id, active)].losses
+            verdicts = {
+                v: shadow_verdict(self.versions[(model_id, v)].losses, active_losses, min_bars)
+                for v in candidates
+            }
+            best, expired = shadow_outcome(verdicts, self.cfg.promotion.shadow_max_bars)
+            for version in expired:
+                v = verdicts[version]
+                detail = (
+                    f"mean loss {v.candidate_loss:.6f} vs {v.active_loss:.6f} "
+                    f"of {active} over {v.bars} common bars"
+                )
+                events = self.registry.retire_candidate(
+                    model_id, version, active, SHADOW_REASON, detail
+                )
+                self._note(events, model_id)
+            if best is not None:
+                events = self.registry.promote_candidate(model_id, best, active, SHADOW_REASON)
+                self._note(events, model_id)
+        self._refresh_live()
+
+    # -- training ----------------------------------------------------------------------
+    async def _train_ready(self, now_ms: int, index: dict[tuple[str, str], int]) -> None:
+        """Start every job the scheduler hands out now; simulated time stands
+        still while they run (in the executor's workers)."""
+        while True:
+            requests = []
+            while (r := self.scheduler.next_job(now_ms / 1000, lambda _k: True)) is not None:
+                requests.append(r)
+            if not requests:
+                return
+            specs = [self._train_spec(r, now_ms) for r in requests]
+            outcomes = await self._run_all(specs, run_job)
+            for request, spec, outcome in zip(requests, specs, outcomes, strict=True):
+                self._completed(request, spec, outcome)
+
+    def _train_spec(self, request: TrainRequest, now_ms: int) -> TrainJobSpec:
+        key = request.key
+        series = self.series[(key.symbol, key.tf)]
+        end = int(np.searchsorted(series.bars.ts, now_ms - self.step, side="right"))
+        bars = series.bars.slice(max(0, end - self.cfg.training.history_bars), end)
+        active = self.registry.active_version(key.model_id) if self._has(key) else None
+        path = self.registry.version_path(key.model_id, active) if active else None
+        return TrainJobSpec(
+            job_id=f"{key.model_id}-{now_ms}",
+            family=key.family,
+            bars=bars,
+            data_dir=str(self.data_dir),
+            version_time=self._version_time(key.model_id, now_ms),
+            evaluation=self.cfg.evaluation,
+            seed=self.cfg.models.seed,
+            timeout_s=self.cfg.training.job_timeout_s,
+            active=ActiveRef(active, str(path)) if active and path else None,
+        )
+
+    def _has(self, key: ModelKey) -> bool:
+        return key.model_id in self._known_models()
+
+    def _version_time(self, model_id: str, now_ms: int) -> datetime:
+        now = datetime.fromtimestamp(now_ms / 1000, UTC)
+        names = artifacts.list_versions(self.data_dir, model_id)
+        if not names:
+            return now
+        newest = datetime.strptime(names[-1], artifacts.VERSION_FORMAT).replace(tzinfo=UTC)
+        return max(now, newest + timedelta(seconds=1))
+
+    def _completed(self, request: TrainRequest, spec: TrainJobSpec, outcome: JobOutcome) -> None:
+        mid = request.model_id
+        ok = outcome.ok
+        if not ok:
+            self.jobs_failed += 1
+            self.timeline.append(
+                TimelineEntry(self.now_ms, "training_failed", mid, "", outcome.reason or "")
+            )
+        else:
+            self._judge_new(spec, outcome.result)
+        has_active = self._has(request.key) and self.registry.active_version(mid) is not None
+        self.scheduler.job_finished(mid, self.now_ms / 1000, ok, has_active)
+
+    def _judge_new(self, spec: TrainJobSpec, result: TrainJobResult) -> None:
+        """The lifecycle's decision on a trained version (``LifecycleService._decide``)."""
+        self.jobs_done += 1
+        mid, version = result.model_id, result.version
+        series = self.series[(spec.symbol, spec.tf)]
+        at = int(np.searchsorted(series.bars.ts, self.now_ms - self.step, side="right"))
+        self.versions[(mid, version)] = VersionRecord(
+            mid, spec.family, spec.symbol, version, result.artifact_dir, at, live_from=at,
+            horizon=int(result.metrics.get("horizon") or self.cfg.evaluation.horizon),
+        )  # fmt: skip
+        self.newest[mid] = version
+        self.timeline.append(TimelineEntry(self.now_ms, "trained", mid, version, _headline(result)))
+        self.registry.register(mid, version, result.head_to_head, spec.job_id)
+        show = self.registry.show(mid)
+        entry = next(v for v in show["versions"] if v["version"] == version)
+        verdict = judge(
+            entry["metrics"],
+            show["active"],
+            HeadToHead.from_dict(entry.get("head_to_head")),
+            self.cfg.promotion,
+        )
+        self._note(self.registry.apply_verdict(mid, version, verdict), mid)
+        self._note(self.registry.retire_superseded(mid, self.cfg.inference.max_candidates), mid)
+        self._refresh_live()
+
+    def _note(self, events: Sequence[Any], model_id: str) -> None:
+        for event in events:
+            data = event.data
+            kind = event.type.removeprefix("model.")
+            detail = data.get("gate") or data.get("reason") or ""
+            self.timeline.append(
+                TimelineEntry(self.now_ms, kind, model_id, data.get("version", ""), str(detail))
+            )
+            if event.type in ("model.promoted", "model.retired"):
+                self.scheduler.set_active(
+                    model_id, self.registry.active_version(model_id) is not None
+                )
+
+    def _refresh_live(self) -> None:
+        """The live forecasting families, as the inference service aligns trust."""
+        self._loaded_cache.clear()
+        live = sorted(
+            {
+                k.family
+                for k in self.keys
+                if self._has(k) and self.registry.active_version(k.model_id) is not None
+            }
+        )
+        if tuple(live) != self.live_families:
+            self.live_families = tuple(live)
+            from quantum_daemon.core import trust
+
+            self.weights = trust.align(self.weights, list(live)) if live else {}
+            self.trust_history.append((self.now_ms, dict(self.weights)))
+
+    # -- the executor -------------------------------------------------------------------
+    async def _run_all(self, specs: Sequence[Any], fn: Callable[[Any], Any]) -> list[JobOutcome]:
+        """Run every spec in the executor, as many at once as it has workers;
+        outcomes in the order of ``specs``."""
+        outcomes: dict[int, JobOutcome] = {}
+        running: dict[asyncio.Task[JobOutcome], int] = {}
+        queue = list(enumerate(specs))
+        while queue or running:
+            while queue and self.executor.reserve(queue[0][1].family):
+                n, spec = queue.pop(0)
+                task = asyncio.ensure_future(
+                    self.executor.run(
+                        fn,
+                        spec,
+                        family=spec.family,
+                        job_id=spec.job_id,
+                        timeout_s=self.cfg.training.job_timeout_s,
+                    )
+                )
+                running[task] = n
+            if not running:
+                raise RuntimeError("the executor has no worker for these jobs")
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                outcomes[running.pop(task)] = task.result()
+        return [outcomes[n] for n in range(len(specs))]
+
+
+def _index_of(ts: np.ndarray, value: int) -> int | None:
+    i = int(np.searchsorted(ts, value))
+    return i if i < len(ts) and int(ts[i]) == value else None
+
+
+def _headline(result: TrainJobResult) -> str:
+    m = result.metrics
+    parts = [f"{k}={m[k]:.4g}" for k in ("sharpe", "dsr", "profit_factor") if _num(m.get(k))]
+    return " ".join([*parts, f"trades={m.get('trades')}"])
+
+
+def _num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
