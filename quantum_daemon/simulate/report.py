@@ -216,7 +216,10 @@ W, H, PAD = 900, 260, 40
 def _svg_lines(name: str, ts: np.ndarray, series: Mapping[str, np.ndarray], log: bool) -> str:
     values = [v for v in series.values() if len(v)]
     if not values or len(ts) < 2:
-        return "<p>no data</p>"
+        return (
+            f"<svg id='{name}' class='plot' width='{W}' height='{PAD}'>"
+            "<text x='2' y='20'>no data</text></svg>"
+        )
     lo = min(float(np.min(v)) for v in values)
     hi = max(float(np.max(v)) for v in values)
     hi = hi if hi > lo else lo + 1.0
@@ -243,9 +246,9 @@ def _svg_lines(name: str, ts: np.ndarray, series: Mapping[str, np.ndarray], log:
 
 
 def _trust_svg(sim: Simulation) -> str:
-    history = sim.trust_history
-    if not history:
-        return "<p>no trust round</p>"
+    history = list(sim.trust_history)
+    if history and sim.now_ms > history[-1][0]:
+        history.append((sim.now_ms, history[-1][1]))  # the weights held to the end
     families = sorted({f for _, w in history for f in w})
     ts = np.array([t for t, _ in history], dtype=np.int64)
     series = {f: np.array([w.get(f, 0.0) for _, w in history]) for f in families}

@@ -169,7 +169,8 @@ def _figures(r: VariantResult, periods: float, n_trials: int, variance: float) -
     growth = float(np.prod(1.0 + r.net)) if len(r.net) else 1.0
     cagr = growth ** (1.0 / years) - 1.0 if years > 0 and growth > 0 else math.nan
     trading = [trading_metrics(b, periods) for b in r.per_series.values()]
-    dsr = dsr_of_returns(r.net, max(n_trials, 1), variance or None) if len(r.net) > 2 else math.nan
+    varies = len(r.net) > 2 and float(np.std(r.net)) > 0.0
+    dsr = dsr_of_returns(r.net, max(n_trials, 1), variance or None) if varies else math.nan
     return _clean(
         {
             "hindsight": r.hindsight,
