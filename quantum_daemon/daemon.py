@@ -19,6 +19,7 @@ import uvloop
 
 from quantum_daemon import __version__
 from quantum_daemon.domain.config import Config
+from quantum_daemon.domain.errors import EX_FAILURE, EX_INTERRUPTED
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.inference import InferenceService
 from quantum_daemon.ingest import IngestMetrics, IngestService
@@ -34,8 +35,22 @@ from quantum_daemon.web.dashboard import Dashboard
 
 log = get_logger()
 
-# Model libraries that must never load in the daemon process (DESIGN §7).
-HEAVY_MODULES = frozenset({"torch", "xgboost", "lightgbm", "sklearn", "stable_baselines3"})
+# Model libraries that must never load in the daemon process (DESIGN §7;
+# tests/test_layering.py imports the daemon and every command and checks).
+HEAVY_MODULES = frozenset(
+    {
+        "torch",
+        "xgboost",
+        "lightgbm",
+        "ray",
+        "talib",
+        "gymnasium",
+        "cma",
+        "stable_baselines3",
+        "sklearn",
+        "matplotlib",
+    }
+)
 
 LoopFactory = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
@@ -177,7 +192,7 @@ class Daemon:
             self._sigint_count += 1
             if self._sigint_count > 1:
                 log.warning("daemon.forced_exit")
-                os._exit(130)
+                os._exit(EX_INTERRUPTED)
         log.info("daemon.signal", signal=sig.name)
         self.stop.set()
 
@@ -233,7 +248,7 @@ def run_daemon(cfg: Config) -> int:
     except Exception as exc:
         for error in _leaves(exc):
             log.error("daemon.crashed", error=repr(error), exc_info=error)
-        return 1
+        return EX_FAILURE
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -1,6 +1,7 @@
 # Shared set-up for scripts/test.sh and scripts/demo.sh (sourced, not run).
 # Creates .venv when needed, installs the project with the given extras when
-# pyproject.toml changed, and makes sure a redis-server binary exists.
+# pyproject.toml changed, and makes sure a redis-server binary exists
+# (and, for the tests, a chromium browser).
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO_ROOT/.venv"
@@ -52,4 +53,20 @@ ensure_redis_server() {
         echo "error: no redis-server available: install it (apt-get install redis-server)" >&2
         return 1
     }
+}
+
+ensure_chromium() {
+    # The dashboard's page is rendered in headless Chromium (tests/test_dashboard.py);
+    # without a browser that test skips.
+    if command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; then
+        return 0
+    fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "==> installing Debian's chromium"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null &&
+            return 0
+        echo "warning: could not install chromium: the dashboard's browser test will skip" >&2
+        return 0
+    fi
+    echo "warning: no chromium (apt-get install chromium): the dashboard's browser test will skip" >&2
 }

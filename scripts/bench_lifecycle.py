@@ -30,7 +30,7 @@ import uvloop
 from prometheus_client import CollectorRegistry
 
 from quantum_daemon.domain import config as config_mod
-from quantum_daemon.lifecycle.scheduler import model_keys
+from quantum_daemon.domain.ids import model_keys
 from quantum_daemon.lifecycle.service import LifecycleService
 from quantum_daemon.runtime.logs import configure_logging
 from quantum_daemon.storage.bar_files import read_bar_file

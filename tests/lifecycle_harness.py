@@ -23,11 +23,12 @@ from quantum_daemon.domain.config import (
     StorageConfig,
     TrainingConfig,
 )
+from quantum_daemon.domain.events import Event
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.lifecycle.service import LifecycleService
 from quantum_daemon.storage.bar_store import Bar, BarStore
-from quantum_daemon.storage.events import Event, parse_entry
-from quantum_daemon.training.pool import JobFn
+from quantum_daemon.storage.events import parse_entry
+from quantum_daemon.training.executor import JobFn
 from tests import jobs_for_tests
 from tests.conftest import make_bars
 

@@ -26,8 +26,9 @@ from quantum_daemon.domain.keys import Keys
 from quantum_daemon.storage import artifacts
 from quantum_daemon.storage.registry.registry import Registry
 from quantum_daemon.training.offline import OfflineSpec, train_offline
-from quantum_daemon.web.api import ApiServer, json_response
+from quantum_daemon.web.api import ApiServer
 from quantum_daemon.web.dashboard import EQUITY_POINTS, RETURNS_FILE, Dashboard, compared_versions
+from quantum_daemon.web.responses import json_response
 from quantum_daemon_dev.redis_server import free_port
 from tests.conftest import make_bars
 

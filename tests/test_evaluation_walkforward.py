@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from quantum_daemon.core.evaluation.performance import TRADING_KEYS, trading_metrics
-from quantum_daemon.core.evaluation.report import JSON_KEYS, metrics_json, write_report
+from quantum_daemon.core.evaluation.report import JSON_KEYS, metrics_json
 from quantum_daemon.core.evaluation.splits import walk_forward_folds
 from quantum_daemon.core.evaluation.walkforward import EvaluationSettings, split_plan, walk_forward
 from quantum_daemon.core.features import horizon_log_return
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import EvaluationConfig
 from quantum_daemon.models.base import FitInfo, Forecast, TrainSet
+from quantum_daemon.storage.report_files import write_report
 from tests.conftest import make_bars
 
 SETTINGS = EvaluationSettings(horizon=6, val_fraction=0.1, test_fraction=0.2, n_test_windows=3)
@@ -144,3 +145,10 @@ def test_settings_from_config_with_overrides() -> None:
     settings = EvaluationSettings.from_config(config, horizon=3)
     assert (settings.horizon, settings.fee_bps, settings.n_trials) == (3, 4.0, 7)
     assert settings.position_threshold == 0.05 and settings.refit_every_window
+
+
+def test_settings_are_the_config_and_a_zero_trial_variance_means_not_known() -> None:
+    assert EvaluationSettings() == EvaluationSettings.from_config(EvaluationConfig())
+    assert EvaluationSettings().known_trial_variance is None  # the DSR's null 1 / (n - 1)
+    known = EvaluationSettings.from_config(EvaluationConfig(trial_sharpe_variance=0.02))
+    assert known.known_trial_variance == 0.02

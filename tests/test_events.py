@@ -11,15 +11,9 @@ from pathlib import Path
 import redis
 import redis.asyncio as aioredis
 
+from quantum_daemon.domain.events import Event, make_event
 from quantum_daemon.domain.keys import Keys
-from quantum_daemon.storage.events import (
-    Event,
-    EventPublisher,
-    OutboxFlusher,
-    make_event,
-    parse_entry,
-    publish_sync,
-)
+from quantum_daemon.storage.events import EventPublisher, OutboxFlusher, parse_entry, publish_sync
 from quantum_daemon.storage.registry.registry import Registry
 from quantum_daemon_dev.redis_server import free_port
 

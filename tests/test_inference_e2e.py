@@ -4,9 +4,8 @@ Redis train and promote a version of each of the six families, then every
 further closed bar gets exactly one
 signal (all six families in it, the position sized by ``rl_sizer``), every
 family gets a trust weight, ``/api/trust`` and ``/api/signals`` serve them,
-and a restart publishes no signal twice.
-
-Runs once the daemon has its inference step (``Daemon._inference_service``)."""
+and a restart publishes no signal twice. Marked slow; skipped only without
+the market data."""
 
 from __future__ import annotations
 
@@ -22,7 +21,6 @@ import pytest
 import redis
 
 from quantum_daemon.core.ensemble import parse_signal
-from quantum_daemon.daemon import Daemon
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.ingest.replay import publish_frame
 from quantum_daemon.storage.bar_files import read_bar_file
@@ -59,9 +57,6 @@ min_profit_factor = 0.0
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(1200),
-    pytest.mark.skipif(
-        not hasattr(Daemon, "_inference_service"), reason="the daemon has no inference step yet"
-    ),
     pytest.mark.skipif(not MARKET.is_file(), reason=f"no market data at {MARKET}"),
 ]
 

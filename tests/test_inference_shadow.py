@@ -17,10 +17,11 @@ from pathlib import Path
 import redis
 
 from quantum_daemon.core.ensemble import parse_signal
+from quantum_daemon.domain.events import Event
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.inference import InferenceService
 from quantum_daemon.inference.messages import LoadedModel
-from quantum_daemon.storage.events import Event, parse_entry
+from quantum_daemon.storage.events import parse_entry
 from quantum_daemon.storage.registry.registry import Registry
 from tests.inference_helpers import Feeder, inference, make_config
 from tests.planted_family import install_version, planted_market

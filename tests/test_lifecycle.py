@@ -19,8 +19,8 @@ from quantum_daemon.lifecycle.service import LifecycleService
 from quantum_daemon.storage import artifacts
 from quantum_daemon.storage.bar_store import BarStore
 from quantum_daemon.storage.registry.registry import Registry
+from quantum_daemon.training.executor import PoolCrashLoop
 from quantum_daemon.training.jobs import run_job
-from quantum_daemon.training.pool import PoolCrashLoop
 from tests.lifecycle_harness import (
     BAD,
     BETTER,

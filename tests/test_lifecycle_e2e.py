@@ -1,9 +1,7 @@
 """End to end on a real Redis: the real 1h bars of BTCUSDT and ETHUSDT replayed
 into a running daemon configured for xgb, lgbm, nhits and patchtst; every
 model is trained, evaluated (``model.evaluated`` with its metrics) and then
-promoted or rejected; ``models list`` shows the stages; a restart keeps them.
-
-Runs once the daemon has its lifecycle step (``Daemon._lifecycle_service``)."""
+promoted or rejected; ``models list`` shows the stages; a restart keeps them."""
 
 from __future__ import annotations
 
@@ -16,12 +14,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
-from quantum_daemon.daemon import Daemon
-from quantum_daemon.lifecycle.scheduler import model_keys
-from quantum_daemon.storage.events import Event, parse_entry
+from quantum_daemon.domain.events import Event
+from quantum_daemon.domain.ids import model_keys
+from quantum_daemon.storage.events import parse_entry
 from tests.daemon_proc import DaemonProcess, api_port, write_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,11 +39,6 @@ timeframes = ["1h"]
 workers = 2
 history_bars = 2105
 """
-
-pytestmark = pytest.mark.skipif(
-    not hasattr(Daemon, "_lifecycle_service"), reason="the daemon has no lifecycle step yet"
-)
-
 
 def cli(config: Path, *argv: str) -> str:
     done = subprocess.run(

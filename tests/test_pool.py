@@ -12,14 +12,9 @@ from typing import Any
 
 import pytest
 
-from quantum_daemon.training.pool import (
-    JobOutcome,
-    PoolCrashLoop,
-    PoolSettings,
-    ProcessPool,
-    RestartBudget,
-    cuda_present,
-)
+from quantum_daemon.runtime.restarts import RestartBudget
+from quantum_daemon.training.executor import JobOutcome, PoolCrashLoop
+from quantum_daemon.training.pool import PoolSettings, ProcessPool, cuda_present
 from tests import jobs_for_tests as jobs
 from tests.jobs_for_tests import Spec
 

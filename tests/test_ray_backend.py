@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from quantum_daemon.training.pool import JobOutcome
+from quantum_daemon.training.executor import JobOutcome
 from quantum_daemon.training.ray_backend import RayExecutor, RaySettings
 from tests import jobs_for_tests as jobs
 from tests.jobs_for_tests import Spec

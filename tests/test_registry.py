@@ -15,8 +15,8 @@ import pytest
 
 from quantum_daemon.core.promotion import HeadToHead, judge
 from quantum_daemon.domain.config import PromotionConfig
+from quantum_daemon.domain.events import Event
 from quantum_daemon.storage import artifacts
-from quantum_daemon.storage.events import Event
 from quantum_daemon.storage.registry.registry import STATE_FILE, Registry, RegistryError
 
 MODEL = "xgb_BTCUSDT_1h"

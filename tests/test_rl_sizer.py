@@ -22,6 +22,7 @@ from quantum_daemon.core.evaluation.walkforward import EvaluationSettings, walk_
 from quantum_daemon.core.scoring import compare_with_plain_rule
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import EvaluationConfig
+from quantum_daemon.domain.signals import RecordedSignals
 from quantum_daemon.models.base import Forecast, TrainSet
 from quantum_daemon.models.families import load_model, training_family
 from quantum_daemon.models.rl_sizer import (
@@ -31,7 +32,6 @@ from quantum_daemon.models.rl_sizer import (
     momentum_signal,
 )
 from quantum_daemon.models.sizing_env import Book, EnvSettings, SizingData, SizingEnv, observe
-from quantum_daemon.storage.recorded_signals import RecordedSignals
 from quantum_daemon.training.jobs import (
     ActiveRef,
     TrainJobSpec,

@@ -8,17 +8,15 @@ import asyncio
 
 import pytest
 
-from quantum_daemon.lifecycle.scheduler import (
-    ModelKey,
+from quantum_daemon.core.scheduling import (
     ModelStart,
     Scheduler,
-    SchedulerLoop,
     SchedulerPolicy,
     TrainRequest,
     Trigger,
-    UnknownModel,
-    model_keys,
 )
+from quantum_daemon.domain.ids import ModelKey, UnknownModel, model_keys
+from quantum_daemon.lifecycle.scheduler import SchedulerLoop
 
 KEYS = model_keys(["xgb", "nhits"], ["BTCUSDT", "ETHUSDT"], ["1h"])
 ALL = {k.model_id for k in KEYS}

@@ -50,18 +50,19 @@ def config(tmp: Path) -> Config:
     )
 
 
-def walk(n: int, seed: int, symbol: str = "BTCUSDT", momentum: float = 0.0) -> Bars:
-    """A random walk with GARCH-like volatility clustering (and, with
-    ``momentum``, a planted time-series momentum edge)."""
+def walk(n: int, seed: int, symbol: str = "BTCUSDT", trend: float = 0.0) -> Bars:
+    """A random walk with GARCH-like volatility clustering; with ``trend``, a
+    planted time-series momentum edge: a drift of ``trend`` per bar whose
+    sign flips every 120 bars (so buy-and-hold gains nothing from it)."""
     rng = np.random.default_rng(seed)
-    vol = np.empty(n)
     r = np.empty(n)
-    v, prev = 0.01, 0.0
+    v, prev = 0.005, 0.0
+    sign = rng.choice([-1.0, 1.0])
     for k in range(n):
         v = np.sqrt(1e-6 + 0.1 * prev**2 + 0.85 * v**2)
-        vol[k] = v
-        r[k] = momentum * prev + v * rng.standard_normal()
-        prev = r[k]
+        drift = trend * sign * (1 if (k // 120) % 2 == 0 else -1)
+        r[k] = drift + v * rng.standard_normal()
+        prev = r[k] - drift
     close = 100.0 * np.exp(np.cumsum(r))
     return _bars(symbol, close, rng)
 
@@ -257,3 +258,57 @@ def test_the_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert dom.count("<polyline") >= 7  # every variant's equity line
     assert "<circle" in dom  # the promotion timeline's events
     assert "buy_and_hold" in dom and "loop" in dom
+
+
+def loop_figures(tmp: Path, bars: Bars, cfg: Config | None = None) -> dict[str, dict[str, float]]:
+    from quantum_daemon.simulate.run import _newest
+    from quantum_daemon.simulate.variants import evaluate, policies, summarize
+
+    cfg = cfg or config(tmp)
+    sim = run_sim(cfg, [bars], tmp)
+    policy_map = policies(["lgbm"], cfg.evaluation.position_threshold, _newest(sim))
+    results = evaluate({k[0]: v for k, v in sim.bars.items()}, policy_map, sim.cost_rate)
+    return summarize(results, "1h", 0.0)["variants"]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_random_walk_gives_no_significant_loop(tmp_path: Path, seed: int) -> None:
+    """Each seed is recorded; the 9-of-10 rule is checked by the next test."""
+    figures = loop_figures(tmp_path, walk(HISTORY + 300, seed=100 + seed))
+    RANDOM_WALK_DSR[seed] = figures["loop"]["dsr"]
+
+
+RANDOM_WALK_DSR: dict[int, float | None] = {}
+
+
+def test_at_most_one_random_walk_seed_reaches_a_deflated_sharpe_of_095() -> None:
+    if len(RANDOM_WALK_DSR) < 10:
+        pytest.skip("runs after the ten random-walk seeds")
+    significant = [s for s, d in RANDOM_WALK_DSR.items() if d is not None and d >= 0.95]
+    assert len(significant) <= 1, RANDOM_WALK_DSR
+
+
+MOMENTUM_SEEDS = range(8, 13)
+MOMENTUM: dict[int, tuple[float, float, int]] = {}
+
+
+@pytest.mark.parametrize("seed", MOMENTUM_SEEDS)
+def test_a_planted_momentum_market_is_simulated(tmp_path: Path, seed: int) -> None:
+    """Each seed's loop and buy-and-hold Sharpe; the rule is checked below."""
+    base = config(tmp_path)
+    cfg = replace(
+        base,
+        training=replace(base.training, history_bars=1500),
+        models=replace(base.models, retrain_every_bars=100),
+    )
+    figures = loop_figures(tmp_path, walk(1500 + 800, seed=seed, trend=0.001), cfg)
+    loop, hold = figures["loop"], figures["buy_and_hold"]
+    MOMENTUM[seed] = (loop["sharpe"], hold["sharpe"], loop["trades"])
+
+
+def test_the_loop_finds_the_planted_edge_and_beats_buy_and_hold() -> None:
+    if len(MOMENTUM) < len(MOMENTUM_SEEDS):
+        pytest.skip("runs after the momentum seeds")
+    wins = [s for s, (loop, hold, trades) in MOMENTUM.items() if loop > hold and trades > 0]
+    assert len(wins) > len(MOMENTUM) / 2, MOMENTUM
+    assert np.mean([v[0] for v in MOMENTUM.values()]) > np.mean([v[1] for v in MOMENTUM.values()])

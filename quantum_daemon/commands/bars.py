@@ -7,6 +7,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from quantum_daemon.domain.errors import EX_OK
+
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("bars", help="inspect the bar store")
@@ -30,7 +32,7 @@ def bars_stats(args: argparse.Namespace) -> int:
         with BarStore(path) as store:
             rows = [series.to_dict() for series in store.stats()]
     print(json.dumps(rows) if args.json else format_table(rows, str(path)))
-    return 0
+    return EX_OK
 
 
 def format_table(rows: list[dict[str, Any]], where: str) -> str:

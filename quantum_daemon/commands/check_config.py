@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from quantum_daemon.domain.errors import EX_OK
+
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("check-config", help="validate the configuration and print it")
@@ -19,4 +21,4 @@ def check_config(args: argparse.Namespace) -> int:
     print(f"config OK ({source})")
     for section in cfg.__dataclass_fields__:
         print(f"  [{section}] {getattr(cfg, section)!r}")
-    return 0
+    return EX_OK

@@ -27,9 +27,11 @@ from typing import Any
 import redis
 
 from quantum_daemon.domain.config import Config
+from quantum_daemon.domain.errors import EX_FAILURE, EX_OK
+from quantum_daemon.domain.events import Event
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.lifecycle.control import CONTROL_MAXLEN, Command, apply_to_registry
-from quantum_daemon.storage.events import Event, parse_entry, publish_sync
+from quantum_daemon.storage.events import parse_entry, publish_sync
 from quantum_daemon.storage.registry.registry import Registry, RegistryError
 
 TABLE_METRICS = ("trades", "sharpe", "dsr", "profit_factor")
@@ -77,7 +79,7 @@ def list_models(args: argparse.Namespace) -> int:
     versions = Registry(_config(args).storage.data_dir).versions()
     if args.json:
         print(json.dumps([v.to_json() for v in versions], indent=1, default=str))
-        return 0
+        return EX_OK
     header = ("model_id", "version", "stage", "created_at", *TABLE_METRICS)
     rows = [
         (
@@ -90,7 +92,7 @@ def list_models(args: argparse.Namespace) -> int:
         for v in versions
     ]
     print(_table([header, *rows]) if rows else "no model versions yet")
-    return 0
+    return EX_OK
 
 
 def show_model(args: argparse.Namespace) -> int:
@@ -98,9 +100,9 @@ def show_model(args: argparse.Namespace) -> int:
         body = Registry(_config(args).storage.data_dir).show(args.model_id)
     except RegistryError as exc:
         print(f"quantum-daemon: {exc}", file=sys.stderr)
-        return 1
+        return EX_FAILURE
     print(json.dumps(body, indent=1, default=str))
-    return 0
+    return EX_OK
 
 
 def change(args: argparse.Namespace) -> int:
@@ -123,7 +125,7 @@ def train_now(args: argparse.Namespace, model_id: str, timeout_s: float = 30.0) 
             "(use `train --family ...` to train offline)",
             file=sys.stderr,
         )
-        return 1
+        return EX_FAILURE
     return send_to_daemon(cfg, Command("train", model_id, reason="train --now"), timeout_s)
 
 
@@ -140,14 +142,14 @@ def send_to_daemon(cfg: Config, command: Command, timeout_s: float) -> int:
         answer = send_and_wait(client, Keys(cfg.redis.prefix), command, timeout_s)
     except (redis.RedisError, OSError) as exc:
         print(f"quantum-daemon: redis: {exc}", file=sys.stderr)
-        return 1
+        return EX_FAILURE
     finally:
         client.close()
     if answer is None:
         print(f"quantum-daemon: no answer from the daemon within {timeout_s:g}s", file=sys.stderr)
-        return 1
+        return EX_FAILURE
     print(json.dumps({"mode": "daemon", **answer.data}, default=str))
-    return 0 if answer.type == "control.applied" else 1
+    return EX_OK if answer.type == "control.applied" else EX_FAILURE
 
 
 def send_and_wait(
@@ -178,7 +180,7 @@ def apply_directly(cfg: Config, command: Command) -> int:
     except RegistryError as exc:
         print(f"quantum-daemon: {exc}", file=sys.stderr)
         flush_model_outbox(cfg, registry, command.model_id)  # a refusal has its event
-        return 1
+        return EX_FAILURE
     published = flush_model_outbox(cfg, registry, command.model_id)
     print(
         json.dumps(
@@ -193,7 +195,7 @@ def apply_directly(cfg: Config, command: Command) -> int:
             default=str,
         )
     )
-    return 0
+    return EX_OK
 
 
 def flush_model_outbox(cfg: Config, registry: Registry, model_id: str) -> bool:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from quantum_daemon.domain.errors import EX_FAILURE, EX_OK, EX_USAGE
+
 
 def register(sub: Any) -> None:
     parser = sub.add_parser(
@@ -43,10 +45,10 @@ def replay(args: argparse.Namespace) -> int:
         )
     except BarFileError as exc:
         print(f"quantum-daemon replay: {exc}", file=sys.stderr)
-        return 2
+        return EX_USAGE
     except redis.RedisError as exc:
         print(f"quantum-daemon replay: redis error: {exc}", file=sys.stderr)
-        return 1
+        return EX_FAILURE
     finally:
         client.close()
     streams = ", ".join(result.streams)
@@ -54,4 +56,4 @@ def replay(args: argparse.Namespace) -> int:
         f"published {result.bars} bars to {streams} in {result.seconds:.2f}s "
         f"({result.per_s:,.0f} bars/s)"
     )
-    return 0
+    return EX_OK

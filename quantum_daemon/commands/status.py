@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from quantum_daemon.domain.errors import EX_FAILURE, EX_OK
+
 
 def register(sub: Any) -> None:
     parser = sub.add_parser("status", help="report the running daemon's health (exit 0 healthy)")
@@ -37,7 +39,7 @@ def status(args: argparse.Namespace) -> int:
         "status": status_body,
     }
     print(json.dumps(report, indent=None if args.json else 2, default=str))
-    return 0 if healthy else 1
+    return EX_OK if healthy else EX_FAILURE
 
 
 def read_heartbeat(cfg: Any, timeout: float) -> dict[str, Any]:

@@ -6,8 +6,9 @@ timeframe from a Freqtrade file name unless given) or from the bar store in
 (``data_dir/models/{model_id}/{version}``); the metrics are printed as a table,
 or with ``--json`` as one JSON object (keys: ``evaluation.report.JSON_KEYS``).
 
-Exit codes: 0 done, 65 unusable data (too few bars), 66 no input (file or
-series missing), 78 bad configuration.
+Exit codes (``domain/errors.py``): 0 done, 2 neither ``--family`` nor
+``--now``, 65 unusable data (too few bars), 66 no input (file or series
+missing), 78 bad configuration.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-EX_DATAERR = 65
-EX_NOINPUT = 66
+from quantum_daemon.domain.errors import EX_DATAERR, EX_NOINPUT, EX_OK, EX_USAGE
 
 
 def register(sub: Any) -> None:
@@ -90,7 +90,7 @@ def train(args: argparse.Namespace) -> int:
 
         return train_now(args, args.now)
     if not args.family:
-        return _fail("train: give --family FAMILY (offline) or --now MODEL_ID (daemon)", 2)
+        return _fail("train: give --family FAMILY (offline) or --now MODEL_ID (daemon)", EX_USAGE)
     cfg = load_config(args)
     try:
         bars = _read_bars(args, cfg.storage.data_dir)
@@ -127,7 +127,7 @@ def _run(args: argparse.Namespace, cfg: Any, bars: Any, params: dict[str, Any]) 
         print(json.dumps(result.metrics, allow_nan=False))
     else:
         print(format_table(result.metrics, len(bars), str(result.artifact_dir)))
-    return 0
+    return EX_OK
 
 
 class _NoInput(Exception):

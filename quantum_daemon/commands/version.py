@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from quantum_daemon import __version__
+from quantum_daemon.domain.errors import EX_OK
 
 
 def register(sub: Any) -> None:
@@ -15,4 +16,4 @@ def register(sub: Any) -> None:
 
 def version(_: argparse.Namespace) -> int:
     print(f"quantum-daemon {__version__}")
-    return 0
+    return EX_OK

@@ -33,9 +33,9 @@ from quantum_daemon.core.evaluation.backtest import (
     position_from_forecast,
 )
 from quantum_daemon.core.trust import align
-from quantum_daemon.models.base import Forecast
+from quantum_daemon.domain.families import SIZER_FAMILIES
+from quantum_daemon.domain.forecasting import Forecast
 
-SIZERS = frozenset({"rl_sizer"})
 PLAIN_RULE = "plain_rule"
 
 
@@ -71,7 +71,7 @@ class EnsembleForecast:
 
 def combine(members: Sequence[MemberForecast], weights: Mapping[str, float]) -> EnsembleForecast:
     """The linear pool of ``members`` (sizers left out) under ``weights``."""
-    pooled = [m for m in members if m.family not in SIZERS]
+    pooled = [m for m in members if m.family not in SIZER_FAMILIES]
     families = [m.family for m in pooled]
     if not pooled:
         raise ValueError("no forecasting model to combine")
@@ -89,7 +89,7 @@ def combine(members: Sequence[MemberForecast], weights: Mapping[str, float]) -> 
 def pool_forecasts(forecasts: Mapping[str, Forecast], weights: Mapping[str, float]) -> Forecast:
     """The same linear pool over arrays (one forecast per family over the same
     decisions), e.g. to give ``rl_sizer`` an ensemble history offline."""
-    pooled = {f: fc for f, fc in forecasts.items() if f not in SIZERS}
+    pooled = {f: fc for f, fc in forecasts.items() if f not in SIZER_FAMILIES}
     if not pooled:
         raise ValueError("no forecasting family to combine")
     w = align(weights, list(pooled))

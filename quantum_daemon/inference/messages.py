@@ -27,7 +27,7 @@ WeightsAt = tuple[tuple[int, WeightSet], ...]  # (from close time, weights), asc
 
 
 @dataclass(frozen=True)
-class WorkerSettings:
+class InferenceWorkerSettings:
     """How the worker runs. ``family_classes`` maps a family name to a
     ``"module:Class"`` that replaces its registered class: a test-only hook
     (planted experts); the daemon never sets it."""

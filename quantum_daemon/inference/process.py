@@ -23,16 +23,18 @@ from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
+from quantum_daemon.domain.errors import FatalError
 from quantum_daemon.inference.messages import (
+    InferenceWorkerSettings,
     LoadReport,
     PredictAnswer,
     PredictRequest,
     RequestFailed,
-    WorkerSettings,
 )
 from quantum_daemon.inference.worker import worker_main
+from quantum_daemon.runtime.aio import wait_first
 from quantum_daemon.runtime.logs import get_logger
-from quantum_daemon.training.pool import RestartBudget
+from quantum_daemon.runtime.restarts import RestartBudget
 
 log = get_logger()
 
@@ -41,7 +43,7 @@ class WorkerDied(Exception):
     """The worker ended (or was killed) before it answered."""
 
 
-class InferenceCrashLoop(RuntimeError):
+class InferenceCrashLoop(FatalError, RuntimeError):
     """The inference worker died more often than its restart budget allows (fatal)."""
 
 
@@ -50,7 +52,7 @@ class WorkerLink:
 
     def __init__(
         self,
-        settings: WorkerSettings,
+        settings: InferenceWorkerSettings,
         on_report: Callable[[LoadReport], None],
         budget: RestartBudget,
         on_state: Callable[[bool], None] = lambda up: None,
@@ -183,7 +185,8 @@ class WorkerLink:
     async def supervise(self, stop: asyncio.Event) -> None:
         """Replace the worker whenever it dies, within the restart budget."""
         while not stop.is_set():
-            if not await _first(self.died, stop) or self.closing:
+            await wait_first(self.died, stop)
+            if not self.died.is_set() or self.closing:
                 return
             reason = await asyncio.to_thread(self.death_reason)
             log.warning("inference.worker_died", pid=self.pid, reason=reason)
@@ -209,15 +212,3 @@ class WorkerLink:
             return f"worker killed by {signal.Signals(-code).name}"
         return f"worker exited with code {code}"
 
-
-async def _first(event: asyncio.Event, stop: asyncio.Event) -> bool:
-    """Wait until ``event`` or ``stop`` is set; True when it was ``event``."""
-    if event.is_set():
-        return True
-    waiters = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())}
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-    return event.is_set()

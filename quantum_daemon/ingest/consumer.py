@@ -13,6 +13,10 @@ entries, and ``XAUTOCLAIM`` entries that other consumers left idle for
 ``claim_idle_ms`` (also done periodically while running). Every store write is
 idempotent (a re-delivered bar is a no-op), so at-least-once delivery stores
 every bar exactly once.
+
+The reading and claiming is ``ingest.reading``, the commit path
+``ingest.commit``, the choice of streams ``ingest.discovery``, the answer to
+Redis errors ``ingest.retry``.
 """
 
 from __future__ import annotations
@@ -20,54 +24,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import sqlite3
 import time
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
 
 from quantum_daemon.domain.config import Config
 from quantum_daemon.domain.keys import Keys
-from quantum_daemon.ingest.batch import BatchOutcome, BatchProcessor, ReadBatch, StreamEntries
+from quantum_daemon.ingest.batch import BatchOutcome, ReadBatch
+from quantum_daemon.ingest.commit import BatchCommitter, InFlight, InFlightCount
 from quantum_daemon.ingest.decode import Series
+from quantum_daemon.ingest.discovery import recreate_groups, refresh_streams
 from quantum_daemon.ingest.ledger import IngestTotals, Ledger
 from quantum_daemon.ingest.metrics import IngestMetrics
-from quantum_daemon.ingest.streams import (
-    claim_from_dead_local_consumers,
-    configured_streams,
-    consumer_name,
-    discover_streams,
-    ensure_group,
-    group_state,
-)
-from quantum_daemon.ingest.wire import execute_transaction, finish_commands, raw_reads
+from quantum_daemon.ingest.reading import StreamReader
+from quantum_daemon.ingest.retry import TRANSIENT_REDIS, RedisRetry
+from quantum_daemon.ingest.streams import consumer_name, group_state
 from quantum_daemon.runtime.aio import sleep_or_stop
-from quantum_daemon.runtime.backoff import Backoff
 from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.storage.bar_store import BarStore
 
 log = get_logger()
 
-T = TypeVar("T")
-DLQ_MAXLEN = 100_000
 HOUSEKEEPING_S = 1.0
 PROGRESS_LOG_S = 10.0
-TRANSIENT_REDIS = (RedisError, OSError)
 # Called on the event loop after a batch was committed and acknowledged, once
 # per series that got new bars: (symbol, tf, bars inserted). Inference and the
 # lifecycle hang here; a hook must be quick and must not raise.
 BarsStoredHook = Callable[[str, str, int], None]
-
-
-@dataclass
-class _InFlight:
-    batch: ReadBatch
-    outcome: asyncio.Future[BatchOutcome]
 
 
 @dataclass
@@ -96,7 +83,6 @@ class IngestService:
         self.reconnect_max_s = config.redis.reconnect_max_s
         self.keys = Keys(config.redis.prefix)
         self.redis = redis
-        self._raw = raw_reads(redis)
         self.store = store
         self.metrics = metrics
         self.consumer = consumer or consumer_name()
@@ -104,12 +90,12 @@ class IngestService:
         self.ledger = Ledger(metrics)
         self.totals: IngestTotals = self.ledger.totals
         self.prepared = False
-        self._processor = BatchProcessor(store, self.cfg.max_entry_bytes)
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bar-store")
-        self._pending_cursors: dict[bytes, bytes] = {}
-        self._in_flight = 0
-        self._drained = asyncio.Event()
-        self._drained.set()
+        self._reader = StreamReader(redis, self.cfg, self.consumer, self.streams)
+        self._committer = BatchCommitter(
+            store, redis, self.cfg, self.keys, metrics, self.reconnect_max_s
+        )
+        self._in_flight = InFlightCount(metrics)
+        self._retry = RedisRetry(metrics, self.reconnect_max_s, self._recreate_groups)
         self._schedule = _Schedule()
         self.on_stored: list[BarsStoredHook] = []
 
@@ -123,19 +109,16 @@ class IngestService:
 
     def close(self) -> None:
         """Wait for the writer thread to finish its transaction, then stop it."""
-        self._writer.shutdown(wait=True)
+        self._committer.close()
 
     # -- start-up: recovery --------------------------------------------------
 
     async def prepare(self) -> None:
         """Ensure the groups, then recover: entries of dead local consumers,
         this consumer's pending entries, and stale entries of others."""
-        await self._in_writer(self._processor.seed)
+        await self._committer.in_writer(self._committer.processor.seed)
         await self.refresh_streams()
-        for stream in list(self.streams):
-            await claim_from_dead_local_consumers(
-                self.redis, stream, self.cfg.group, self.consumer, self.cfg.batch_size
-            )
+        await self._reader.claim_from_dead_local_consumers()
         await self.claim_stale()
         await self._recover_pending()
         self.prepared = True
@@ -149,55 +132,21 @@ class IngestService:
     async def refresh_streams(self) -> None:
         """Configured streams, plus existing bar streams when ``discover``;
         groups created where missing."""
-        wanted = configured_streams(self.cfg, self.keys)
-        if self.cfg.discover:
-            wanted.update(await discover_streams(self.redis, self.keys))
-        for stream, series in wanted.items():
-            if stream not in self.streams and await ensure_group(
-                self.redis, stream, self.cfg.group
-            ):
-                self.streams[stream] = series
-                log.info(
-                    "ingest.stream_added",
-                    stream=stream.decode(),
-                    symbol=series.symbol,
-                    tf=series.tf,
-                )
+        await refresh_streams(self.redis, self.cfg, self.keys, self.streams)
 
     async def _recreate_groups(self) -> None:
-        """After a stream or its group vanished (deleted, or Redis lost its
-        data): create them again; re-reading from the start is harmless."""
-        for stream in list(self.streams):
-            if not await ensure_group(self.redis, stream, self.cfg.group):
-                del self.streams[stream]
-
-    async def _recover_pending(self) -> None:
-        self._pending_cursors = dict.fromkeys(self.streams, b"0")
-        while (batch := await self._read_pending()) is not None:
-            self._count_claimed(batch.size)
-            await self._handle(batch)
+        await recreate_groups(self.redis, self.cfg.group, self.streams)
 
     async def claim_stale(self) -> int:
         """Move entries that other consumers left pending for ``claim_idle_ms``
         into our pending list (ids only: the pending pass delivers them)."""
-        claimed = 0
-        for stream in list(self.streams):
-            while True:
-                ids = await self.redis.xautoclaim(
-                    stream,
-                    self.cfg.group,
-                    self.consumer,
-                    self.cfg.claim_idle_ms,
-                    "0-0",
-                    count=self.cfg.batch_size,
-                    justid=True,
-                )
-                claimed += len(ids)
-                if len(ids) < self.cfg.batch_size:
-                    break
-        if claimed:
-            log.info("ingest.claimed", entries=claimed)
-        return claimed
+        return await self._reader.claim_stale()
+
+    async def _recover_pending(self) -> None:
+        self._reader.reread_pending()
+        while (batch := await self._reader.read_pending()) is not None:
+            self.ledger.count_claimed(batch.size)
+            await self._handle(batch)
 
     # -- the loops -----------------------------------------------------------
 
@@ -206,7 +155,7 @@ class IngestService:
         (stored and acknowledged) and return."""
         if not await self._prepare_until_done(stop):
             return
-        queue: asyncio.Queue[_InFlight | None] = asyncio.Queue()
+        queue: asyncio.Queue[InFlight | None] = asyncio.Queue()
         slots = asyncio.Semaphore(self.cfg.max_in_flight)
         self._schedule = _Schedule(claim=time.monotonic() + self.cfg.claim_idle_ms / 1000)
         async with asyncio.TaskGroup() as tg:
@@ -223,24 +172,23 @@ class IngestService:
         and acknowledge batch by batch until nothing new is left."""
         if not self.prepared:
             await self.prepare()
-        while (batch := await self._read_new(block_ms=None)) is not None:
+        while (batch := await self._reader.read_new(block_ms=None)) is not None:
             await self._handle(batch)
         return self.totals
 
     async def _prepare_until_done(self, stop: asyncio.Event) -> bool:
-        backoff = Backoff(cap=self.reconnect_max_s)
+        backoff = self._retry.backoff()
         while not self.prepared and not stop.is_set():
             try:
                 await self.prepare()
             except TRANSIENT_REDIS as exc:
-                await self._redis_trouble(exc, backoff, stop)
+                await self._retry.trouble(exc, backoff, stop)
         return self.prepared
 
     async def _read_loop(
-        self, stop: asyncio.Event, queue: asyncio.Queue[_InFlight | None], slots: asyncio.Semaphore
+        self, stop: asyncio.Event, queue: asyncio.Queue[InFlight | None], slots: asyncio.Semaphore
     ) -> None:
-        backoff = Backoff(cap=self.reconnect_max_s)
-        loop = asyncio.get_running_loop()
+        backoff = self._retry.backoff()
         while not stop.is_set():
             await slots.acquire()
             if stop.is_set():
@@ -250,44 +198,43 @@ class IngestService:
                 batch = await self._next_batch(stop)
             except TRANSIENT_REDIS as exc:
                 slots.release()
-                await self._redis_trouble(exc, backoff, stop)
+                await self._retry.trouble(exc, backoff, stop)
                 # A reply lost with the connection leaves entries in our
                 # pending list: re-read it once the batches in flight are done.
-                self._pending_cursors = dict.fromkeys(self.streams, b"0")
+                self._reader.reread_pending()
                 continue
             if batch is None:
                 slots.release()
                 continue
             backoff.reset()
-            self._set_in_flight(+1)
-            outcome = loop.run_in_executor(self._writer, self._processor.process, batch)
-            queue.put_nowait(_InFlight(batch, outcome))
+            self._in_flight.add(+1)
+            queue.put_nowait(self._committer.submit(batch))
 
     async def _next_batch(self, stop: asyncio.Event) -> ReadBatch | None:
-        if self._pending_cursors:
-            await self._drained.wait()  # never re-read entries that are still in flight
-            batch = await self._read_pending()
+        if self._reader.pending_left:
+            await self._in_flight.drained.wait()  # never re-read entries still in flight
+            batch = await self._reader.read_pending()
             if batch is not None:
-                self._count_claimed(batch.size)
+                self.ledger.count_claimed(batch.size)
                 return batch
         if time.monotonic() >= self._schedule.claim:
             self._schedule.claim = time.monotonic() + self.cfg.claim_idle_ms / 1000
             if await self.claim_stale():
-                self._pending_cursors = dict.fromkeys(self.streams, b"0")
+                self._reader.reread_pending()
                 return None
         if not self.streams:
             await sleep_or_stop(stop, self.cfg.block_ms / 1000)
             return None
-        return await self._read_new(self.cfg.block_ms)
+        return await self._reader.read_new(self.cfg.block_ms)
 
     async def _ack_loop(
-        self, queue: asyncio.Queue[_InFlight | None], slots: asyncio.Semaphore
+        self, queue: asyncio.Queue[InFlight | None], slots: asyncio.Semaphore
     ) -> None:
         while (item := await queue.get()) is not None:
-            outcome = await self._outcome_of(item)
-            await self._retry_redis(functools.partial(self._finish, outcome))
+            outcome = await self._committer.outcome_of(item)
+            await self._retry.until_done(functools.partial(self._committer.acknowledge, outcome))
             self._record(item.batch, outcome)
-            self._set_in_flight(-1)
+            self._in_flight.add(-1)
             slots.release()
 
     async def _housekeeping(self, stop: asyncio.Event) -> None:
@@ -308,123 +255,16 @@ class IngestService:
             self.ledger.log_progress(PROGRESS_LOG_S)
         await self.refresh_lag()
 
-    # -- reading -------------------------------------------------------------
-
-    async def _read_new(self, block_ms: int | None) -> ReadBatch | None:
-        if not self.streams:
-            return None
-        streams: dict[Any, Any] = dict.fromkeys(self.streams, b">")
-        reply = await self._raw.xreadgroup(
-            self.cfg.group,
-            self.consumer,
-            streams,
-            count=self.cfg.batch_size,
-            block=block_ms,
-        )
-        return self._batch_of(reply, "new")
-
-    async def _read_pending(self) -> ReadBatch | None:
-        """The next entries of this consumer's pending list, one batch at a
-        time; clears the cursors when every stream is done."""
-        if not self._pending_cursors:
-            return None
-        cursors: dict[Any, Any] = dict(self._pending_cursors)
-        reply = await self._raw.xreadgroup(
-            self.cfg.group, self.consumer, cursors, count=self.cfg.batch_size
-        )
-        batch = self._batch_of(reply, "pending")
-        done = set(self._pending_cursors)
-        for part in batch.parts if batch else ():
-            self._pending_cursors[part.stream] = part.entries[-1][0]
-            done.discard(part.stream)
-        for stream in done:
-            del self._pending_cursors[stream]
-        return batch
-
-    def _batch_of(self, reply: Any, source: str) -> ReadBatch | None:
-        """A batch of a raw XREADGROUP reply: [[stream, [[id, [name, value,
-        ...]], ...]], ...] (RESP2) or {stream: [...]} (RESP3)."""
-        items = reply.items() if isinstance(reply, dict) else reply or ()
-        parts = [
-            StreamEntries(stream, self.streams[stream], entries)
-            for stream, entries in items
-            if entries and stream in self.streams
-        ]
-        return ReadBatch(parts, source, time.monotonic()) if parts else None
-
-    # -- storing and acknowledging ---------------------------------------------
+    # -- storing and acknowledging --------------------------------------------
 
     async def _handle(self, batch: ReadBatch) -> BatchOutcome:
         """Store one batch and acknowledge it (sequentially: recovery, tests)."""
-        outcome = await self._in_writer(self._processor.process, batch)
-        await self._finish(outcome)
+        outcome = await self._committer.store(batch)
+        await self._committer.acknowledge(outcome)
         self._record(batch, outcome)
         return outcome
 
-    async def _outcome_of(self, item: _InFlight) -> BatchOutcome:
-        """The batch's outcome; a failed store transaction (nothing was
-        committed) is retried with backoff."""
-        backoff = Backoff(cap=self.reconnect_max_s)
-        future = item.outcome
-        while True:
-            try:
-                return await future
-            except sqlite3.OperationalError as exc:
-                delay = backoff.next_delay()
-                self.metrics.store_retries.inc()
-                log.warning("store.retrying", error=str(exc), retry_in_s=round(delay, 3))
-                await asyncio.sleep(delay)
-                future = asyncio.get_running_loop().run_in_executor(
-                    self._writer, self._processor.process, item.batch
-                )
-
-    async def _finish(self, outcome: BatchOutcome) -> None:
-        """Dead letters and acknowledgements of a committed batch, atomically."""
-        commands = finish_commands(outcome, self.keys.dlq, DLQ_MAXLEN, self.cfg.group)
-        await execute_transaction(self.redis, commands)
-
-    async def _retry_redis(self, action: Callable[[], Awaitable[T]]) -> T:
-        backoff = Backoff(cap=self.reconnect_max_s)
-        while True:
-            try:
-                return await action()
-            except TRANSIENT_REDIS as exc:
-                await self._redis_trouble(exc, backoff, None)
-
-    async def _redis_trouble(
-        self, exc: BaseException, backoff: Backoff, stop: asyncio.Event | None
-    ) -> None:
-        """Log and wait before retrying; a group lost with Redis' data is recreated."""
-        self.metrics.redis_errors.inc()
-        if isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP"):
-            log.warning("ingest.group_missing", error=str(exc))
-            with contextlib.suppress(*TRANSIENT_REDIS):
-                await self._recreate_groups()
-                return
-        delay = backoff.next_delay()
-        log.warning(
-            "redis.reconnecting", error=f"{type(exc).__name__}: {exc}", retry_in_s=round(delay, 3)
-        )
-        if stop is None:
-            await asyncio.sleep(delay)
-        else:
-            await sleep_or_stop(stop, delay)
-
-    async def _in_writer(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
-
     # -- bookkeeping ----------------------------------------------------------
-
-    def _set_in_flight(self, delta: int) -> None:
-        self._in_flight += delta
-        self.metrics.in_flight.set(self._in_flight)
-        if self._in_flight == 0:
-            self._drained.set()
-        else:
-            self._drained.clear()
-
-    def _count_claimed(self, n: int) -> None:
-        self.ledger.count_claimed(n)
 
     def _record(self, batch: ReadBatch, outcome: BatchOutcome) -> None:
         for (symbol, tf), n in outcome.inserted.items():
@@ -465,6 +305,6 @@ class IngestService:
                 s: {"lag": lag, "pending": pending}
                 for s, (lag, pending) in self._schedule.pending_lag.items()
             },
-            "in_flight_batches": self._in_flight,
+            "in_flight_batches": self._in_flight.count,
             "totals": vars(self.totals).copy(),
         }

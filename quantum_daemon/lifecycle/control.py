@@ -27,19 +27,14 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from quantum_daemon.domain.events import CONTROL_APPLIED, CONTROL_REJECTED, Event, make_event
+from quantum_daemon.domain.ids import ModelKey
 from quantum_daemon.domain.keys import Keys
-from quantum_daemon.lifecycle.scheduler import ModelKey
 from quantum_daemon.runtime.aio import sleep_or_stop
 from quantum_daemon.runtime.backoff import Backoff
 from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.storage.artifacts import ArtifactCorrupt
-from quantum_daemon.storage.events import (
-    CONTROL_APPLIED,
-    CONTROL_REJECTED,
-    Event,
-    EventPublisher,
-    make_event,
-)
+from quantum_daemon.storage.events import EventPublisher
 from quantum_daemon.storage.registry.registry import Registry, RegistryError
 
 log = get_logger()

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from quantum_daemon.lifecycle.scheduler import Scheduler, TrainRequest
+from quantum_daemon.core.scheduling import Scheduler, TrainRequest
 from quantum_daemon.storage.registry.registry import Registry
 
 

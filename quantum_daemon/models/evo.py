@@ -41,6 +41,7 @@ from quantum_daemon.core.evaluation.performance import sharpe_ratio
 from quantum_daemon.core.features import FEATURE_NAMES, build_features, horizon_log_return
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.models.base import FitInfo, Forecast, TrainSet
+from quantum_daemon.models.params import MappingParams
 
 ARTIFACT = "evo.json"
 DEFAULT_FEATURES = (
@@ -51,7 +52,7 @@ POSITIONS = (-1.0, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
-class EvoParams:
+class EvoParams(MappingParams):
     """Hyper-parameters; ``from_mapping`` rejects unknown keys."""
 
     features: tuple[str, ...] = DEFAULT_FEATURES  # a handful: each weight must earn its place
@@ -66,15 +67,12 @@ class EvoParams:
     prior_count: float = 10.0  # pseudo-bars of "no information" in each position's forecast
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> EvoParams:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown EvoParams keys {unknown}; known: {sorted(names)}")
-        given: dict[str, Any] = dict(values)
-        if "features" in given:
-            given["features"] = tuple(given["features"])
-        params = cls(**given)
+    def convert(cls, key: str, value: Any) -> Any:
+        return tuple(value) if key == "features" else value
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Self:
+        params = super().from_mapping(values)
         missing = sorted(set(params.features) - set(FEATURE_NAMES))
         if missing:
             raise ValueError(f"unknown features {missing}")

@@ -7,7 +7,7 @@ Adding a family is one entry in ``_FAMILY_MODULES``: name -> (module, class).
 and the CLI train and load is ``calibrated_family``: the same family with its
 ``p_up`` calibrated on the validation window (``models.calibrated``).
 
-A family that sizes the ensemble signal (``recorded_signals.SIGNAL_CONSUMERS``:
+A family that sizes the ensemble signal (``domain.families.SIZER_FAMILIES``:
 ``rl_sizer``) takes the signal from the daemon's recorded signals when a job
 has them: ``training_family(name, signals)`` makes such models for the
 walk-forward evaluation, ``load_model(directory, signals)`` loads one for the
@@ -23,8 +23,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
+from quantum_daemon.domain.families import SIZER_FAMILIES
+from quantum_daemon.domain.signals import RecordedSignals
 from quantum_daemon.models.base import Family
-from quantum_daemon.storage.recorded_signals import SIGNAL_CONSUMERS, RecordedSignals
 
 _FAMILY_MODULES: dict[str, tuple[str, str]] = {
     "xgb": ("quantum_daemon.models.xgb", "XGBFamily"),
@@ -65,7 +66,7 @@ def training_family(name: str, signals: RecordedSignals | None = None) -> Callab
     """What a training job fits: ``calibrated_family(name)``, sizing ``signals``
     where the family consumes the ensemble signal and signals are given."""
     cls = calibrated_family(name)
-    if signals is None or name not in SIGNAL_CONSUMERS:
+    if signals is None or name not in SIZER_FAMILIES:
         return cls
     return functools.partial(_new_with_signals, cls, signals)
 
@@ -80,7 +81,7 @@ def load_model(
     version = load_version(directory)
     name = version.metadata["family"]
     model = calibrated_family(name).load(version.path, version.metadata)
-    if signals is not None and name in SIGNAL_CONSUMERS:
+    if signals is not None and name in SIZER_FAMILIES:
         _use_signals(model, signals)
     return model, version.metadata
 

@@ -38,6 +38,7 @@ from torch import nn
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.models.base import FitInfo, Forecast, TrainSet
 from quantum_daemon.models.nhits import NHiTS, NHiTSConfig
+from quantum_daemon.models.params import MappingParams
 from quantum_daemon.models.patchtst import PatchTST, PatchTSTConfig
 from quantum_daemon.models.torch_training import (
     TrainConfig,
@@ -68,20 +69,12 @@ CHANNELS: dict[str, Callable[[Bars], np.ndarray]] = {
 # -- hyper-parameters ---------------------------------------------------------------------
 
 
-class _Params:
+class _Params(MappingParams):
     """Mixin for frozen parameter dataclasses built from a (TOML) mapping."""
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> Self:
-        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(fields)}")
-        coerced = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(**coerced)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+    def convert(cls, key: str, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,9 @@ from quantum_daemon.core.evaluation.performance import sharpe_ratio
 from quantum_daemon.core.features import FEATURE_NAMES, build_features
 from quantum_daemon.core.scoring import compare_with_plain_rule
 from quantum_daemon.domain.bars import Bars
+from quantum_daemon.domain.signals import RecordedSignals
 from quantum_daemon.models.base import FitInfo, Forecast, TrainSet
+from quantum_daemon.models.params import MappingParams
 from quantum_daemon.models.sizing_env import (
     OBS_HIGH,
     OBS_LOW,
@@ -73,7 +75,6 @@ from quantum_daemon.models.sizing_env import (
     observe,
     rollout,
 )
-from quantum_daemon.storage.recorded_signals import RecordedSignals
 
 POLICY_FILE = "policy.safetensors"
 STATE_FILE = "rl_sizer.json"
@@ -85,7 +86,7 @@ RECORDED_SOURCE = "recorded_ensemble+momentum"
 
 
 @dataclass(frozen=True)
-class SizerParams:
+class SizerParams(MappingParams):
     """Hyper-parameters; ``from_mapping`` rejects unknown keys."""
 
     total_timesteps: int = 20_480  # tens of seconds on one core
@@ -110,15 +111,8 @@ class SizerParams:
             raise ValueError("total_timesteps must be at least eval_every")
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> SizerParams:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown SizerParams keys {unknown}; known: {sorted(names)}")
-        given: dict[str, Any] = dict(values)
-        if "net_arch" in given:
-            given["net_arch"] = tuple(int(n) for n in given["net_arch"])
-        return cls(**given)
+    def convert(cls, key: str, value: Any) -> Any:
+        return tuple(int(n) for n in value) if key == "net_arch" else value
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"net_arch": list(self.net_arch)}

@@ -15,7 +15,6 @@ save to and load from the library's own file format.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,23 +26,13 @@ from scipy.special import ndtr
 from quantum_daemon.core.features import FEATURE_NAMES, build_features, horizon_log_return
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.models.base import FitInfo, Forecast, TrainSet
+from quantum_daemon.models.params import MappingParams
 
 MIN_SIGMA = 1e-12
 
 
-class TreeParamsBase:
-    """Mixin for a frozen dataclass of hyper-parameters built from a mapping."""
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> Self:
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(names)}")
-        return cls(**values)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+class TreeParamsBase(MappingParams):
+    """Mixin for a frozen dataclass of tree hyper-parameters built from a mapping."""
 
 
 @dataclass(frozen=True)

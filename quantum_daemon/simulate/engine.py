@@ -27,8 +27,6 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,83 +34,36 @@ import numpy as np
 
 from quantum_daemon.core.ensemble import MemberForecast, combine, plain_position
 from quantum_daemon.core.evaluation.backtest import cost_rate
-from quantum_daemon.core.promotion import HeadToHead, judge
+from quantum_daemon.core.scheduling import Scheduler, SchedulerPolicy
 from quantum_daemon.core.scoring import shadow_outcome, shadow_verdict
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import Config
+from quantum_daemon.domain.ids import model_keys
 from quantum_daemon.domain.timeframes import timeframe_ms
 from quantum_daemon.inference.records import DuePrediction
 from quantum_daemon.inference.rounds import SCALE_WINDOW, due_ts, settle, trust_rounds
-from quantum_daemon.lifecycle.scheduler import (
-    ModelKey,
-    Scheduler,
-    SchedulerPolicy,
-    TrainRequest,
-    model_keys,
-)
 from quantum_daemon.simulate.inputs import SimulationSeries
 from quantum_daemon.simulate.predict_job import PredictResult, PredictSpec, predict_span
-from quantum_daemon.storage import artifacts
+from quantum_daemon.simulate.records import (
+    ACTIVE,
+    CANDIDATE,
+    BarRecord,
+    Prediction,
+    Progress,
+    TimelineEntry,
+    VersionRecord,
+)
+from quantum_daemon.simulate.training import TrainingDesk
 from quantum_daemon.storage.registry.registry import Registry
 from quantum_daemon.storage.trust_store import StoredState, plan_round
-from quantum_daemon.training.jobs import ActiveRef, TrainJobResult, TrainJobSpec, run_job
-from quantum_daemon.training.pool import Executor, JobOutcome
+from quantum_daemon.training.executor import Executor, JobOutcome
 
-ACTIVE, CANDIDATE = "active", "candidate"
 POSITION_FAMILIES = frozenset({"evo_model", "rl_sizer"})
 SHADOW_REASON = "shadow"
 PREDICT_CHUNK = 256  # bars forecast per batch call
 
 
-@dataclass
-class Prediction:
-    mu: float
-    p_up: float
-    position: float | None
-
-
-@dataclass
-class VersionRecord:
-    """A version's life in the simulation: its forecasts and live losses."""
-
-    model_id: str
-    family: str
-    symbol: str
-    version: str
-    path: str
-    trained_at: int  # bar index (of its series) of the training
-    live_from: int
-    horizon: int = 1
-    predictions: dict[int, Prediction] = field(default_factory=dict)
-    losses: dict[int, float] = field(default_factory=dict)  # bar ts -> live loss
-    live_bars: int = 0
-
-
-@dataclass
-class TimelineEntry:
-    ts: int  # close time of the bar at which it happened (epoch ms)
-    kind: str
-    model_id: str
-    version: str
-    detail: str = ""
-
-
-@dataclass
-class BarRecord:
-    """What the loop and the variants knew at one bar of one series."""
-
-    ts: int
-    close: float
-    forecasts: dict[tuple[str, str], tuple[str, Prediction]]  # (model, version) -> (stage, p)
-    newest: dict[str, str]  # model_id -> newest trained version
-    weights: dict[str, float]
-    signal: dict[str, Any] | None
-
-
-Progress = Callable[[dict[str, Any]], None]
-
-
-class Simulation:
+class Simulation(TrainingDesk):
     """See the module docstring; ``run`` returns when the span is done or
     ``stop`` is set (then ``partial`` is true)."""
 
@@ -155,6 +106,7 @@ class Simulation:
         self.partial = False
         self.now_ms = 0
         self._loaded_cache: dict[str, list[tuple[str, str]]] = {}
+        self.job_seconds: dict[str, float] = {}  # family -> training seconds in workers
 
     # -- the clock -----------------------------------------------------------
     def bar_times(self) -> list[int]:
@@ -435,119 +387,6 @@ class Simulation:
                 self._note(events, model_id)
         self._refresh_live()
 
-    # -- training ----------------------------------------------------------------------
-    async def _train_ready(self, now_ms: int, index: dict[tuple[str, str], int]) -> None:
-        """Start every job the scheduler hands out now; simulated time stands
-        still while they run (in the executor's workers)."""
-        while True:
-            requests = []
-            while (r := self.scheduler.next_job(now_ms / 1000, lambda _k: True)) is not None:
-                requests.append(r)
-            if not requests:
-                return
-            specs = [self._train_spec(r, now_ms) for r in requests]
-            outcomes = await self._run_all(specs, run_job)
-            for request, spec, outcome in zip(requests, specs, outcomes, strict=True):
-                self._completed(request, spec, outcome)
-
-    def _train_spec(self, request: TrainRequest, now_ms: int) -> TrainJobSpec:
-        key = request.key
-        series = self.series[(key.symbol, key.tf)]
-        end = int(np.searchsorted(series.bars.ts, now_ms - self.step, side="right"))
-        bars = series.bars.slice(max(0, end - self.cfg.training.history_bars), end)
-        active = self.registry.active_version(key.model_id) if self._has(key) else None
-        path = self.registry.version_path(key.model_id, active) if active else None
-        return TrainJobSpec(
-            job_id=f"{key.model_id}-{now_ms}",
-            family=key.family,
-            bars=bars,
-            data_dir=str(self.data_dir),
-            version_time=self._version_time(key.model_id, now_ms),
-            evaluation=self.cfg.evaluation,
-            seed=self.cfg.models.seed,
-            timeout_s=self.cfg.training.job_timeout_s,
-            active=ActiveRef(active, str(path)) if active and path else None,
-        )
-
-    def _has(self, key: ModelKey) -> bool:
-        return key.model_id in self._known_models()
-
-    def _version_time(self, model_id: str, now_ms: int) -> datetime:
-        now = datetime.fromtimestamp(now_ms / 1000, UTC)
-        names = artifacts.list_versions(self.data_dir, model_id)
-        if not names:
-            return now
-        newest = datetime.strptime(names[-1], artifacts.VERSION_FORMAT).replace(tzinfo=UTC)
-        return max(now, newest + timedelta(seconds=1))
-
-    def _completed(self, request: TrainRequest, spec: TrainJobSpec, outcome: JobOutcome) -> None:
-        mid = request.model_id
-        ok = outcome.ok
-        if not ok:
-            self.jobs_failed += 1
-            self.timeline.append(
-                TimelineEntry(self.now_ms, "training_failed", mid, "", outcome.reason or "")
-            )
-        else:
-            self._judge_new(spec, outcome.result)
-        has_active = self._has(request.key) and self.registry.active_version(mid) is not None
-        self.scheduler.job_finished(mid, self.now_ms / 1000, ok, has_active)
-
-    def _judge_new(self, spec: TrainJobSpec, result: TrainJobResult) -> None:
-        """The lifecycle's decision on a trained version (``LifecycleService._decide``)."""
-        self.jobs_done += 1
-        mid, version = result.model_id, result.version
-        series = self.series[(spec.symbol, spec.tf)]
-        at = int(np.searchsorted(series.bars.ts, self.now_ms - self.step, side="right"))
-        self.versions[(mid, version)] = VersionRecord(
-            mid, spec.family, spec.symbol, version, result.artifact_dir, at, live_from=at,
-            horizon=int(result.metrics.get("horizon") or self.cfg.evaluation.horizon),
-        )  # fmt: skip
-        self.newest[mid] = version
-        self.timeline.append(TimelineEntry(self.now_ms, "trained", mid, version, _headline(result)))
-        self.registry.register(mid, version, result.head_to_head, spec.job_id)
-        show = self.registry.show(mid)
-        entry = next(v for v in show["versions"] if v["version"] == version)
-        verdict = judge(
-            entry["metrics"],
-            show["active"],
-            HeadToHead.from_dict(entry.get("head_to_head")),
-            self.cfg.promotion,
-        )
-        self._note(self.registry.apply_verdict(mid, version, verdict), mid)
-        self._note(self.registry.retire_superseded(mid, self.cfg.inference.max_candidates), mid)
-        self._refresh_live()
-
-    def _note(self, events: Sequence[Any], model_id: str) -> None:
-        for event in events:
-            data = event.data
-            kind = event.type.removeprefix("model.")
-            detail = data.get("gate") or data.get("reason") or ""
-            self.timeline.append(
-                TimelineEntry(self.now_ms, kind, model_id, data.get("version", ""), str(detail))
-            )
-            if event.type in ("model.promoted", "model.retired"):
-                self.scheduler.set_active(
-                    model_id, self.registry.active_version(model_id) is not None
-                )
-
-    def _refresh_live(self) -> None:
-        """The live forecasting families, as the inference service aligns trust."""
-        self._loaded_cache.clear()
-        live = sorted(
-            {
-                k.family
-                for k in self.keys
-                if self._has(k) and self.registry.active_version(k.model_id) is not None
-            }
-        )
-        if tuple(live) != self.live_families:
-            self.live_families = tuple(live)
-            from quantum_daemon.core import trust
-
-            self.weights = trust.align(self.weights, list(live)) if live else {}
-            self.trust_history.append((self.now_ms, dict(self.weights)))
-
     # -- the executor -------------------------------------------------------------------
     async def _run_all(self, specs: Sequence[Any], fn: Callable[[Any], Any]) -> list[JobOutcome]:
         """Run every spec in the executor, as many at once as it has workers;
@@ -579,13 +418,3 @@ class Simulation:
 def _index_of(ts: np.ndarray, value: int) -> int | None:
     i = int(np.searchsorted(ts, value))
     return i if i < len(ts) and int(ts[i]) == value else None
-
-
-def _headline(result: TrainJobResult) -> str:
-    m = result.metrics
-    parts = [f"{k}={m[k]:.4g}" for k in ("sharpe", "dsr", "profit_factor") if _num(m.get(k))]
-    return " ".join([*parts, f"trades={m.get('trades')}"])
-
-
-def _num(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

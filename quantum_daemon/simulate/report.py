@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from quantum_daemon.simulate.engine import ACTIVE, Simulation
+from quantum_daemon.simulate.engine import Simulation
+from quantum_daemon.simulate.records import ACTIVE
 from quantum_daemon.simulate.variants import VariantResult
 
 SIGNAL_FIELDS = (

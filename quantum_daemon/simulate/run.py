@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from quantum_daemon.domain.config import FAMILIES, Config
+from quantum_daemon.domain.errors import EX_INTERRUPTED, EX_OK, EX_USAGE
 from quantum_daemon.simulate.engine import Simulation
 from quantum_daemon.simulate.inputs import (
     SimulationInputError,
@@ -75,7 +76,7 @@ def simulate(cfg: Config, request: SimulateRequest, err: TextIO = sys.stderr) ->
         series = plan_series(load_bars(cfg, request), cfg.training.history_bars, start, end)
     except SimulationInputError as exc:
         print(f"quantum-daemon simulate: {exc}", file=err)
-        return 2
+        return EX_USAGE
     return asyncio.run(_simulate(cfg, request, series, families, err))
 
 
@@ -102,13 +103,18 @@ async def _simulate(
     policy_map = policies(families, cfg.evaluation.position_threshold, _newest(sim))
     results = evaluate({k[0]: v for k, v in sim.bars.items()}, policy_map, sim.cost_rate)
     summary = summarize(results, sim.tf, cfg.evaluation.trial_sharpe_variance)
-    run_info = {"seconds": round(seconds, 3), "versions": sim.jobs_done, "failed": sim.jobs_failed}
+    run_info = {
+        "seconds": round(seconds, 3),
+        "versions": sim.jobs_done,
+        "failed": sim.jobs_failed,
+        "training_seconds": {f: round(s, 3) for f, s in sorted(sim.job_seconds.items())},
+    }
     document = write_report(out, sim, results, summary, run_info)
     if tty:
         err.write("\n")
     print_table(document, err)
     print(f"report: {out / 'report.html'}", file=err)
-    return 130 if sim.partial else 0
+    return EX_INTERRUPTED if sim.partial else EX_OK
 
 
 def _newest(sim: Simulation) -> Any:

@@ -39,7 +39,7 @@ from quantum_daemon.core.evaluation.performance import (
 )
 from quantum_daemon.core.evaluation.significance import dsr_of_returns, sharpe_moments
 from quantum_daemon.domain.timeframes import bars_per_year
-from quantum_daemon.simulate.engine import ACTIVE, BarRecord, Prediction
+from quantum_daemon.simulate.records import ACTIVE, BarRecord, Prediction
 
 SIZER = "rl_sizer"
 Policy = Callable[[BarRecord], float]

@@ -3,7 +3,9 @@
 An entry has two fields: ``type`` (``model.promoted``, ...) and ``data``, a
 JSON object holding ``event_id``, ``model_id``, ``family``, ``symbol``,
 ``tf``, ``version``, ``timestamp`` (ISO 8601, UTC, when it happened) and the
-event's own fields. The stream is trimmed (``MAXLEN ~``).
+event's own fields. The stream is trimmed (``MAXLEN ~``). The event values
+themselves (``Event``, ``make_event``, the types) are ``domain.events``;
+they are re-exported here for the publishing side.
 
 Exactly once: every event has an id derived from what it records (type,
 model, version, and the transition or job), and is published by a Lua
@@ -23,35 +25,58 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from quantum_daemon.domain.events import (
+    CONTROL_APPLIED,
+    CONTROL_REJECTED,
+    MODEL_EVALUATED,
+    MODEL_LOAD_REFUSED,
+    MODEL_PROMOTED,
+    MODEL_REGISTERED,
+    MODEL_REJECTED,
+    MODEL_RETIRED,
+    TRAINING_COMPLETED,
+    TRAINING_FAILED,
+    TRAINING_STARTED,
+    Event,
+    make_event,
+)
 from quantum_daemon.domain.keys import Keys
-from quantum_daemon.runtime.aio import sleep_or_stop
+from quantum_daemon.runtime.aio import sleep_or_stop, wait_first
 from quantum_daemon.runtime.logs import get_logger
+
+__all__ = [
+    "CONTROL_APPLIED",
+    "CONTROL_REJECTED",
+    "MODEL_EVALUATED",
+    "MODEL_LOAD_REFUSED",
+    "MODEL_PROMOTED",
+    "MODEL_REGISTERED",
+    "MODEL_REJECTED",
+    "MODEL_RETIRED",
+    "TRAINING_COMPLETED",
+    "TRAINING_FAILED",
+    "TRAINING_STARTED",
+    "Event",
+    "EventPublisher",
+    "OutboxFlusher",
+    "OutboxStore",
+    "dedup_key",
+    "make_event",
+    "parse_entry",
+    "publish_sync",
+]
 
 log = get_logger()
 
 EVENTS_MAXLEN = 10_000
 DEDUP_TTL_S = 7 * 24 * 3600
 FINAL_FLUSH_S = 2.0
-
-TRAINING_STARTED = "training.started"
-TRAINING_COMPLETED = "training.completed"
-TRAINING_FAILED = "training.failed"
-MODEL_REGISTERED = "model.registered"
-MODEL_EVALUATED = "model.evaluated"
-MODEL_PROMOTED = "model.promoted"
-MODEL_REJECTED = "model.rejected"
-MODEL_RETIRED = "model.retired"
-MODEL_LOAD_REFUSED = "model.load_refused"
-CONTROL_APPLIED = "control.applied"
-CONTROL_REJECTED = "control.rejected"
 
 # KEYS[1] stream, KEYS[2] dedup key; ARGV: ttl, maxlen, type, data.
 _PUBLISH_ONCE = """
@@ -60,58 +85,6 @@ if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
 end
 return false
 """
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str
-    data: Mapping[str, Any]
-
-    @property
-    def event_id(self) -> str:
-        return str(self.data["event_id"])
-
-    @property
-    def model_id(self) -> str | None:
-        value = self.data.get("model_id")
-        return None if value is None else str(value)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "data": dict(self.data)}
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> Event:
-        return cls(str(raw["type"]), dict(raw["data"]))
-
-    def fields(self) -> dict[str, str]:
-        return {"type": self.type, "data": json.dumps(self.data, default=str)}
-
-
-def make_event(
-    type: str,
-    *,
-    model_id: str,
-    family: str,
-    symbol: str,
-    tf: str,
-    version: str | None,
-    at: datetime,
-    transition: str,
-    **fields: Any,
-) -> Event:
-    """An event whose id is ``type|model_id|version|transition``."""
-    event_id = f"{type}|{model_id}|{version or '-'}|{transition}"
-    data = {
-        "event_id": event_id,
-        "model_id": model_id,
-        "family": family,
-        "symbol": symbol,
-        "tf": tf,
-        "version": version,
-        "timestamp": at.isoformat(),
-        **fields,
-    }
-    return Event(type, data)
 
 
 def dedup_key(keys: Keys, event_id: str) -> str:
@@ -222,11 +195,5 @@ class OutboxFlusher:
             await asyncio.wait_for(asyncio.shield(self.flush()), FINAL_FLUSH_S)
 
     async def _sleep(self, stop: asyncio.Event) -> None:
-        wake = asyncio.ensure_future(self._wakeup.wait())
-        halt = asyncio.ensure_future(stop.wait())
-        try:
-            await asyncio.wait({wake, halt}, timeout=30.0, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            wake.cancel()
-            halt.cancel()
+        await wait_first(self._wakeup, stop, timeout_s=30.0)
         self._wakeup.clear()

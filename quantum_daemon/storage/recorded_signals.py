@@ -12,89 +12,26 @@ is out of range, is skipped and counted, never raised. Only these three fields a
 read (no JSON): a full stream of 10,000 entries takes about 0.1 s, in
 slices of a few milliseconds between the awaited pages of ``PAGE`` entries.
 
-``RecordedSignals`` is frozen numpy arrays sorted by ``ts``, one entry per
-bar: where a bar was published twice (a replay, a restart), the later entry
-in the stream wins. numpy only: the daemon imports this module.
+``RecordedSignals`` (``domain.signals``) is frozen numpy arrays sorted by
+``ts``, one entry per bar: where a bar was published twice (a replay, a
+restart), the later entry in the stream wins. This module talks to Redis;
+the worker side imports only ``domain.signals``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import redis.asyncio as aioredis
 
 from quantum_daemon.core.ensemble import field_text
 from quantum_daemon.domain.keys import Keys
+from quantum_daemon.domain.signals import RecordedSignals
 
-# The families trained on the recorded signal (they size it, they are not part of it).
-SIGNAL_CONSUMERS = frozenset({"rl_sizer"})
 PAGE = 500  # entries per XRANGE call: the event loop is free between pages
 MAX_TS = 2**63 - 1  # the arrays are int64: a larger ts would raise, not be skipped
-
-
-@dataclass(frozen=True, eq=False)
-class RecordedSignals:
-    """Per recorded bar, in ``ts`` order without repeats: ``mu`` and ``p_up``.
-    ``skipped`` counts the stream entries that could not be read."""
-
-    ts: np.ndarray
-    mu: np.ndarray
-    p_up: np.ndarray
-    skipped: int = 0
-
-    def __post_init__(self) -> None:
-        n = self.ts.shape[0]
-        if any(a.shape != (n,) for a in (self.ts, self.mu, self.p_up)):
-            raise ValueError("ts, mu and p_up need one value per recorded bar")
-        if n > 1 and not np.all(np.diff(self.ts) > 0):
-            raise ValueError("ts must be strictly increasing; use from_rows")
-
-    @classmethod
-    def empty(cls, skipped: int = 0) -> RecordedSignals:
-        return cls(np.empty(0, np.int64), np.empty(0), np.empty(0), skipped)
-
-    @classmethod
-    def from_rows(cls, rows: list[tuple[int, float, float]], skipped: int = 0) -> RecordedSignals:
-        """From (ts, mu, p_up) rows in stream order: sorted by ``ts``, keeping
-        the last row of each ``ts``."""
-        if not rows:
-            return cls.empty(skipped)
-        ts = np.array([r[0] for r in rows], dtype=np.int64)
-        values = np.array([(r[1], r[2]) for r in rows], dtype=np.float64)
-        order = np.argsort(ts, kind="stable")
-        ts, values = ts[order], values[order]
-        last_of_ts = np.append(ts[1:] != ts[:-1], True)
-        return cls(ts[last_of_ts], values[last_of_ts, 0], values[last_of_ts, 1], skipped)
-
-    def until(self, last_ts: int | None) -> RecordedSignals:
-        """The signals of bars up to ``last_ts`` (none for None): what a job
-        whose last bar opened at ``last_ts`` may see."""
-        if last_ts is None:
-            return RecordedSignals.empty(self.skipped)
-        keep = self.ts <= last_ts
-        return RecordedSignals(self.ts[keep], self.mu[keep], self.p_up[keep], self.skipped)
-
-    def __len__(self) -> int:
-        return int(self.ts.shape[0])
-
-    def positions(self, bar_ts: np.ndarray) -> np.ndarray:
-        """For each bar open time, the index of its recorded signal, or -1."""
-        bar_ts = np.asarray(bar_ts, dtype=np.int64)
-        at = np.searchsorted(self.ts, bar_ts)
-        inside = at < len(self)
-        found = np.zeros(bar_ts.shape, dtype=bool)
-        found[inside] = self.ts[at[inside]] == bar_ts[inside]
-        return np.where(found, at, -1)
-
-    def recorded_fraction(self, bar_ts: np.ndarray) -> float:
-        """The share of these bars that have a recorded signal (0.0 for no bars)."""
-        if np.asarray(bar_ts).size == 0:
-            return 0.0
-        return float(np.mean(self.positions(bar_ts) >= 0))
 
 
 async def read_recorded_signals(

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 from quantum_daemon.core.promotion import HeadToHead
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import EvaluationConfig
+from quantum_daemon.domain.signals import RecordedSignals
 from quantum_daemon.domain.timeframes import timeframe_ms
-from quantum_daemon.storage.recorded_signals import RecordedSignals
 
 if TYPE_CHECKING:
     from quantum_daemon.models.base import Family

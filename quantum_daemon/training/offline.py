@@ -30,13 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from quantum_daemon.core.evaluation.report import (
-    finite_or_none,
-    metrics_json,
-    returns_csv,
-    write_calibration,
-    write_report,
-)
+from quantum_daemon.core.evaluation.report import finite_or_none, metrics_json, returns_csv
 from quantum_daemon.core.evaluation.splits import Fold
 from quantum_daemon.core.evaluation.walkforward import (
     Evaluation,
@@ -46,10 +40,12 @@ from quantum_daemon.core.evaluation.walkforward import (
 )
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import EvaluationConfig
+from quantum_daemon.domain.families import SIZER_FAMILIES
+from quantum_daemon.domain.signals import RecordedSignals
 from quantum_daemon.models.base import FitInfo
 from quantum_daemon.models.families import training_family
 from quantum_daemon.storage import artifacts
-from quantum_daemon.storage.recorded_signals import SIGNAL_CONSUMERS, RecordedSignals
+from quantum_daemon.storage.report_files import write_calibration, write_report
 
 IDENTITY_KEYS = ("model_id", "version", "family")
 RETURNS_FILE = "returns.csv"  # in each version folder; read by dashboard.py
@@ -180,7 +176,7 @@ def _metadata(
 
 
 def _test_signal_record(spec: OfflineSpec, report: EvaluationReport) -> dict[str, float]:
-    if spec.signals is None or spec.family not in SIGNAL_CONSUMERS:
+    if spec.signals is None or spec.family not in SIZER_FAMILIES:
         return {}
     fraction = spec.signals.recorded_fraction(spec.bars.ts[report.test_idx])
     return {"recorded_fraction_test": fraction}

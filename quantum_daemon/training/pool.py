@@ -27,96 +27,21 @@ import shutil
 import signal
 import subprocess
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 from quantum_daemon.domain.config import Config
 from quantum_daemon.runtime.logs import get_logger
+from quantum_daemon.runtime.restarts import RestartBudget
+from quantum_daemon.training.executor import JobFn, JobOutcome, PoolCrashLoop
 from quantum_daemon.training.jobs import TORCH_FAMILIES
-from quantum_daemon.training.worker import Reply, WorkerSettings, worker_main
+from quantum_daemon.training.worker import Reply, TrainingWorkerSettings, worker_main
 
 log = get_logger()
-
-JobStatus = Literal["ok", "error", "crashed", "timeout", "cancelled"]
-JobFn = Callable[[Any], Any]
-
-
-@dataclass(frozen=True)
-class JobOutcome:
-    """How a job ended. ``reason`` says why it failed; ``detail`` holds the
-    worker's traceback for an ``error``."""
-
-    job_id: str
-    status: JobStatus
-    result: Any = None
-    reason: str = ""
-    seconds: float = 0.0
-    worker: str = ""
-    detail: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-
-class PoolCrashLoop(RuntimeError):
-    """Workers failed more often than the restart budget allows (fatal)."""
-
-    def __init__(self, outcome: JobOutcome, failures: int, window_s: float) -> None:
-        super().__init__(
-            f"{failures} worker failures within {window_s:.0f}s (last: {outcome.reason})"
-        )
-        self.outcome = outcome
-
-
-class Executor(Protocol):
-    """What the lifecycle service needs from a training backend."""
-
-    kind: str
-
-    def has_capacity(self, family: str) -> bool: ...
-
-    def reserve(self, family: str) -> bool:
-        """Claim a worker for a job about to be run (``run`` consumes the
-        claim): the scheduler hands out a job only with a claim in hand."""
-        ...
-
-    def release(self, family: str) -> None:
-        """Give back a claim whose job will not run."""
-        ...
-
-    async def run(
-        self, fn: JobFn, spec: Any, *, family: str, job_id: str, timeout_s: float
-    ) -> JobOutcome: ...
-
-    def snapshot(self) -> dict[str, Any]: ...
-
-    def busy_seconds(self) -> float: ...
-
-    async def __aenter__(self) -> Executor: ...
-
-    async def __aexit__(self, *exc: object) -> None: ...
-
-
-@dataclass
-class RestartBudget:
-    """At most ``budget`` failures within any ``window_s``: pure, pass ``now``."""
-
-    budget: int
-    window_s: float
-    times: deque[float] = field(default_factory=deque)
-
-    def record(self, now: float) -> bool:
-        """Count a failure; False once the budget is exceeded."""
-        self.times.append(now)
-        while self.times and self.times[0] <= now - self.window_s:
-            self.times.popleft()
-        return len(self.times) <= self.budget
 
 
 @dataclass(frozen=True)
@@ -167,7 +92,7 @@ def cuda_present() -> bool:
 class WorkerProcess:
     """One spawn process and the daemon's end of its pipe."""
 
-    def __init__(self, ctx: SpawnContext, settings: WorkerSettings) -> None:
+    def __init__(self, ctx: SpawnContext, settings: TrainingWorkerSettings) -> None:
         self.settings = settings
         self.conn, child = ctx.Pipe(duplex=True)
         self.proc: SpawnProcess = ctx.Process(
@@ -385,7 +310,7 @@ class ProcessPool:
 
     async def _spawn(self, lane: Lane) -> WorkerProcess:
         lane.started += 1
-        settings = WorkerSettings(
+        settings = TrainingWorkerSettings(
             name=f"{lane.name}-{lane.started}",
             threads=self.settings.threads,
             seed=self.settings.seed,

@@ -24,21 +24,21 @@ from typing import Any
 
 from quantum_daemon.domain.config import Config
 from quantum_daemon.runtime.logs import get_logger
+from quantum_daemon.runtime.restarts import RestartBudget
+from quantum_daemon.training.executor import JobFn, JobOutcome, PoolCrashLoop
 from quantum_daemon.training.jobs import TORCH_FAMILIES
-from quantum_daemon.training.pool import (
-    JobFn,
-    JobOutcome,
-    PoolCrashLoop,
-    RestartBudget,
+from quantum_daemon.training.worker import (
+    THREAD_ENV_VARS,
+    TrainingWorkerSettings,
+    initialize_worker,
 )
-from quantum_daemon.training.worker import THREAD_ENV_VARS, WorkerSettings, initialize_worker
 
 log = get_logger()
 
 _initialized_in_this_process = False
 
 
-def run_in_ray_worker(fn: JobFn, spec: Any, settings: WorkerSettings) -> Any:
+def run_in_ray_worker(fn: JobFn, spec: Any, settings: TrainingWorkerSettings) -> Any:
     """The Ray task: per-process set-up once, then the job."""
     global _initialized_in_this_process
     if not _initialized_in_this_process:
@@ -170,8 +170,8 @@ class RayExecutor:
         options["runtime_env"] = {"env_vars": env}
         return options
 
-    def _worker_settings(self, options: dict[str, Any]) -> WorkerSettings:
-        return WorkerSettings(
+    def _worker_settings(self, options: dict[str, Any]) -> TrainingWorkerSettings:
+        return TrainingWorkerSettings(
             name="ray",
             threads=self.settings.threads,
             seed=self.settings.seed,

@@ -28,7 +28,7 @@ THREAD_ENV_VARS = (
 
 
 @dataclass(frozen=True)
-class WorkerSettings:
+class TrainingWorkerSettings:
     name: str
     threads: int = 1
     seed: int = 42
@@ -38,7 +38,7 @@ class WorkerSettings:
     nice: int = 10  # below the daemon: its event loop preempts training on a busy machine
 
 
-def initialize_worker(settings: WorkerSettings) -> None:
+def initialize_worker(settings: TrainingWorkerSettings) -> None:
     """Per-process set-up: ignore Ctrl-C (the daemon decides when workers
     stop), lower the CPU priority, pin thread counts, hide the GPU from CPU
     workers, configure logging, seed the global RNG."""
@@ -63,7 +63,7 @@ def initialize_worker(settings: WorkerSettings) -> None:
 Reply = tuple[str, Any] | tuple[str, str, str]
 
 
-def worker_main(conn: Connection, settings: WorkerSettings) -> None:
+def worker_main(conn: Connection, settings: TrainingWorkerSettings) -> None:
     """Entry point of a spawn worker: run jobs from ``conn`` until it closes
     or a ``None`` arrives."""
     initialize_worker(settings)

@@ -8,7 +8,6 @@ is refused outright while no token is configured.
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -17,6 +16,7 @@ from aiohttp import web
 
 from quantum_daemon.domain.config import ApiConfig
 from quantum_daemon.runtime.logs import get_logger
+from quantum_daemon.web.responses import json_response
 
 log = get_logger()
 
@@ -101,25 +101,6 @@ def _metrics(source: StatusSource) -> web.StreamResponse:
     return web.Response(
         body=source.metrics_text(),
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-    )
-
-
-def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int | None:
-    """An integer query parameter in [low, high]; ``default`` when absent,
-    None when malformed or out of range (the caller answers 400)."""
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        return None
-    return value if low <= value <= high else None
-
-
-def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(
-        text=json.dumps(body, default=str), status=status, content_type="application/json"
     )
 
 

@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.storage.registry.registry import Registry, RegistryError
-from quantum_daemon.web.api import int_query, json_response
+from quantum_daemon.web.responses import int_query, json_response
 
 RETURNS_FILE = "returns.csv"  # written by offline.train_offline (its RETURNS_FILE)
 EQUITY_POINTS = 500

@@ -5,8 +5,9 @@
 - ``performance``: trading metrics and forecast errors.
 - ``significance``: probabilistic and deflated Sharpe ratios.
 - ``walkforward``: fit a family per test window and judge it (``walk_forward``).
-- ``report``: the metrics JSON and the report folder.
+- ``report``: the metrics JSON, the returns CSV and the calibration JSON
+  (``storage.report_files`` writes them into the report folder).
 
-Pure numpy and pandas: nothing here imports a model library (matplotlib only
-inside ``report.write_report``). docs/evaluation.md defines every number.
+Pure numpy and pandas: nothing here imports a model library or writes a file.
+docs/evaluation.md defines every number.
 """

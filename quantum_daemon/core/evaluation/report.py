@@ -1,26 +1,24 @@
-"""An evaluation as data: the metrics JSON, and the report folder.
+"""An evaluation as data: the metrics JSON, the returns CSV, the calibration JSON.
 
 ``metrics_json`` gives the one JSON shape that the CLI prints, the artifact
-metadata stores and the registry gates read. ``write_report`` writes
-``metrics.json``, ``returns.csv`` (``ts,strategy,buy_and_hold``: per-bar
-simple returns after costs, ``ts`` the epoch-ms open time of the bar whose
-return it is) and ``equity.png`` (matplotlib, imported here only, Agg backend).
-Numbers that are undefined (a profit factor without losses, a win rate
-without trades) are JSON null.
+metadata stores and the registry gates read. ``returns_csv`` is
+``ts,strategy,buy_and_hold``: per-bar simple returns after costs, ``ts`` the
+epoch-ms open time of the bar whose return it is. Numbers that are undefined
+(a profit factor without losses, a win rate without trades) are JSON null.
 
-``calibration_json`` / ``write_calibration`` give ``calibration.json`` for
-the report folder: the test-window ECE of ``p_up`` with its reliability bins,
-and per test window the validation ECE before and after calibration
-(``models.calibrated``). The ECE is not a ``JSON_KEYS`` key: the artifact
-metadata's ``metrics`` carry it as ``ece`` beside them.
+``calibration_json`` gives ``calibration.json`` for the report folder: the
+test-window ECE of ``p_up`` with its reliability bins, and per test window
+the validation ECE before and after calibration (``models.calibrated``). The
+ECE is not a ``JSON_KEYS`` key: the artifact metadata's ``metrics`` carry it
+as ``ece`` beside them.
+
+Pure: ``storage.report_files`` writes the report folder (``metrics.json``,
+``returns.csv``, ``equity.png``, ``calibration.json``).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -81,16 +79,6 @@ def metrics_json(
     }
 
 
-def write_report(directory: Path, metrics: dict[str, Any], report: EvaluationReport) -> list[Path]:
-    """Write metrics.json, returns.csv and equity.png into ``directory``."""
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = [directory / "metrics.json", directory / "returns.csv", directory / "equity.png"]
-    _write_text(paths[0], json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-    _write_text(paths[1], returns_csv(report))
-    _plot_equity(paths[2], report)
-    return paths
-
-
 CALIBRATION_FILE = "calibration.json"
 N_BINS = 10
 _FIT_PREFIX = "calibration_"
@@ -128,13 +116,6 @@ def calibration_json(report: EvaluationReport) -> dict[str, Any]:
     }
 
 
-def write_calibration(directory: Path, report: EvaluationReport) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / CALIBRATION_FILE
-    _write_text(path, json.dumps(calibration_json(report), indent=2, allow_nan=False) + "\n")
-    return path
-
-
 def returns_csv(report: EvaluationReport) -> str:
     bh = report.baselines["buy_and_hold"].net
     lines = ["ts,strategy,buy_and_hold"]
@@ -145,32 +126,3 @@ def returns_csv(report: EvaluationReport) -> str:
         )
     ]
     return "\n".join(lines) + "\n"
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _plot_equity(path: Path, report: EvaluationReport) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    when = report.return_ts.astype("datetime64[ms]")
-    fig, ax = plt.subplots(figsize=(10, 4.5))
-    for name, net in (
-        ("strategy", report.strategy.net),
-        ("buy and hold", report.baselines["buy_and_hold"].net),
-    ):
-        ax.plot(when, np.cumprod(1.0 + net), label=name, linewidth=1.2)
-    ax.axhline(1.0, color="grey", linewidth=0.6)
-    ax.set_title(f"{report.symbol} {report.tf}: out-of-sample equity after costs")
-    ax.set_ylabel("equity (start = 1)")
-    ax.legend(loc="best")
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -23,7 +23,6 @@ import numpy as np
 
 from quantum_daemon.core.calibration import expected_calibration_error
 from quantum_daemon.core.evaluation.backtest import (
-    DEFAULT_POSITION_THRESHOLD,
     BacktestResult,
     buy_and_hold,
     cost_rate,
@@ -43,35 +42,25 @@ from quantum_daemon.core.evaluation.splits import Fold, SplitPlan, walk_forward_
 from quantum_daemon.core.features import horizon_log_return
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import EvaluationConfig
+from quantum_daemon.domain.forecasting import Family, FitInfo, Forecast, TrainSet
 from quantum_daemon.domain.timeframes import bars_per_year
-from quantum_daemon.models.base import Family, FitInfo, Forecast, TrainSet
 
 
 @dataclass(frozen=True)
-class EvaluationSettings:
-    """How a family is judged. ``from_config`` reads ``EvaluationConfig``; keys
-    that the config does not (yet) have keep the defaults here."""
-
-    horizon: int = 24
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    n_test_windows: int = 3
-    fee_bps: float = 10.0
-    slippage_bps: float = 2.0
-    n_trials: int = 1
-    # Minimum distance of p_up from 0.5 before a position is taken (backtest.py).
-    position_threshold: float = DEFAULT_POSITION_THRESHOLD
-    refit_every_window: bool = True
-    # Variance of the per-period Sharpe ratios of all trials; None: the null's 1 / (n - 1).
-    trial_sharpe_variance: float | None = None
+class EvaluationSettings(EvaluationConfig):
+    """How a family is judged: the ``[evaluation]`` keys with their defaults
+    (``EvaluationConfig``), from the config (``from_config``) or built in code.
+    A ``trial_sharpe_variance`` of 0 means not known (``known_trial_variance``)."""
 
     @classmethod
     def from_config(cls, config: EvaluationConfig, **overrides: Any) -> EvaluationSettings:
-        known = {f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)}
-        values = {**known, **overrides}
-        if not values.get("trial_sharpe_variance"):  # a config's 0 means "not known"
-            values["trial_sharpe_variance"] = None
-        return cls(**values)
+        values = {f.name: getattr(config, f.name) for f in fields(config)}
+        return cls(**{**values, **overrides})
+
+    @property
+    def known_trial_variance(self) -> float | None:
+        """The trials' Sharpe variance for the DSR; None: the null's 1 / (n - 1)."""
+        return self.trial_sharpe_variance or None
 
 
 @dataclass(frozen=True)
@@ -200,7 +189,7 @@ def _report(
         trading=trading_metrics(strategy, periods),
         forecast=forecast_metrics(mu, outcome),
         psr=psr_of_returns(strategy.net),
-        dsr=dsr_of_returns(strategy.net, settings.n_trials, settings.trial_sharpe_variance),
+        dsr=dsr_of_returns(strategy.net, settings.n_trials, settings.known_trial_variance),
         baselines=baselines,
         baseline_metrics={k: trading_metrics(v, periods) for k, v in baselines.items()},
         folds=outcomes,

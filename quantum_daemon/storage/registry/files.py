@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from quantum_daemon.core.promotion import HeadToHead
-from quantum_daemon.lifecycle.scheduler import ModelKey
+from quantum_daemon.domain.ids import ModelKey
 from quantum_daemon.storage import artifacts
 
 STAGES = ("trained", "candidate", "active", "rejected", "retired")

@@ -40,9 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from quantum_daemon.core.promotion import HeadToHead, Verdict
-from quantum_daemon.runtime.logs import get_logger
-from quantum_daemon.storage import artifacts
-from quantum_daemon.storage.events import (
+from quantum_daemon.domain.events import (
     MODEL_EVALUATED,
     MODEL_LOAD_REFUSED,
     MODEL_PROMOTED,
@@ -52,6 +50,8 @@ from quantum_daemon.storage.events import (
     Event,
     make_event,
 )
+from quantum_daemon.runtime.logs import get_logger
+from quantum_daemon.storage import artifacts
 from quantum_daemon.storage.registry.files import (
     STAGES,
     STATE_FILE,

@@ -1,0 +1,180 @@
+"""Serving: the latency path from a stored bar to its published signal.
+
+Ingest calls ``bars_stored`` when it committed bars of a series; ``serve``
+sends the worker one ``PredictRequest`` for the series waiting longest (the
+bars after the last one answered) with the trust weights as of those bars
+(``timeline``), pools each bar's active forecasters under that bar's weights
+from the request (``signals.signals_of``) and adds the signals to
+``quantum:signals:{SYMBOL}:{TF}`` with their latency. Nothing else is on
+this path: the answer is handed to bookkeeping afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from quantum_daemon.core.ensemble import Signal
+from quantum_daemon.domain.config import Config
+from quantum_daemon.domain.ids import ModelKey
+from quantum_daemon.domain.keys import Keys
+from quantum_daemon.domain.timeframes import timeframe_ms
+from quantum_daemon.inference.context import Answered, InferenceState, Series, stream_fields
+from quantum_daemon.inference.messages import PredictAnswer, PredictRequest, RequestFailed
+from quantum_daemon.inference.metrics import InferenceMetrics
+from quantum_daemon.inference.process import WorkerDied, WorkerLink
+from quantum_daemon.inference.signals import signals_of
+from quantum_daemon.runtime.aio import wait_first
+from quantum_daemon.runtime.logs import get_logger
+
+log = get_logger()
+
+PUBLISH_ATTEMPTS = 3
+
+
+class Server:
+    """Asks the worker about waiting series and publishes their signals."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        client: aioredis.Redis,
+        state: InferenceState,
+        link: WorkerLink,
+        metrics: InferenceMetrics,
+        hand_over: Callable[[Answered], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self.cfg = cfg
+        self.client = client
+        self.keys = Keys(cfg.redis.prefix)
+        self.state = state
+        self.link = link
+        self.metrics = metrics
+        self.hand_over = hand_over
+        self.clock = clock
+        self.request_timeout_s = cfg.inference.request_timeout_s
+        self.waiting: dict[Series, float] = {}  # series -> when its oldest unserved bar was stored
+        self._wakeup = asyncio.Event()
+        self._logged_errors: set[tuple[str, str]] = set()
+
+    def bars_stored(self, symbol: str, tf: str, count: int, last_ts: int | None = None) -> None:
+        """Ingest's ``on_stored`` hook, on the event loop: new bars of a series."""
+        if count > 0:
+            self.waiting.setdefault((symbol, tf), self.clock())
+            self._wakeup.set()
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Serve waiting series while the worker is ready, until ``stop``."""
+        while not stop.is_set():
+            if not self.link.ready.is_set():
+                await wait_first(self.link.ready, stop)
+            elif not self.waiting:
+                self._wakeup.clear()
+                await wait_first(self._wakeup, stop)
+            else:
+                await self.serve_next()
+
+    async def serve_next(self) -> None:
+        """Ask the worker about the series waiting longest and publish its signals."""
+        series, stored_at = min(self.waiting.items(), key=lambda item: item[1])
+        del self.waiting[series]
+        request = self.request_for(series)
+        self.state.totals.requests += 1
+        try:
+            reply = await self.link.ask(request, self.request_timeout_s)
+        except WorkerDied as exc:
+            self.waiting[series] = min(stored_at, self.waiting.get(series, stored_at))
+            log.warning("inference.request_lost", symbol=series[0], tf=series[1], error=str(exc))
+            return
+        if isinstance(reply, RequestFailed):
+            self.state.totals.failed_requests += 1
+            log.warning(
+                "inference.request_failed", symbol=series[0], tf=series[1], error=reply.error
+            )
+            return
+        await self._deliver(series, reply, request, stored_at)
+
+    def request_for(self, series: Series) -> PredictRequest:
+        """The bars after the last one answered, with the trust weights as of
+        them: the current weights, and the older ones only for bars that
+        closed before rounds already applied (``timeline``)."""
+        after_ts = self.state.last_ts.get(series)
+        weights = self.state.weights
+        return PredictRequest(
+            self.link.next_id(),
+            *series,
+            after_ts=after_ts,
+            max_bars=self.cfg.inference.max_catch_up,
+            weights=tuple(weights.items()),
+            weights_at=self.state.timeline.for_request(
+                after_ts, timeframe_ms(series[1]), weights
+            ),
+        )
+
+    async def _deliver(
+        self, series: Series, answer: PredictAnswer, request: PredictRequest, stored_at: float
+    ) -> None:
+        """Publish the answer's signals, each bar pooled under its weights
+        from the request: the worker's sizer sized that same pool, and the
+        sizer is trained on the published signal (``recorded_signals``). A
+        trust round that moved the weights while the worker answered
+        applies from the next request on."""
+        latency_ms = (self.clock() - stored_at) * 1000.0
+        threshold = self.cfg.evaluation.position_threshold
+        weights = request.bar_weights(answer.ts)
+        signals = signals_of(answer, weights, latency_ms, threshold)
+        if signals:
+            await self._publish(signals, stored_at)
+        if answer.ts:
+            self.state.last_ts[series] = answer.ts[-1]
+        self.metrics.worker_seconds.observe(answer.worker_s)
+        self.metrics.worker_cpu_seconds.observe(answer.cpu_s)
+        self._note_errors(answer)
+        self.hand_over(Answered(answer, tuple(signals)))
+
+    async def _publish(self, signals: list[Signal], stored_at: float) -> None:
+        key = self.keys.signals(signals[0].symbol, signals[0].tf)
+        maxlen = self.cfg.inference.signals_maxlen
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for signal in signals:
+                        pipe.xadd(key, stream_fields(signal), maxlen=maxlen, approximate=True)
+                    await pipe.execute()
+                break
+            except (RedisError, OSError) as exc:
+                log.warning("signal.publish_failed", attempt=attempt, error=str(exc))
+                if attempt == PUBLISH_ATTEMPTS:
+                    log.error("signal.dropped", stream=key, bars=[s.ts for s in signals])
+                    return
+                await asyncio.sleep(0.05 * attempt)
+        self._published(signals, self.clock() - stored_at)
+
+    def _published(self, signals: list[Signal], seconds: float) -> None:
+        last = signals[-1]
+        self.state.latest[(last.symbol, last.tf)] = last
+        self.state.totals.signals += len(signals)
+        self.metrics.signals.labels(last.symbol, last.tf).inc(len(signals))
+        for signal in signals:
+            self.metrics.observe_latency(seconds)
+            log.debug(
+                "signal.published",
+                symbol=signal.symbol,
+                tf=signal.tf,
+                ts=signal.ts,
+                mu=signal.mu,
+                p_up=signal.p_up,
+                position=signal.position,
+                latency_ms=round(signal.latency_ms, 3),
+            )
+
+    def _note_errors(self, answer: PredictAnswer) -> None:
+        for model_id, error in answer.errors:
+            self.metrics.model_errors.labels(ModelKey.parse(model_id).family).inc()
+            if (model_id, error) not in self._logged_errors:  # once per distinct error
+                self._logged_errors.add((model_id, error))
+                log.warning("inference.model_failed", model_id=model_id, error=error)

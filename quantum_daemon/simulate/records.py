@@ -1,0 +1,58 @@
+"""What a simulation remembers: each version's forecasts and live losses,
+each bar's forecasts, weights and signal, and the lifecycle's timeline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+ACTIVE, CANDIDATE = "active", "candidate"
+
+
+@dataclass
+class Prediction:
+    mu: float
+    p_up: float
+    position: float | None
+
+
+@dataclass
+class VersionRecord:
+    """A version's life in the simulation: its forecasts and live losses."""
+
+    model_id: str
+    family: str
+    symbol: str
+    version: str
+    path: str
+    trained_at: int  # bar index (of its series) of the training
+    live_from: int
+    horizon: int = 1
+    predictions: dict[int, Prediction] = field(default_factory=dict)
+    losses: dict[int, float] = field(default_factory=dict)  # bar ts -> live loss
+    live_bars: int = 0
+
+
+@dataclass
+class TimelineEntry:
+    ts: int  # close time of the bar at which it happened (epoch ms)
+    kind: str
+    model_id: str
+    version: str
+    detail: str = ""
+
+
+@dataclass
+class BarRecord:
+    """What the loop and the variants knew at one bar of one series."""
+
+    ts: int
+    close: float
+    forecasts: dict[tuple[str, str], tuple[str, Prediction]]  # (model, version) -> (stage, p)
+    newest: dict[str, str]  # model_id -> newest trained version
+    weights: dict[str, float]
+    signal: dict[str, Any] | None
+
+
+Progress = Callable[[dict[str, Any]], None]
