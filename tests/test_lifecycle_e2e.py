@@ -40,6 +40,7 @@ workers = 2
 history_bars = 2105
 """
 
+
 def cli(config: Path, *argv: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "quantum_daemon", "--config", str(config), *argv],

@@ -100,6 +100,7 @@ class Simulation(TrainingDesk):
         self.live_families: tuple[str, ...] = ()
         self.timeline: list[TimelineEntry] = []
         self.bars: dict[tuple[str, str], list[BarRecord]] = {k: [] for k in self.series}
+        self.bar_row: dict[tuple[str, str], dict[int, int]] = {k: {} for k in self.series}
         self.trust_history: list[tuple[int, dict[str, float]]] = []
         self.jobs_done = 0
         self.jobs_failed = 0
@@ -275,6 +276,7 @@ class Simulation(TrainingDesk):
             for k in self.keys
             if k.symbol == key[0] and k.model_id in self.newest
         }
+        self.bar_row[key][int(bars.ts[i])] = len(self.bars[key])
         self.bars[key].append(
             BarRecord(
                 ts=int(bars.ts[i]),
@@ -293,7 +295,7 @@ class Simulation(TrainingDesk):
         bars = self.series[key].bars
         history = self.bars[key]
         due: list[DuePrediction] = []
-        by_ts = {r.ts: n for n, r in enumerate(history)}
+        by_ts = self.bar_row[key]
         for record in self._records_of(key[0]):
             is_position = record.family in POSITION_FAMILIES
             lag = 1 if is_position else record.horizon
