@@ -362,6 +362,7 @@ class Simulation(TrainingDesk):
 
     def _judge_shadow(self, model_ids: list[str]) -> None:
         min_bars = self.cfg.promotion.shadow_min_bars
+        changed = False  # re-reading the registry every bar was most of the loop's time
         for model_id in model_ids:
             loaded = self._loaded(model_id)
             active = next((v for v, st in loaded if st == ACTIVE), None)
@@ -374,6 +375,7 @@ class Simulation(TrainingDesk):
                 for v in candidates
             }
             best, expired = shadow_outcome(verdicts, self.cfg.promotion.shadow_max_bars)
+            changed = changed or bool(expired) or best is not None
             for version in expired:
                 v = verdicts[version]
                 detail = (
@@ -387,7 +389,8 @@ class Simulation(TrainingDesk):
             if best is not None:
                 events = self.registry.promote_candidate(model_id, best, active, SHADOW_REASON)
                 self._note(events, model_id)
-        self._refresh_live()
+        if changed:
+            self._refresh_live()
 
     # -- the executor -------------------------------------------------------------------
     async def _run_all(self, specs: Sequence[Any], fn: Callable[[Any], Any]) -> list[JobOutcome]:
