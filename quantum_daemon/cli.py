@@ -15,6 +15,7 @@ from pathlib import Path
 
 from quantum_daemon.domain import config as config_mod
 from quantum_daemon.domain.errors import ConfigError
+from quantum_daemon.domain.secrets import Redactor
 
 # Sub-command modules under quantum_daemon.commands, in help order.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -81,7 +82,8 @@ def load_config(args: argparse.Namespace) -> config_mod.Config:
     try:
         return config_mod.load(config_path(args))
     except ConfigError as exc:
-        print(f"quantum-daemon: config error: {exc}", file=sys.stderr)
+        # No config, so no known secrets: the patterns still hide a URL's password.
+        print(f"quantum-daemon: config error: {Redactor()(str(exc))}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
 
 

@@ -1,7 +1,12 @@
 """The composition root: start reads like a list of steps, stop is the same
 list reversed (an ``AsyncExitStack``), every loop is a named task in one
 ``TaskGroup``. Signal handlers only set the stop event; a second SIGINT
-forces the exit."""
+forces the exit.
+
+Crash-only: the data dir is locked first (one daemon per dir); every loop
+runs watched (``runtime.liveness``): a loop that raises or returns before the
+stop ends the process (exit 1, and ``runtime.failsafe`` makes sure it does),
+a loop that stalls makes the daemon not ready and stops the watchdog pings."""
 
 from __future__ import annotations
 
@@ -13,18 +18,20 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import uvloop
 
 from quantum_daemon import __version__
-from quantum_daemon.domain.config import Config
-from quantum_daemon.domain.errors import EX_FAILURE, EX_INTERRUPTED
+from quantum_daemon.domain.config import Config, redactor
+from quantum_daemon.domain.errors import EX_FAILURE, EX_INTERRUPTED, FatalError
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.inference import InferenceService
 from quantum_daemon.ingest import IngestMetrics, IngestService
 from quantum_daemon.lifecycle.service import LifecycleService
-from quantum_daemon.runtime.heartbeat import heartbeat_loop, loop_lag_monitor
+from quantum_daemon.runtime.failsafe import FailsafeExit
+from quantum_daemon.runtime.heartbeat import heartbeat_loop, loop_lag_monitor, watchdog_loop
+from quantum_daemon.runtime.instance_lock import InstanceLock, InstanceLocked
+from quantum_daemon.runtime.liveness import Liveness, LoopDied, running
 from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.runtime.redis_link import RedisLink
 from quantum_daemon.runtime.sdnotify import Notifier
@@ -54,6 +61,10 @@ HEAVY_MODULES = frozenset(
 
 LoopFactory = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
+# After a loop died, what is left of the process gets grace_s plus this to end
+# by itself before the failsafe ends it.
+FAILSAFE_MARGIN_S = 10.0
+
 
 class Daemon:
     def __init__(self, cfg: Config) -> None:
@@ -66,6 +77,8 @@ class Daemon:
         self.started_at = time.time()
         self.loops: dict[str, LoopFactory] = {}
         self.status_sections: dict[str, Callable[[], dict[str, Any]]] = {}
+        self.liveness = Liveness()
+        self.failsafe = FailsafeExit()
         self._sigint_count = 0
         self.link: RedisLink | None = None
         self.store: BarStore | None = None
@@ -80,18 +93,19 @@ class Daemon:
         log.info("daemon.starting", version=__version__, pid=os.getpid())
         async with contextlib.AsyncExitStack() as stack:
             self._prepare_data_dir()
+            stack.enter_context(InstanceLock(self.cfg.storage.data_dir))
             self.link = await stack.enter_async_context(RedisLink(self.cfg.redis, self.metrics))
             self.store = stack.enter_context(BarStore.in_dir(self.cfg.storage.data_dir))
             self.ingest = await stack.enter_async_context(self._ingest_service())
             self.lifecycle = await stack.enter_async_context(self._lifecycle_service())
             self.inference = await stack.enter_async_context(self._inference_service())
             self.api = await stack.enter_async_context(
-                ApiServer(self.cfg.api, self, self._extra_routes())
+                ApiServer(self.cfg.api, self, self._extra_routes(), redactor(self.cfg))
             )
             self._register_core_loops()
             async with asyncio.TaskGroup() as tg:
                 tasks = [
-                    tg.create_task(factory(self.stop), name=name)
+                    tg.create_task(self._watched(name, factory), name=name)
                     for name, factory in self.loops.items()
                 ]
                 self._announce_ready()
@@ -104,6 +118,27 @@ class Daemon:
 
     def _prepare_data_dir(self) -> None:
         self.cfg.storage.data_dir.mkdir(parents=True, exist_ok=True)
+
+    async def _watched(self, name: str, factory: LoopFactory) -> None:
+        """Run one loop with its pulse; its death (raising, or returning
+        while the daemon runs) ends the process."""
+        with running(self.liveness.watch(name, self.cfg.daemon.stall_s)):
+            try:
+                await factory(self.stop)
+            except Exception as exc:
+                self._loop_died(name, f"raised {exc!r}", exc)
+                raise
+        if not self.stop.is_set():
+            self._loop_died(name, "returned while the daemon was running", None)
+            raise LoopDied(f"loop {name} returned while the daemon was running")
+
+    def _loop_died(self, name: str, why: str, exc: BaseException | None) -> None:
+        self.liveness.ended(name, why)
+        log.error("liveness.died", loop=name, why=why, exc_info=exc)
+        # A fatal error keeps its own code (78 for a Redis permission): systemd
+        # must not restart what a restart cannot fix.
+        code = exc.exit_code if isinstance(exc, FatalError) else EX_FAILURE
+        self.failsafe.arm(self.cfg.daemon.grace_s + FAILSAFE_MARGIN_S, code, f"loop {name} {why}")
 
     def _ingest_service(self) -> IngestService:
         assert self.link is not None and self.store is not None
@@ -141,8 +176,13 @@ class Daemon:
             link,
             self.keys.heartbeat,
             self.cfg.daemon,
-            self.notifier,
             lambda: self.readiness()[0],
+        )
+        self.loops["watchdog"] = lambda stop: watchdog_loop(
+            stop,
+            self.notifier,
+            lambda: not self.liveness.check(),
+            self.cfg.daemon.heartbeat_interval_s,
         )
         self.loops["loop-lag"] = lambda stop: loop_lag_monitor(
             stop, self.metrics.observe_lag, self.cfg.daemon.loop_lag_warn_ms
@@ -200,12 +240,24 @@ class Daemon:
     def readiness(self) -> tuple[bool, str]:
         if not self.started:
             return False, "starting"
+        alive, why = self.alive()
+        if not alive:
+            return False, why
         if self.stop.is_set():
             return False, "stopping"
         if self.link is None or not self.link.up:
             error = self.link.last_error if self.link else "no connection"
             return False, f"redis unreachable: {error}"
+        if self.store is not None and self.store.write_fault:
+            return False, f"bar store cannot write: {self.store.write_fault}"
+        if self.inference is not None and self.inference.link.trouble:
+            return False, f"inference worker: {self.inference.link.trouble}"
         return True, "ok"
+
+    def alive(self) -> tuple[bool, str]:
+        """False with the loops' names when a loop died or stalled (``/healthz``)."""
+        problems = self.liveness.problems()
+        return not problems, "; ".join(map(str, problems)) or "ok"
 
     def status(self) -> dict[str, Any]:
         ready, reason = self.readiness()
@@ -217,10 +269,11 @@ class Daemon:
             "ready": ready,
             "reason": reason,
             "redis": {
-                "url": redact_url(self.cfg.redis.url),
+                "url": redactor(self.cfg)(self.cfg.redis.url),
                 "up": bool(self.link and self.link.up),
             },
             "heavy_modules_loaded": sorted(HEAVY_MODULES & sys.modules.keys()),
+            "loops": self.liveness.snapshot(),
         }
         for name, section in self.status_sections.items():
             body[name] = section()
@@ -231,24 +284,20 @@ class Daemon:
         return self.metrics.render()
 
 
-def redact_url(url: str) -> str:
-    """The URL without its password (for logs and status)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def run_daemon(cfg: Config) -> int:
     """Run the daemon on uvloop until it stops; return the exit code."""
     try:
         return uvloop.run(Daemon(cfg).run())
+    except InstanceLocked as exc:
+        log.error("daemon.locked", error=str(exc), exit_code=exc.exit_code)
+        print(f"quantum-daemon: {exc}", file=sys.stderr)
+        return exc.exit_code
     except Exception as exc:
-        for error in _leaves(exc):
+        errors = _leaves(exc)
+        for error in errors:
             log.error("daemon.crashed", error=repr(error), exc_info=error)
-        return EX_FAILURE
+        fatal = [e.exit_code for e in errors if isinstance(e, FatalError)]
+        return fatal[0] if fatal else EX_FAILURE
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

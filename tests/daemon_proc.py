@@ -37,6 +37,7 @@ class DaemonProcess:
     config: Path
     env: dict[str, str] = field(default_factory=dict)
     args: tuple[str, ...] = ("run",)
+    module: str = "quantum_daemon"  # tests.loop_faults: the daemon with a fault injected
     proc: subprocess.Popen[str] | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     raw_lines: list[str] = field(default_factory=list)
@@ -47,7 +48,7 @@ class DaemonProcess:
         if "NOTIFY_SOCKET" not in self.env:
             env.pop("NOTIFY_SOCKET", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "quantum_daemon", "--config", str(self.config), *self.args],
+            [sys.executable, "-m", self.module, "--config", str(self.config), *self.args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

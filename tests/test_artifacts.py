@@ -18,6 +18,7 @@ from quantum_daemon.training.offline import OfflineSpec, train_offline
 from tests.conftest import make_bars
 
 NOW = datetime(2024, 5, 17, 12, 30, 45, tzinfo=UTC)
+MODEL = "xgb_BTCUSDT_1h"
 
 
 def _writer(payload: bytes = b"weights") -> object:
@@ -46,14 +47,14 @@ def test_a_version_folder_holds_artifacts_checksums_and_history(tmp_path: Path) 
 
 
 def test_versions_in_the_same_second_get_distinct_names(tmp_path: Path) -> None:
-    names = [write_version(tmp_path, "m", _writer(), {}, NOW).version for _ in range(3)]
+    names = [write_version(tmp_path, MODEL, _writer(), {}, NOW).version for _ in range(3)]
     assert names == ["v20240517_123045", "v20240517_123046", "v20240517_123047"]
-    assert artifacts.list_versions(tmp_path, "m") == names
+    assert artifacts.list_versions(tmp_path, MODEL) == names
 
 
 @pytest.mark.parametrize("damage", ["flip_byte", "delete", "bad_json"])
 def test_load_version_refuses_a_damaged_folder(tmp_path: Path, damage: str) -> None:
-    path = write_version(tmp_path, "m", _writer(), {}, NOW).path
+    path = write_version(tmp_path, MODEL, _writer(), {}, NOW).path
     if damage == "flip_byte":
         blob = bytearray((path / "model.bin").read_bytes())
         blob[0] ^= 0xFF
@@ -72,8 +73,8 @@ def test_a_failing_writer_leaves_nothing_behind(tmp_path: Path) -> None:
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        write_version(tmp_path, "m", broken, {}, NOW)
-    assert list((tmp_path / "models" / "m").iterdir()) == []
+        write_version(tmp_path, MODEL, broken, {}, NOW)
+    assert list((tmp_path / "models" / MODEL).iterdir()) == []
 
 
 def test_an_artifact_may_not_shadow_the_metadata(tmp_path: Path) -> None:
@@ -82,11 +83,11 @@ def test_an_artifact_may_not_shadow_the_metadata(tmp_path: Path) -> None:
         return [folder / "metadata.json"]
 
     with pytest.raises(ValueError, match="may not be called"):
-        write_version(tmp_path, "m", sneaky, {}, NOW)
+        write_version(tmp_path, MODEL, sneaky, {}, NOW)
 
 
 def test_rewrite_metadata_replaces_it_whole(tmp_path: Path) -> None:
-    stored = write_version(tmp_path, "m", _writer(), {"family": "x"}, NOW)
+    stored = write_version(tmp_path, MODEL, _writer(), {"family": "x"}, NOW)
     history = [*stored.metadata["stage_history"], {"stage": "candidate", "at": "t", "reason": "r"}]
     artifacts.rewrite_metadata(stored.path, {**stored.metadata, "stage_history": history})
     reread = load_version(stored.path).metadata

@@ -70,8 +70,9 @@ def cli(tmp_path: Path, redis_url: str, *argv: str) -> int:
 
 
 def test_commands_are_parsed_and_bad_ones_refused() -> None:
-    fields = {b"command": b"promote", b"model_id": b"xgb_BTCUSDT_1h", b"version": b"v1"}
-    assert parse_command("1-0", fields) == Command("promote", XGB, "v1", "operator", "1-0")
+    v1 = "v20240101_000000"
+    fields = {b"command": b"promote", b"model_id": b"xgb_BTCUSDT_1h", b"version": v1.encode()}
+    assert parse_command("1-0", fields) == Command("promote", XGB, v1, "operator", "1-0")
     for bad in (
         {"command": "explode", "model_id": XGB},
         {"command": "train", "model_id": "nonsense"},

@@ -223,9 +223,10 @@ def test_equity_compounds_the_stored_returns_of_active_and_candidate(tmp_path: P
     np.testing.assert_allclose(challenger["strategy"], np.cumprod(1 + full[:, 1])[picked])
     np.testing.assert_allclose(challenger["buy_and_hold"], np.cumprod(1 + full[:, 2])[picked])
 
-    for unknown in ("?model_id=xgb_NOPE_1h", "?model_id=.."):
-        status, body = answers[unknown]
-        assert status == 404 and "model" in body["error"]
+    status, body = answers["?model_id=xgb_NOPE_1h"]
+    assert status == 404 and "model" in body["error"]
+    status, body = answers["?model_id=.."]  # not a model id at all: refused before any path
+    assert status == 400 and "model id" in body["error"]
     assert answers[""][0] == 400
 
 

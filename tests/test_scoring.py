@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quantum_daemon.core.evaluation.backtest import cost_rate, position_from_forecast, run_backtest
+from quantum_daemon.core.promotion import shadow_outcome, shadow_verdict
 from quantum_daemon.core.scoring import (
     bar_net_return,
     compare_with_plain_rule,
@@ -18,8 +19,6 @@ from quantum_daemon.core.scoring import (
     return_scale,
     score_forecast,
     score_position,
-    shadow_outcome,
-    shadow_verdict,
 )
 
 RATE = cost_rate(10.0, 2.0)

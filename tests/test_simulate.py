@@ -200,7 +200,6 @@ def test_the_same_inputs_give_the_same_summary_byte_for_byte(tmp_path: Path) -> 
         (["--families", "nope"], "unknown family 'nope'"),
         (["--from", "2030-01-01"], "no bars in the simulated range"),
         (["--from", "not-a-date"], "not a date"),
-        (["--families", "rl_sizer"], "rl_sizer"),
     ],
 )
 def test_bad_input_gets_a_message_and_exit_2_not_a_traceback(
@@ -210,6 +209,23 @@ def test_bad_input_gets_a_message_and_exit_2_not_a_traceback(
     done = cli("--config", str(write_config(tmp_path)), "simulate", "--data", str(data), *args)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_file_of_two_symbols_is_refused(tmp_path: Path) -> None:
+    btc, eth = (
+        _frame(walk(HISTORY + 50, seed=1)),
+        _frame(walk(HISTORY + 50, seed=2, symbol="ETHUSDT")),
+    )
+    cfg = str(write_config(tmp_path))
+    tagged = pd.concat([btc.assign(symbol="BTCUSDT"), eth.assign(symbol="ETHUSDT")])
+    tagged.to_csv(with_symbol := tmp_path / "BTC_USDT-1h.csv", index=False)
+    pd.concat([btc, eth]).reset_index(drop=True).to_feather(
+        untagged := tmp_path / "ETH_USDT-1h.feather"
+    )
+    for path, message in ((with_symbol, "2 symbols in one file"), (untagged, "repeat")):
+        done = cli("--config", cfg, "simulate", "--data", str(path))
+        assert done.returncode == 2, done.stderr
+        assert message in done.stderr and "Traceback" not in done.stderr
 
 
 def test_a_gap_longer_than_the_training_window_is_refused(tmp_path: Path) -> None:

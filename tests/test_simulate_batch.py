@@ -12,10 +12,17 @@ import numpy as np
 import redis
 
 from quantum_daemon.core.ensemble import parse_signal
+from quantum_daemon.core.evaluation.backtest import cost_rate
 from quantum_daemon.core.promotion import Verdict
 from quantum_daemon.domain.config import EvaluationConfig, InferenceConfig
 from quantum_daemon.domain.keys import Keys
-from quantum_daemon.simulate.predict_job import PredictSpec, predict_span
+from quantum_daemon.simulate.predict_job import (
+    PredictSpec,
+    SizeRequest,
+    SizeSpec,
+    predict_span,
+    size_bar,
+)
 from quantum_daemon.storage.registry.registry import Registry
 from quantum_daemon.training.offline import OfflineSpec, train_offline
 from tests.conftest import make_bars
@@ -68,3 +75,58 @@ def test_batch_predictions_equal_what_the_live_worker_publishes(
             assert live[int(ts)][family] == (batch.mu[k], batch.p_up[k]), (family, k)
     assert len(live) == stop - first + 1
     assert np.isfinite([v for s in live.values() for m in s.values() for v in m]).all()
+
+
+def test_the_sizing_job_decides_what_the_live_worker_publishes(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    """``size_bar``, fed each bar's ensemble and the book it returned for the
+    bar before, gives the positions the live worker published bar by bar."""
+    horizon, first, stop = 4, 700, 740
+    bars = make_bars(stop, seed=22, symbol=SYMBOL)
+    params = {
+        "lgbm": {},
+        "rl_sizer": {"total_timesteps": 2048, "eval_every": 1024, "n_steps": 512},
+    }
+    registry = Registry(tmp_path)
+    paths = {}
+    for family, p in params.items():
+        trained = train_offline(
+            OfflineSpec(
+                family=family,
+                bars=bars.slice(0, first),
+                data_dir=tmp_path,
+                evaluation=EvaluationConfig(horizon=horizon, n_test_windows=1),
+                params=p,
+            )
+        )
+        registry.register(trained.model_id, trained.version)
+        registry.apply_verdict(
+            trained.model_id, trained.version, Verdict("candidate", (), True, "")
+        )
+        paths[family] = registry.version_path(trained.model_id, trained.version)
+    cfg = make_config(redis_url, tmp_path, horizon=horizon)
+
+    async def scenario() -> None:
+        async with inference(cfg, families=()) as (service, store):
+            feeder = Feeder(service, store, bars)
+            feeder.store_until(first)
+            await service.run_until_idle()
+            await feeder.feed(stop)  # one bar at a time, as a live feed
+
+    asyncio.run(scenario())
+    signals = [parse_signal(f) for _, f in redis_client.xrange(Keys().signals(SYMBOL, TF))]
+    sized = [s for s in signals if s.position_source == "rl_sizer"]
+    assert len(sized) >= stop - first
+    context = InferenceConfig().context_bars
+    rate = cost_rate(cfg.evaluation.fee_bps, cfg.evaluation.slippage_bps)
+    held = None
+    for s in sized:
+        i = int(np.searchsorted(bars.ts, s.ts))
+        request = SizeRequest(
+            ("m", "v", SYMBOL), str(paths["rl_sizer"]), bars.slice(i - context, i + 1),
+            s.mu, s.p_up, held,
+        )  # fmt: skip
+        [held] = size_bar(SizeSpec("t", (request,), rate))
+        assert held.position == s.position, (i, held.position, s.position)
+    assert len({s.position for s in sized}) > 1  # the sizer moved: the check is not vacuous

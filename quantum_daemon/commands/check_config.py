@@ -1,4 +1,5 @@
-"""``quantum-daemon check-config``: validate the config and print it (secrets hidden)."""
+"""``quantum-daemon check-config``: validate the config and print it, every
+secret hidden (``domain.config.display``: the one redaction of every output)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ def register(sub: Any) -> None:
 
 def check_config(args: argparse.Namespace) -> int:
     from quantum_daemon.cli import config_path, load_config
+    from quantum_daemon.domain.config import display, redactor
 
     cfg = load_config(args)
     source = config_path(args) or "built-in defaults"
-    print(f"config OK ({source})")
-    for section in cfg.__dataclass_fields__:
-        print(f"  [{section}] {getattr(cfg, section)!r}")
+    print(redactor(cfg)(f"config OK ({source})"))
+    for line in display(cfg):
+        print(f"  {line}")
     return EX_OK

@@ -13,7 +13,11 @@ here, under the same per-model lock the daemon uses, and their events are
 published to Redis at once when it answers; otherwise they wait in the
 registry's outbox until the daemon's next start flushes them.
 
-Exit codes: 0 done, 1 refused or failed (the message says why).
+Model ids and versions are checked first (``domain.ids``): a malformed one
+is refused before it reaches the registry files or the control stream.
+
+Exit codes: 0 done, 1 refused or failed (the message says why), 2 a
+malformed model id or version.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from typing import Any
 import redis
 
 from quantum_daemon.domain.config import Config
-from quantum_daemon.domain.errors import EX_FAILURE, EX_OK
+from quantum_daemon.domain.errors import EX_FAILURE, EX_OK, EX_USAGE
 from quantum_daemon.domain.events import Event
+from quantum_daemon.domain.ids import BadIdentifier, check_model_id, check_version
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.lifecycle.control import CONTROL_MAXLEN, Command, apply_to_registry
 from quantum_daemon.storage.events import parse_entry, publish_sync
@@ -95,7 +100,22 @@ def list_models(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def refused_ids(model_id: str, version: str | None = None) -> int | None:
+    """EX_USAGE, after saying why, when the model id or version is
+    malformed; None when both are well-formed."""
+    try:
+        check_model_id(model_id)
+        if version is not None:
+            check_version(version)
+    except BadIdentifier as exc:
+        print(f"quantum-daemon: {exc}", file=sys.stderr)
+        return EX_USAGE
+    return None
+
+
 def show_model(args: argparse.Namespace) -> int:
+    if (refused := refused_ids(args.model_id)) is not None:
+        return refused
     try:
         body = Registry(_config(args).storage.data_dir).show(args.model_id)
     except RegistryError as exc:
@@ -106,6 +126,8 @@ def show_model(args: argparse.Namespace) -> int:
 
 
 def change(args: argparse.Namespace) -> int:
+    if (refused := refused_ids(args.model_id, getattr(args, "version", None))) is not None:
+        return refused
     cfg = _config(args)
     command = Command(args.verb, args.model_id, getattr(args, "version", None), args.reason)
     if not args.direct and daemon_alive(cfg):
@@ -118,6 +140,8 @@ def train_now(args: argparse.Namespace, model_id: str, timeout_s: float = 30.0) 
     now (an operator trigger: it goes first among models with an active
     version). Answers once the request is queued; the job's own events
     follow on ``quantum:events``."""
+    if (refused := refused_ids(model_id)) is not None:
+        return refused
     cfg = _config(args)
     if not daemon_alive(cfg):
         print(
@@ -221,7 +245,7 @@ def flush_model_outbox(cfg: Config, registry: Registry, model_id: str) -> bool:
 def _client(cfg: Config) -> redis.Redis:
     return redis.Redis.from_url(
         cfg.redis.url,
-        password=cfg.redis.password.reveal() or None,
+        **cfg.redis.client_options(),
         socket_timeout=cfg.redis.connect_timeout_s,
         socket_connect_timeout=cfg.redis.connect_timeout_s,
     )

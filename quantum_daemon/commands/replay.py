@@ -32,7 +32,7 @@ def replay(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     url = args.redis_url or cfg.redis.url
-    client = redis.Redis.from_url(url, password=cfg.redis.password.reveal() or None)
+    client = redis.Redis.from_url(url, **cfg.redis.client_options(url))
     try:
         result = replay_files(
             client,

@@ -14,8 +14,9 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from quantum_daemon.cli import load_config
     from quantum_daemon.daemon import run_daemon
+    from quantum_daemon.domain.config import secrets_of
     from quantum_daemon.runtime.logs import configure_logging
 
     cfg = load_config(args)
-    configure_logging(cfg.logging.level, cfg.logging.format)
+    configure_logging(cfg.logging.level, cfg.logging.format, secrets_of(cfg))
     return run_daemon(cfg)

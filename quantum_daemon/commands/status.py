@@ -1,7 +1,9 @@
 """``quantum-daemon status``: is the daemon alive and ready?
 
 Reads the heartbeat key in Redis and the API's ``/readyz`` and ``/api/status``.
-Exit 0 when healthy (fresh heartbeat and ready), 1 otherwise.
+Exit 0 when healthy (fresh heartbeat and ready), 1 otherwise. The report is
+printed through the config's redaction (``domain/secrets.py``): an error
+message that quotes the Redis URL shows no password.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def register(sub: Any) -> None:
 
 def status(args: argparse.Namespace) -> int:
     from quantum_daemon.cli import load_config
+    from quantum_daemon.domain.config import redactor
 
     cfg = load_config(args)
     heartbeat = read_heartbeat(cfg, args.timeout)
@@ -38,7 +41,8 @@ def status(args: argparse.Namespace) -> int:
         "readyz": ready_body,
         "status": status_body,
     }
-    print(json.dumps(report, indent=None if args.json else 2, default=str))
+    text = json.dumps(report, indent=None if args.json else 2, default=str)
+    print(redactor(cfg)(text))
     return EX_OK if healthy else EX_FAILURE
 
 
@@ -49,7 +53,7 @@ def read_heartbeat(cfg: Any, timeout: float) -> dict[str, Any]:
 
     client = redis.Redis.from_url(
         cfg.redis.url,
-        password=cfg.redis.password.reveal() or None,
+        **cfg.redis.client_options(),
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
     )

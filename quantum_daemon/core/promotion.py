@@ -31,16 +31,23 @@ promotes it when its live record beats the active version's over
 ``[promotion] shadow_min_bars`` bars, or retires it after
 ``shadow_max_bars`` (docs/inference.md). With ``shadow_min_bars = 0`` the
 backtest head-to-head decides alone: the version is promoted at once.
+
+The shadow decision lives here too (``shadow_verdict``, ``shadow_outcome``):
+every rule that moves a version to ``active`` is in this module; the
+registry applies them (``storage.registry``), the lifecycle calls ``judge``
+after training (``lifecycle.decisions``) and the inference service the
+shadow rules on the live record (``inference.shadow``), as ``simulate`` does.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from quantum_daemon.domain.config import PromotionConfig
+from quantum_daemon.domain.stages import Stage
 
 GATES = ("min_trades", "min_dsr", "min_profit_factor", "beats_active")
 
@@ -60,7 +67,7 @@ class HeadToHead:
     refused: str | None = None  # the active artifact failed its integrity check
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return _scalar_fields(self)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None) -> HeadToHead | None:
@@ -76,12 +83,12 @@ class GateResult:
     detail: str
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"gate": self.gate, "passed": self.passed, "detail": self.detail}
 
 
 @dataclass(frozen=True)
 class Verdict:
-    stage: Literal["candidate", "rejected"]
+    stage: Literal[Stage.CANDIDATE, Stage.REJECTED]
     gates: tuple[GateResult, ...]
     promote: bool
     reason: str
@@ -99,6 +106,25 @@ class Verdict:
             "gates": [g.to_dict() for g in self.gates],
         }
 
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Verdict:
+        """The inverse of ``to_dict`` (``failed_gate`` follows from the gates);
+        raises ``ValueError``, ``KeyError`` or ``TypeError`` on another shape."""
+        stage: Literal[Stage.CANDIDATE, Stage.REJECTED]
+        if raw["stage"] == Stage.CANDIDATE:
+            stage = Stage.CANDIDATE
+        elif raw["stage"] == Stage.REJECTED:
+            stage = Stage.REJECTED
+        else:
+            raise ValueError(f"a verdict's stage is candidate or rejected, not {raw['stage']!r}")
+        gates = tuple(GateResult(**g) for g in raw["gates"])
+        return cls(stage, gates, bool(raw["promote"]), str(raw["reason"]))
+
+
+def _scalar_fields(value: HeadToHead) -> dict[str, Any]:
+    # not ``asdict``: its deep copy of scalars made reading a large registry slow
+    return {name: getattr(value, name) for name in value.__dataclass_fields__}
+
 
 def judge(
     metrics: Mapping[str, Any],
@@ -115,14 +141,14 @@ def judge(
     )
     failed = next((g for g in gates if not g.passed), None)
     if failed is not None:
-        return Verdict("rejected", gates, False, f"{failed.gate}: {failed.detail}")
+        return Verdict(Stage.REJECTED, gates, False, f"{failed.gate}: {failed.detail}")
     if active_version is None:
-        return Verdict("candidate", gates, True, "first version of the model to pass the gates")
+        return Verdict(Stage.CANDIDATE, gates, True, "first version of the model to pass the gates")
     beats = f"beats {active_version}: {gates[3].detail}"
     if cfg.shadow_min_bars == 0:
-        return Verdict("candidate", gates, True, beats)
+        return Verdict(Stage.CANDIDATE, gates, True, beats)
     waits = f"; waits in shadow for {cfg.shadow_min_bars} bars of live record"
-    return Verdict("candidate", gates, False, beats + waits)
+    return Verdict(Stage.CANDIDATE, gates, False, beats + waits)
 
 
 def trades_gate(metrics: Mapping[str, Any], minimum: int) -> GateResult:
@@ -177,3 +203,42 @@ def _number(value: Any) -> float | None:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
+
+
+# -- the shadow period: a candidate's live record against the active one --
+@dataclass(frozen=True)
+class ShadowVerdict:
+    """A candidate's live record against the active version's on the same bars."""
+
+    bars: int
+    candidate_loss: float
+    active_loss: float
+    promote: bool
+
+
+def shadow_verdict(
+    candidate: Mapping[int, float], active: Mapping[int, float], min_bars: int
+) -> ShadowVerdict:
+    """Compare mean losses over the bars both versions were scored on; the
+    candidate wins with at least ``min_bars`` such bars and a lower mean."""
+    common = sorted(set(candidate) & set(active))
+    if not common:
+        return ShadowVerdict(0, math.nan, math.nan, False)
+    cand = math.fsum(candidate[t] for t in common) / len(common)
+    act = math.fsum(active[t] for t in common) / len(common)
+    return ShadowVerdict(len(common), cand, act, len(common) >= min_bars and cand < act)
+
+
+def shadow_outcome(
+    verdicts: Mapping[str, ShadowVerdict], max_bars: int
+) -> tuple[str | None, list[str]]:
+    """Of several candidates judged against the same active version: the one
+    to promote (the lowest mean loss among those that won; the other winners
+    stay candidates, to face the new active version) and those whose record
+    ran out (``max_bars`` common bars without winning), by version."""
+    winners = sorted(v for v, verdict in verdicts.items() if verdict.promote)
+    best = min(winners, key=lambda v: verdicts[v].candidate_loss, default=None)
+    expired = sorted(
+        v for v, verdict in verdicts.items() if not verdict.promote and verdict.bars >= max_bars
+    )
+    return best, expired

@@ -30,7 +30,6 @@ Pure functions: no I/O, no clock.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,44 +128,6 @@ def return_scale(close: np.ndarray, window: int = 96) -> float:
     if recent.size < 3:
         return MIN_SCALE
     return max(float(np.std(np.diff(recent) / recent[:-1], ddof=1)), MIN_SCALE)
-
-
-@dataclass(frozen=True)
-class ShadowVerdict:
-    """A candidate's live record against the active version's on the same bars."""
-
-    bars: int
-    candidate_loss: float
-    active_loss: float
-    promote: bool
-
-
-def shadow_verdict(
-    candidate: Mapping[int, float], active: Mapping[int, float], min_bars: int
-) -> ShadowVerdict:
-    """Compare mean losses over the bars both versions were scored on; the
-    candidate wins with at least ``min_bars`` such bars and a lower mean."""
-    common = sorted(set(candidate) & set(active))
-    if not common:
-        return ShadowVerdict(0, math.nan, math.nan, False)
-    cand = math.fsum(candidate[t] for t in common) / len(common)
-    act = math.fsum(active[t] for t in common) / len(common)
-    return ShadowVerdict(len(common), cand, act, len(common) >= min_bars and cand < act)
-
-
-def shadow_outcome(
-    verdicts: Mapping[str, ShadowVerdict], max_bars: int
-) -> tuple[str | None, list[str]]:
-    """Of several candidates judged against the same active version: the one
-    to promote (the lowest mean loss among those that won; the other winners
-    stay candidates, to face the new active version) and those whose record
-    ran out (``max_bars`` common bars without winning), by version."""
-    winners = sorted(v for v, verdict in verdicts.items() if verdict.promote)
-    best = min(winners, key=lambda v: verdicts[v].candidate_loss, default=None)
-    expired = sorted(
-        v for v, verdict in verdicts.items() if not verdict.promote and verdict.bars >= max_bars
-    )
-    return best, expired
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ appear in ``repr`` or logs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
@@ -33,6 +34,8 @@ from quantum_daemon.domain.config_schema import (
 )
 from quantum_daemon.domain.errors import EX_CONFIG as EX_CONFIG  # re-exported
 from quantum_daemon.domain.errors import ConfigError
+from quantum_daemon.domain.ids import RULES, BadIdentifier, check_symbol
+from quantum_daemon.domain.secrets import Redactor, url_secrets
 
 FAMILIES = ("xgb", "lgbm", "nhits", "patchtst", "evo_model", "rl_sizer")
 
@@ -43,6 +46,21 @@ TRIAL_VARIANCE = Check(NON_NEGATIVE.test, ">= 0 (0: not known)")
 KNOWN_FAMILIES = one_of(FAMILIES, "families")
 
 
+def _symbols_valid(symbols: tuple[str, ...]) -> bool:
+    try:
+        for symbol in symbols:
+            check_symbol(symbol)
+    except BadIdentifier:
+        return False
+    return True
+
+
+SYMBOLS = Check(
+    _symbols_valid,
+    f"symbols of {RULES['symbol'].allowed}, at most {RULES['symbol'].max_len} characters",
+)
+
+
 @dataclass(frozen=True)
 class RedisConfig:
     url: Annotated[str, REDIS_URL] = "redis://127.0.0.1:6379/0"
@@ -50,6 +68,28 @@ class RedisConfig:
     password: Secret = field(default=Secret(""), repr=False)
     connect_timeout_s: PositiveFloat = 5.0
     reconnect_max_s: PositiveFloat = 10.0
+    # CA bundle (PEM) that signed the server's certificate, for a rediss:// URL.
+    tls_ca_file: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.tls_ca_file:
+            return
+        if not self.url.startswith("rediss://"):
+            raise ConfigError("config key 'redis.tls_ca_file' needs a rediss:// redis.url")
+        if not Path(self.tls_ca_file).is_file():
+            raise ConfigError(
+                f"config key 'redis.tls_ca_file': no such file: {self.tls_ca_file}"
+            )
+
+    def client_options(self, url: str | None = None) -> dict[str, Any]:
+        """redis-py keyword arguments beside ``url`` (default ``self.url``), the
+        same for every client (the URL's own user, password and TLS options
+        take precedence)."""
+        options: dict[str, Any] = {"password": self.password.reveal() or None}
+        if self.tls_ca_file and (url or self.url).startswith("rediss://"):
+            options["ssl_ca_certs"] = self.tls_ca_file
+            options["ssl_cert_reqs"] = "required"
+        return options
 
 
 @dataclass(frozen=True)
@@ -76,11 +116,12 @@ class DaemonConfig:
     heartbeat_ttl_s: PositiveFloat = 30.0
     grace_s: PositiveFloat = 10.0
     loop_lag_warn_ms: PositiveFloat = 250.0
+    stall_s: PositiveFloat = 60.0  # a loop without progress this long is stalled
 
 
 @dataclass(frozen=True)
 class IngestConfig:
-    symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
+    symbols: Annotated[tuple[str, ...], SYMBOLS] = ("BTCUSDT", "ETHUSDT")
     timeframes: Timeframes = ("1h",)
     discover: bool = False
     discover_interval_s: PositiveFloat = 30.0
@@ -91,6 +132,9 @@ class IngestConfig:
     max_entry_bytes: PositiveInt = 4096
     max_in_flight: PositiveInt = 4
     stream_maxlen: PositiveInt = 1_000_000
+    # How far a bar's ts may be ahead of the wall clock before it is
+    # dead-lettered (ts_in_future); 0: one bar of its stream's timeframe.
+    max_future_s: NonNegativeFloat = 0.0
 
 
 @dataclass(frozen=True)
@@ -125,7 +169,7 @@ class TrainingConfig:
 @dataclass(frozen=True)
 class ModelsConfig:
     families: Annotated[tuple[str, ...], KNOWN_FAMILIES] = FAMILIES
-    symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
+    symbols: Annotated[tuple[str, ...], SYMBOLS] = ("BTCUSDT", "ETHUSDT")
     timeframes: Timeframes = ("1h",)
     retrain_every_bars: PositiveInt = 168
     retrain_interval_s: NonNegativeFloat = 0.0
@@ -246,3 +290,41 @@ def _apply_credentials(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         file = Path(directory) / name
         if file.is_file():
             raw.setdefault(section, {})[key] = file.read_text().strip()
+
+
+def secrets_of(cfg: Config) -> tuple[str, ...]:
+    """Every secret the config holds: the API token, the Redis password, and
+    a password written into the Redis URL or the Ray address."""
+    found = (
+        cfg.api.token.reveal(),
+        cfg.redis.password.reveal(),
+        *url_secrets(cfg.redis.url),
+        *url_secrets(cfg.training.ray_address),
+    )
+    return tuple(dict.fromkeys(s for s in found if s))
+
+
+def redactor(cfg: Config) -> Redactor:
+    """The redaction of every output of a process running with ``cfg``."""
+    return Redactor(secrets_of(cfg))
+
+
+def display(cfg: Config) -> list[str]:
+    """One line per section, each key with its value, secrets hidden (``check-config``)."""
+    redact = redactor(cfg)
+    lines = []
+    for section_field in dataclasses.fields(cfg):
+        section = getattr(cfg, section_field.name)
+        items = ", ".join(
+            f"{f.name}={_shown(getattr(section, f.name))}" for f in dataclasses.fields(section)
+        )
+        lines.append(redact(f"[{section_field.name}] {items}"))
+    return lines
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, Secret):
+        return "'***'" if value else "''"  # set or not, never the value
+    if isinstance(value, Path):
+        return repr(str(value))
+    return repr(value)

@@ -20,6 +20,7 @@ EX_FAILURE = 1  # the daemon crashed, or a command was refused or failed
 EX_USAGE = 2  # bad command line (argparse's code); bad input to replay or simulate
 EX_DATAERR = 65  # the input data is unusable (e.g. too few bars)
 EX_NOINPUT = 66  # an input file or series is missing
+EX_TEMPFAIL = 75  # another daemon holds the data dir (its lock); systemd retries later
 EX_CONFIG = 78  # bad configuration; systemd's RestartPreventExitStatus=78
 EX_INTERRUPTED = 130  # 128 + SIGINT: the daemon's second SIGINT; simulate cut short
 

@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from quantum_daemon.domain.families import SIZER_FAMILIES
-from quantum_daemon.inference.messages import ACTIVE, ModelAnswer, PredictAnswer, PredictRequest
+from quantum_daemon.domain.stages import Stage
+from quantum_daemon.inference.messages import ModelAnswer, PredictAnswer, PredictRequest
 
 if TYPE_CHECKING:
     import numpy as np
@@ -91,7 +92,7 @@ def ensemble_input(
     sizes."""
     from quantum_daemon.core.ensemble import MemberForecast, combine
 
-    active = [a for a in answers if a.stage == ACTIVE and a.family not in SIZER_FAMILIES]
+    active = [a for a in answers if a.stage == Stage.ACTIVE and a.family not in SIZER_FAMILIES]
     if not active:
         return None
     mus, ps = [], []

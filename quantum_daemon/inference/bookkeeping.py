@@ -22,9 +22,10 @@ from redis.exceptions import RedisError
 
 from quantum_daemon.core.evaluation.backtest import cost_rate
 from quantum_daemon.domain.config import Config
+from quantum_daemon.domain.stages import Stage
 from quantum_daemon.domain.timeframes import DAY_MS, timeframe_ms
 from quantum_daemon.inference.context import Answered, InferenceState, IoThread, Transitions
-from quantum_daemon.inference.messages import ACTIVE, CANDIDATE, LoadProblem, LoadReport
+from quantum_daemon.inference.messages import LoadProblem, LoadReport
 from quantum_daemon.inference.metrics import InferenceMetrics
 from quantum_daemon.inference.records import PredictionRecords
 from quantum_daemon.inference.rounds import bars_needed, settle, trust_rounds
@@ -138,12 +139,12 @@ class Bookkeeper:
             else:
                 self.metrics.scored.labels(p.family, p.stage).inc()
                 totals.scored += 1
-        await self.shadow.judge(sorted({p.model_id for p in due if p.stage == CANDIDATE}))
+        await self.shadow.judge(sorted({p.model_id for p in due if p.stage == Stage.CANDIDATE}))
 
     # -- load reports ----------------------------------------------------------------
     async def _models_changed(self, report: LoadReport) -> None:
         self.state.loaded = report.loaded
-        for stage in (ACTIVE, CANDIDATE):
+        for stage in (Stage.ACTIVE, Stage.CANDIDATE):
             self.metrics.models_loaded.labels(stage).set(
                 sum(1 for m in report.loaded if m.stage == stage)
             )
@@ -154,7 +155,7 @@ class Bookkeeper:
             ):
                 await self._refuse(problem)
         await self.shadow.retire_superseded()
-        live = tuple(sorted({m.family for m in report.loaded if m.stage == ACTIVE}))
+        live = tuple(sorted({m.family for m in report.loaded if m.stage == Stage.ACTIVE}))
         if live != self.state.live_families:
             self.state.live_families = live
             self._live_changed = True

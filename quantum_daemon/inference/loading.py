@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quantum_daemon.domain.families import SIZER_FAMILIES
+from quantum_daemon.domain.stages import Stage
 from quantum_daemon.inference.messages import (
-    ACTIVE,
-    CANDIDATE,
     InferenceWorkerSettings,
     LoadedModel,
     LoadProblem,
@@ -63,7 +62,7 @@ class ModelLoader:
         self.stamp: Stamp | None = None
         self.failed: dict[VersionKey, LoadProblem] = {}
         self.reported: tuple[object, ...] | None = None
-        self._wanted: dict[VersionKey, str] = {}  # as of the last ``hold``
+        self._wanted: dict[VersionKey, Stage] = {}  # as of the last ``hold``
 
     def changed(self) -> bool:
         """Whether the registry was written since the last ``hold``."""
@@ -103,22 +102,22 @@ class ModelLoader:
         self.reported = (report.loaded, report.problems)
         return report
 
-    def wanted(self) -> dict[VersionKey, str]:
+    def wanted(self) -> dict[VersionKey, Stage]:
         """(model_id, version) -> stage: every active version and each
         model's ``max_candidates`` newest candidates (the daemon retires
         older ones as superseded)."""
-        wanted: dict[VersionKey, str] = {}
+        wanted: dict[VersionKey, Stage] = {}
         for model_id in self.registry.model_ids():
             infos = self.registry.versions(model_id)
             for info in infos:
-                if info.stage == ACTIVE:
-                    wanted[(model_id, info.version)] = ACTIVE
-            candidates = sorted(i.version for i in infos if i.stage == CANDIDATE)
+                if info.stage == Stage.ACTIVE:
+                    wanted[(model_id, info.version)] = Stage.ACTIVE
+            candidates = sorted(i.version for i in infos if i.stage == Stage.CANDIDATE)
             for version in candidates[-self.settings.max_candidates :]:
-                wanted[(model_id, version)] = CANDIDATE
+                wanted[(model_id, version)] = Stage.CANDIDATE
         return wanted
 
-    def load(self, model_id: str, version: str, stage: str) -> LiveModel | None:
+    def load(self, model_id: str, version: str, stage: Stage) -> LiveModel | None:
         from quantum_daemon.storage.artifacts import ArtifactCorrupt
 
         path = self.registry.version_path(model_id, version)
@@ -182,5 +181,5 @@ def registry_stamp(root: Path) -> Stamp:
     return tuple(sorted(stamps))
 
 
-def _with_stage(info: LoadedModel, stage: str) -> LoadedModel:
+def _with_stage(info: LoadedModel, stage: Stage) -> LoadedModel:
     return info if info.stage == stage else replace(info, stage=stage)

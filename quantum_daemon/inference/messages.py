@@ -16,10 +16,9 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from quantum_daemon.domain.stages import Stage
 from quantum_daemon.domain.timeframes import timeframe_ms
 
-ACTIVE = "active"
-CANDIDATE = "candidate"
 MULTI_SYMBOL = "multi"  # the symbol part of ``{family}_multi_{TF}``: a model over several symbols
 
 WeightSet = tuple[tuple[str, float], ...]  # (family, weight); empty: uniform over the members
@@ -86,7 +85,7 @@ class ModelAnswer:
     model_id: str
     family: str
     version: str
-    stage: str
+    stage: Stage
     horizon: int
     mu: tuple[float, ...]
     p_up: tuple[float, ...]
@@ -125,7 +124,7 @@ class LoadedModel:
     symbol: str
     tf: str
     version: str
-    stage: str
+    stage: Stage
     horizon: int
 
 
@@ -149,6 +148,14 @@ class LoadReport:
     loaded: tuple[LoadedModel, ...]
     problems: tuple[LoadProblem, ...] = ()
     load_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class StartFailed:
+    """The worker could not start (it exits next): why, for the daemon's
+    ``inference.worker_died`` and crash-loop messages."""
+
+    error: str
 
 
 WorkerReply = PredictAnswer | RequestFailed | LoadReport

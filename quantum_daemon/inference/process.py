@@ -6,9 +6,14 @@ waits); answers are read by a callback that the loop runs when the pipe
 becomes readable (``loop.add_reader``), so no thread sits between the worker
 and the loop. End of file on the pipe is the worker's death: every request
 in flight fails with ``WorkerDied``, and ``supervise`` starts a new worker
-(more than ``budget`` deaths within ``window_s`` is a crash loop, raised as
-``InferenceCrashLoop``: fatal). A request without an answer after its time
-limit kills the worker (it is then replaced the same way).
+after a delay that doubles with each recent death (``RestartBudget.delay``:
+1 s, 2 s, 4 s, ...); more than ``budget`` deaths within ``window_s`` is a
+crash loop, raised as ``InferenceCrashLoop``: fatal, its message names the
+last cause. A worker that cannot start says why (``StartFailed``) before it
+exits. Between a death and the new worker's first report, ``trouble`` says
+what happened (the daemon is not ready meanwhile). A request without an
+answer after its time limit kills the worker (it is then replaced the same
+way).
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ from quantum_daemon.inference.messages import (
     PredictAnswer,
     PredictRequest,
     RequestFailed,
+    StartFailed,
 )
 from quantum_daemon.inference.worker import worker_main
-from quantum_daemon.runtime.aio import wait_first
+from quantum_daemon.runtime.aio import sleep_or_stop, wait_first
 from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.runtime.restarts import RestartBudget
 
@@ -72,6 +78,8 @@ class WorkerLink:
         self.died = asyncio.Event()
         self.restarts = 0
         self.closing = False
+        self.trouble: str | None = None  # set from a death until the next worker reports
+        self.start_error: str | None = None  # what the current worker said before it exited
         self._pending: dict[int, asyncio.Future[PredictAnswer | RequestFailed]] = {}
         self._next_id = 0
 
@@ -87,6 +95,7 @@ class WorkerLink:
     async def start(self) -> None:
         proc, conn = await asyncio.to_thread(self._spawn)
         self.proc, self.conn = proc, conn
+        self.start_error = None
         self.died.clear()
         asyncio.get_running_loop().add_reader(conn.fileno(), self._readable)
         log.info("inference.worker_started", pid=proc.pid)
@@ -136,12 +145,15 @@ class WorkerLink:
             self._lost(f"cannot write to the worker: {exc}")
             raise WorkerDied(f"cannot write to the worker: {exc}") from None
         try:
-            return await asyncio.wait_for(future, timeout_s)
-        except TimeoutError:
-            log.error("inference.worker_hung", pid=self.pid, timeout_s=timeout_s)
-            self.kill()
-            self._lost(f"no answer within {timeout_s:g}s")
-            raise WorkerDied(f"no answer within {timeout_s:g}s") from None
+            # A wait helper (the loop beats while the worker thinks); the
+            # shield keeps its cancelling of the loser off the answer itself.
+            await wait_first(asyncio.shield(future), timeout_s=timeout_s)
+            if not future.done():
+                log.error("inference.worker_hung", pid=self.pid, timeout_s=timeout_s)
+                self.kill()
+                self._lost(f"no answer within {timeout_s:g}s")
+                raise WorkerDied(f"no answer within {timeout_s:g}s")
+            return future.result()
         finally:
             self._pending.pop(request.request_id, None)
 
@@ -159,7 +171,11 @@ class WorkerLink:
             self._lost(f"bad message: {exc!r}")
 
     def _dispatch(self, message: Any) -> None:
+        if isinstance(message, StartFailed):
+            self.start_error = message.error
+            return
         if isinstance(message, LoadReport):
+            self.trouble = None
             self.ready.set()
             self.on_state(True)
             self.on_report(message)
@@ -189,12 +205,17 @@ class WorkerLink:
             if not self.died.is_set() or self.closing:
                 return
             reason = await asyncio.to_thread(self.death_reason)
-            log.warning("inference.worker_died", pid=self.pid, reason=reason)
             if not self.budget.record(self.clock()):
+                log.error("inference.worker_died", pid=self.pid, reason=reason)
                 raise InferenceCrashLoop(
                     f"inference worker died {len(self.budget.times)} times within "
                     f"{self.budget.window_s:.0f}s (last: {reason})"
                 )
+            delay = self.budget.delay()
+            log.warning("inference.worker_died", pid=self.pid, reason=reason, restart_in_s=delay)
+            self.trouble = f"{reason}; restarting in {delay:g}s"
+            if await sleep_or_stop(stop, delay):
+                return
             self.restarts += 1
             self.on_restart()
             await self.start()
@@ -210,5 +231,6 @@ class WorkerLink:
             return "worker stopped answering"
         if code < 0:
             return f"worker killed by {signal.Signals(-code).name}"
+        if self.start_error:
+            return f"worker exited with code {code}: {self.start_error}"
         return f"worker exited with code {code}"
-

@@ -28,7 +28,7 @@ from quantum_daemon.core.scoring import (
     score_position,
 )
 from quantum_daemon.domain.bars import Bars
-from quantum_daemon.inference.messages import CANDIDATE
+from quantum_daemon.domain.stages import Stage
 from quantum_daemon.inference.records import DuePrediction, Settled
 from quantum_daemon.storage.trust_store import Score
 
@@ -84,7 +84,7 @@ def trust_rounds(
             symbol=p.symbol,
             bar_ts=p.ts,
             loss=s.loss,
-            shadow=p.stage == CANDIDATE,
+            shadow=p.stage == Stage.CANDIDATE,
         )
         rounds.setdefault(p.due_ts + step_ms, []).append(score)
     return sorted(rounds.items())

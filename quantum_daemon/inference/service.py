@@ -21,7 +21,7 @@ Per closed bar (docs/inference.md has the whole path):
    whose horizon has elapsed (``rounds``, ``scoring``), applies one trust
    round per settling bar (``trust_store``: atomic, idempotent per model,
    version and bar), and compares each candidate's live record with its
-   active version's (``scoring.shadow_verdict``): a candidate that beats it
+   active version's (``promotion.shadow_verdict``): a candidate that beats it
    over ``[promotion] shadow_min_bars`` bars is promoted (``model.promoted``,
    reason ``shadow``; the old version is retired in the same registry write;
    of several winners, the lowest mean loss), one that has not after

@@ -1,7 +1,7 @@
 """Shadow promotion, expiry and superseded retirement (DESIGN §7).
 
 Each candidate's live record is compared with its active version's
-(``scoring.shadow_verdict``): a candidate that beats it over ``[promotion]
+(``promotion.shadow_verdict``): a candidate that beats it over ``[promotion]
 shadow_min_bars`` bars is promoted (``model.promoted``, reason ``shadow``;
 the old version is retired in the same registry write; of several winners,
 the lowest mean loss), one that has not after ``shadow_max_bars`` common
@@ -14,10 +14,11 @@ only on versions still candidates, so a replayed round emits nothing twice.
 
 from __future__ import annotations
 
-from quantum_daemon.core.scoring import ShadowVerdict, shadow_outcome, shadow_verdict
+from quantum_daemon.core.promotion import ShadowVerdict, shadow_outcome, shadow_verdict
 from quantum_daemon.domain.config import Config
+from quantum_daemon.domain.stages import Stage
 from quantum_daemon.inference.context import InferenceState, IoThread, Transitions
-from quantum_daemon.inference.messages import ACTIVE, CANDIDATE, LoadedModel
+from quantum_daemon.inference.messages import LoadedModel
 from quantum_daemon.inference.metrics import InferenceMetrics
 from quantum_daemon.inference.records import PredictionRecords
 from quantum_daemon.runtime.logs import get_logger
@@ -52,8 +53,8 @@ class ShadowReferee:
         """Each model's loaded candidates against its loaded active version."""
         for model_id in model_ids:
             of_model = [m for m in self.state.loaded if m.model_id == model_id]
-            active = next((m for m in of_model if m.stage == ACTIVE), None)
-            candidates = [m for m in of_model if m.stage == CANDIDATE]
+            active = next((m for m in of_model if m.stage == Stage.ACTIVE), None)
+            candidates = [m for m in of_model if m.stage == Stage.CANDIDATE]
             if active is not None and candidates:
                 await self._judge_candidates(active, candidates)
 

@@ -12,7 +12,8 @@ from quantum_daemon.core.ensemble import (
     combine,
 )
 from quantum_daemon.domain.families import SIZER_FAMILIES
-from quantum_daemon.inference.messages import ACTIVE, ModelAnswer, PredictAnswer
+from quantum_daemon.domain.stages import Stage
+from quantum_daemon.inference.messages import ModelAnswer, PredictAnswer
 from quantum_daemon.inference.records import DecisionRow, PredictionRow
 from quantum_daemon.inference.rounds import due_ts
 
@@ -22,14 +23,14 @@ def members_at(models: Sequence[ModelAnswer], k: int) -> list[MemberForecast]:
     return [
         MemberForecast(m.family, m.model_id, m.version, m.mu[k], m.p_up[k])
         for m in models
-        if m.stage == ACTIVE and m.family not in SIZER_FAMILIES
+        if m.stage == Stage.ACTIVE and m.family not in SIZER_FAMILIES
     ]
 
 
 def sizer_at(models: Sequence[ModelAnswer], k: int) -> SizerDecision | None:
     """The active sizer's position on the ``k``-th bar, if one is live."""
     for m in models:
-        if m.stage == ACTIVE and m.family in SIZER_FAMILIES and m.position is not None:
+        if m.stage == Stage.ACTIVE and m.family in SIZER_FAMILIES and m.position is not None:
             return SizerDecision(m.position[k], m.model_id, m.version)
     return None
 

@@ -24,6 +24,7 @@ here only, lazily, by the families this process loads.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Mapping, Sequence
@@ -52,8 +53,10 @@ from quantum_daemon.inference.messages import (
     PredictAnswer,
     PredictRequest,
     RequestFailed,
+    StartFailed,
     WorkerReply,
 )
+from quantum_daemon.models.sizer_book import SizerBook, next_decision
 from quantum_daemon.training.worker import TrainingWorkerSettings, initialize_worker
 
 if TYPE_CHECKING:
@@ -79,8 +82,14 @@ def worker_main(conn: Connection, settings: InferenceWorkerSettings) -> None:
         )
     )
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the daemon decides when its worker stops
-    server = InferenceServer(settings)
-    conn.send(server.refresh())
+    try:
+        server = InferenceServer(settings)
+        report = server.refresh()
+    except Exception as exc:  # tell the daemon why before the traceback ends the process
+        with contextlib.suppress(OSError, ValueError):
+            conn.send(StartFailed(f"{type(exc).__name__}: {exc}"))
+        raise
+    conn.send(report)
     serve(conn, server)
 
 
@@ -101,15 +110,6 @@ def serve(conn: Connection, server: InferenceServer) -> None:
             return
         for reply in server.handle(message):
             conn.send(reply)
-
-
-@dataclass
-class SizerBook:
-    """A sizer's account on one series: the book after its last decision."""
-
-    last_ts: int
-    position: float
-    book: Any  # sizing_env.Book
 
 
 @dataclass
@@ -259,17 +259,12 @@ class InferenceServer:
     def _decide(
         self, sizer: LiveModel, bars: Bars, i: int, mu: float, p_up: float, vol: float
     ) -> float:
-        from quantum_daemon.models.sizing_env import Book
-
         key = (sizer.info.model_id, sizer.info.version, bars.symbol)
-        held = self.books.get(key)
-        book = Book() if held is None else held.book
-        if held is not None and i > 0 and int(bars.ts[i - 1]) == held.last_ts:
-            asset = float(bars.close[i] / bars.close[i - 1] - 1.0)
-            book, _ = book.hold(held.position, asset, self.settings.cost_rate)
-        position = float(sizer.model.decide(book, mu, p_up, vol))
-        self.books[key] = SizerBook(int(bars.ts[i]), position, book)
-        return position
+        held = next_decision(
+            sizer.model, self.books.get(key), bars, i, (mu, p_up, vol), self.settings.cost_rate
+        )
+        self.books[key] = held
+        return held.position
 
     # -- the models held -----------------------------------------------------------
     def refresh(self) -> LoadReport:

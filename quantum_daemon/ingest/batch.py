@@ -9,6 +9,7 @@ event loop then writes the dead letters and acknowledgements.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -124,8 +125,9 @@ class BatchProcessor:
     def process(self, batch: ReadBatch) -> BatchOutcome:
         bars: list[Bar] = []
         dead: list[DeadLetter] = []
+        now_ms = time.time_ns() // 1_000_000  # the wall clock, for ts_in_future
         for part in batch.parts:
-            self._decode_part(part, bars, dead)
+            self._decode_part(part, bars, dead, now_ms)
         result = self.store.insert_bars(bars)
         if result.conflicts:
             origins = _origins(batch, dead)
@@ -142,11 +144,13 @@ class BatchProcessor:
             gaps=self.gaps.observe(stored),
         )
 
-    def _decode_part(self, part: StreamEntries, bars: list[Bar], dead: list[DeadLetter]) -> None:
+    def _decode_part(
+        self, part: StreamEntries, bars: list[Bar], dead: list[DeadLetter], now_ms: int
+    ) -> None:
         """Append the part's bars to ``bars`` and its rejections to ``dead``."""
         stream, series, limit = part.stream, part.series, self.max_entry_bytes
         for entry_id, fields in part.entries:
-            decoded = decode_bar(series, fields, limit)
+            decoded = decode_bar(series, fields, limit, now_ms)
             if type(decoded) is Bar:
                 bars.append(decoded)
             else:

@@ -23,6 +23,7 @@ from quantum_daemon.ingest.batch import BatchOutcome, BatchProcessor, ReadBatch
 from quantum_daemon.ingest.metrics import IngestMetrics
 from quantum_daemon.ingest.wire import execute_transaction, finish_commands
 from quantum_daemon.runtime.backoff import Backoff
+from quantum_daemon.runtime.liveness import beat
 from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.storage.bar_store import BarStore
 
@@ -107,6 +108,7 @@ class BatchCommitter:
                 self.metrics.store_retries.inc()
                 log.warning("store.retrying", error=str(exc), retry_in_s=round(delay, 3))
                 await asyncio.sleep(delay)
+                beat()  # retrying is progress (not ready: store.write_fault), not a stall
                 future = self.submit(item.batch).outcome
 
     async def acknowledge(self, outcome: BatchOutcome) -> None:

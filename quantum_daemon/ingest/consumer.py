@@ -42,8 +42,10 @@ from quantum_daemon.ingest.ledger import IngestTotals, Ledger
 from quantum_daemon.ingest.metrics import IngestMetrics
 from quantum_daemon.ingest.reading import StreamReader
 from quantum_daemon.ingest.retry import TRANSIENT_REDIS, RedisRetry
-from quantum_daemon.ingest.streams import consumer_name, group_state
+from quantum_daemon.ingest.streams import group_state, shown_name
 from quantum_daemon.runtime.aio import sleep_or_stop
+from quantum_daemon.runtime.consumers import consumer_name
+from quantum_daemon.runtime.liveness import beat
 from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.storage.bar_store import BarStore
 
@@ -87,6 +89,7 @@ class IngestService:
         self.metrics = metrics
         self.consumer = consumer or consumer_name()
         self.streams: dict[bytes, Series] = {}
+        self.refused_streams: dict[bytes, str] = {}  # name -> why discovery does not read it
         self.ledger = Ledger(metrics)
         self.totals: IngestTotals = self.ledger.totals
         self.prepared = False
@@ -132,7 +135,7 @@ class IngestService:
     async def refresh_streams(self) -> None:
         """Configured streams, plus existing bar streams when ``discover``;
         groups created where missing."""
-        await refresh_streams(self.redis, self.cfg, self.keys, self.streams)
+        await refresh_streams(self.redis, self.cfg, self.keys, self.streams, self.refused_streams)
 
     async def _recreate_groups(self) -> None:
         await recreate_groups(self.redis, self.cfg.group, self.streams)
@@ -190,6 +193,7 @@ class IngestService:
     ) -> None:
         backoff = self._retry.backoff()
         while not stop.is_set():
+            beat()  # a read returns within block_ms, so an idle loop beats that often
             await slots.acquire()
             if stop.is_set():
                 slots.release()
@@ -304,6 +308,9 @@ class IngestService:
             "streams": {
                 s: {"lag": lag, "pending": pending}
                 for s, (lag, pending) in self._schedule.pending_lag.items()
+            },
+            "refused_streams": {
+                shown_name(name): why for name, why in self.refused_streams.items()
             },
             "in_flight_batches": self._in_flight.count,
             "totals": vars(self.totals).copy(),

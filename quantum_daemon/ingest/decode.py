@@ -8,6 +8,11 @@ Fields come as Redis sends them: a flat list ``[name, value, name, value,
 mapping. ``float`` and ``int`` parse bytes directly. A valid entry in the
 contract's field order takes one straight path (``_decode_valid``); anything
 else goes through ``explain_entry``, which names the first problem.
+
+The clock is the caller's: given ``now_ms`` (the consumer passes the wall
+clock, once per batch), a bar whose ``ts`` is more than the series'
+``max_future_ms`` ahead of it is rejected (``ts_in_future``): one bar with a
+far-future ``ts`` would otherwise become the series' newest bar for good.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ _FIELD_KEY_BYTES = sum(len(key) for key in _FIELD_KEYS)
 MAX_TS_DIGITS = 15  # epoch ms below 10**15 (year 33658): fits SQLite's int64 with room
 DLQ_VALUE_PREVIEW = 64  # characters kept per value of an oversized entry in the DLQ
 _INF = math.inf
+_NO_LIMIT = 10**MAX_TS_DIGITS  # above any ts that passes the digit check
 _new_bar = tuple.__new__  # Bar(...) at C speed: the named tuple's __new__ is Python code
 
 # An entry's fields: a flat [name, value, ...] list, a mapping, or None (deleted).
@@ -50,6 +56,7 @@ class Reason(StrEnum):
     HIGH_BELOW_OPEN_CLOSE = "high_below_open_close"
     LOW_ABOVE_OPEN_CLOSE = "low_above_open_close"
     OFF_GRID = "off_grid"
+    TS_IN_FUTURE = "ts_in_future"  # more than max_future_ms ahead of the wall clock
     CONFLICT = "conflict"  # differs from the stored bar of the same key (found by the store)
 
 
@@ -61,27 +68,36 @@ class Rejection:
 
 @dataclass(frozen=True)
 class Series:
-    """The series a stream carries; ``step_ms`` is None for an unknown timeframe."""
+    """The series a stream carries; ``step_ms`` is None for an unknown
+    timeframe; ``max_future_ms``: how far ahead of the clock a ``ts`` may be."""
 
     symbol: str
     tf: str
     step_ms: int | None
+    max_future_ms: int = 0
 
     @classmethod
-    def of(cls, symbol: str, tf: str) -> Series:
-        return cls(symbol, tf, TIMEFRAME_MS.get(tf))
+    def of(cls, symbol: str, tf: str, max_future_s: float = 0.0) -> Series:
+        """``max_future_s`` 0 (the default): one bar of the timeframe."""
+        step = TIMEFRAME_MS.get(tf)
+        margin = round(max_future_s * 1000) if max_future_s > 0 else (step or 0)
+        return cls(symbol, tf, step, margin)
 
 
-def decode_bar(series: Series, fields: RawFields, max_entry_bytes: int) -> Bar | Rejection:
-    """Validate one entry of ``series``' stream; never raises."""
+def decode_bar(
+    series: Series, fields: RawFields, max_entry_bytes: int, now_ms: int | None = None
+) -> Bar | Rejection:
+    """Validate one entry of ``series``' stream (against the clock when
+    ``now_ms`` is given); never raises."""
+    latest = _NO_LIMIT if now_ms is None else now_ms + series.max_future_ms
     try:
-        bar = _decode_valid(series, fields, max_entry_bytes)
+        bar = _decode_valid(series, fields, max_entry_bytes, latest)
     except Exception:  # the edge must hold whatever arrives
         bar = None
-    return bar if bar is not None else explain_entry(series, fields, max_entry_bytes)
+    return bar if bar is not None else explain_entry(series, fields, max_entry_bytes, now_ms)
 
 
-def _decode_valid(series: Series, fields: Any, max_bytes: int) -> Bar | None:
+def _decode_valid(series: Series, fields: Any, max_bytes: int, latest: int) -> Bar | None:
     """The bar if the entry is valid and in the contract's field order,
     else None (or an exception)."""
     k_ts, raw_ts, k_o, raw_o, k_h, raw_h, k_lo, raw_lo, k_c, raw_c, k_v, raw_v = fields
@@ -95,16 +111,19 @@ def _decode_valid(series: Series, fields: Any, max_bytes: int) -> Bar | None:
     o, h, lo, c, v = float(raw_o), float(raw_h), float(raw_lo), float(raw_c), float(raw_v)
     # One chain covers every value check: NaN fails any comparison, lo > 0
     # makes every price positive, h < inf makes every price finite.
-    if 0.0 < lo <= o <= h and lo <= c <= h < _INF and 0.0 <= v < _INF and step and not ts % step:
+    if (0.0 < lo <= o <= h and lo <= c <= h < _INF and 0.0 <= v < _INF and step
+            and not ts % step and ts <= latest):  # fmt: skip
         return _new_bar(Bar, (series.symbol, series.tf, ts, o, h, lo, c, v))
     return None
 
 
-def explain_entry(series: Series, fields: RawFields, max_entry_bytes: int) -> Bar | Rejection:
+def explain_entry(
+    series: Series, fields: RawFields, max_entry_bytes: int, now_ms: int | None = None
+) -> Bar | Rejection:
     """The thorough decoder: checks one thing after the other, so a
     rejection names its first reason. Never raises."""
     try:
-        return _explain(series, fields, max_entry_bytes)
+        return _explain(series, fields, max_entry_bytes, now_ms)
     except Exception as exc:
         return Rejection(Reason.NOT_NUMERIC, f"undecodable entry: {type(exc).__name__}")
 
@@ -116,7 +135,7 @@ def as_mapping(fields: RawFields) -> Mapping[Any, Any] | None:
     return dict(zip(fields[::2], fields[1::2], strict=False))
 
 
-def _explain(series: Series, raw: RawFields, max_bytes: int) -> Bar | Rejection:
+def _explain(series: Series, raw: RawFields, max_bytes: int, now_ms: int | None) -> Bar | Rejection:
     if not raw:  # Redis gives nil (redis-py None or {}) for a pending entry since deleted
         return Rejection(Reason.TRIMMED, "the entry was deleted from the stream before it was read")
     fields = as_mapping(raw)
@@ -146,6 +165,12 @@ def _explain(series: Series, raw: RawFields, max_bytes: int) -> Bar | Rejection:
         return problem
     if ts % series.step_ms:
         return Rejection(Reason.OFF_GRID, f"ts {ts} is not a multiple of {series.tf}")
+    if now_ms is not None and ts > now_ms + series.max_future_ms:
+        return Rejection(
+            Reason.TS_IN_FUTURE,
+            f"ts {ts} is {(ts - now_ms) / 1000:.0f} s ahead of the clock "
+            f"(at most {series.max_future_ms / 1000:g} s)",
+        )
     return Bar(series.symbol, series.tf, ts, o, h, lo, c, v)
 
 

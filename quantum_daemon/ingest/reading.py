@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 from quantum_daemon.domain.config import IngestConfig
 from quantum_daemon.ingest.batch import ReadBatch, StreamEntries
 from quantum_daemon.ingest.decode import Series
-from quantum_daemon.ingest.streams import claim_from_dead_local_consumers
 from quantum_daemon.ingest.wire import raw_reads
+from quantum_daemon.runtime.consumers import claim_from_dead_local_consumers
 from quantum_daemon.runtime.logs import get_logger
 
 log = get_logger()

@@ -1,15 +1,24 @@
-"""The bar streams to read, their consumer group, and the consumers in it."""
+"""The bar streams to read and their consumer group (the consumers in it:
+``runtime.consumers``).
+
+A stream name found by discovery is checked before anything uses it
+(``classify_stream``): ``{prefix}:bars:{SYMBOL}:{TF}`` in UTF-8, the symbol
+by ``domain.ids.check_symbol``, the timeframe a short token of letters and
+digits (an unknown one is read, and its entries dead-lettered as
+``unknown_timeframe``). Any other name under the pattern is refused with a
+reason and never read: it reaches no log line, metric label or store row.
+"""
 
 from __future__ import annotations
 
-import os
-import socket
-from typing import Any
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from quantum_daemon.domain.config import IngestConfig
+from quantum_daemon.domain.errors import BadDataError
+from quantum_daemon.domain.ids import check_symbol, check_timeframe_token
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.ingest.decode import Series
 from quantum_daemon.runtime.logs import get_logger
@@ -17,51 +26,62 @@ from quantum_daemon.runtime.logs import get_logger
 log = get_logger()
 
 SCAN_COUNT = 1000
+SHOWN_NAME_CHARS = 200
 
 
-def consumer_name() -> str:
-    """``host-pid``: unique per process, and tells which host runs it."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+@dataclass(frozen=True)
+class RefusedStream:
+    """A key under the bar-stream pattern that is not a usable bar stream."""
 
-
-def is_dead_local_consumer(name: str, host: str | None = None) -> bool:
-    """Whether ``name`` is a ``host-pid`` consumer of this host whose process
-    is gone (its pending entries can be claimed at once, without idle time)."""
-    consumer_host, _, pid = name.rpartition("-")
-    if consumer_host != (host or socket.gethostname()) or not pid.isdigit():
-        return False
-    return not _pid_alive(int(pid))
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
+    name: bytes
+    reason: str
 
 
 def configured_streams(cfg: IngestConfig, keys: Keys) -> dict[bytes, Series]:
     return {
-        keys.bars(symbol, tf).encode(): Series.of(symbol, tf)
+        keys.bars(symbol, tf).encode(): Series.of(symbol, tf, cfg.max_future_s)
         for symbol in cfg.symbols
         for tf in cfg.timeframes
     }
 
 
-async def discover_streams(redis: aioredis.Redis, keys: Keys) -> dict[bytes, Series]:
-    """Every existing stream whose name is a bar stream (the DLQ excluded)."""
+async def discover_streams(
+    redis: aioredis.Redis, keys: Keys, cfg: IngestConfig
+) -> tuple[dict[bytes, Series], list[RefusedStream]]:
+    """Every existing stream whose name is a bar stream (the DLQ excluded),
+    and the refused names under the pattern."""
     found: dict[bytes, Series] = {}
+    refused: list[RefusedStream] = []
     async for key in redis.scan_iter(match=keys.bars_pattern, count=SCAN_COUNT, _type="STREAM"):
-        name = key if isinstance(key, bytes) else key.encode()
-        parsed = keys.parse_bars(name.decode(errors="replace"))
-        if parsed is not None:
-            found[name] = Series.of(*parsed)
-    return found
+        name = key if isinstance(key, bytes) else str(key).encode(errors="surrogateescape")
+        verdict = classify_stream(keys, name, cfg.max_future_s)
+        if isinstance(verdict, Series):
+            found[name] = verdict
+        elif verdict is not None:
+            refused.append(verdict)
+    return found, refused
+
+
+def classify_stream(
+    keys: Keys, name: bytes, max_future_s: float = 0.0
+) -> Series | RefusedStream | None:
+    """The series of a bar stream's name; a ``RefusedStream`` with the reason
+    for a name under the pattern that is not a usable one; None for what is
+    not a bar stream (the DLQ, a key with more parts). Never raises."""
+    try:
+        text = name.decode()
+    except UnicodeDecodeError:
+        return RefusedStream(name, "the name is not UTF-8")
+    parsed = keys.parse_bars(text)
+    if parsed is None:
+        return None
+    symbol, tf = parsed
+    try:
+        check_symbol(symbol)
+        check_timeframe_token(tf)
+    except BadDataError as exc:
+        return RefusedStream(name, str(exc))
+    return Series.of(symbol, tf, max_future_s)
 
 
 async def ensure_group(redis: aioredis.Redis, stream: bytes, group: str) -> bool:
@@ -82,38 +102,6 @@ async def ensure_group(redis: aioredis.Redis, stream: bytes, group: str) -> bool
     return True
 
 
-async def claim_from_dead_local_consumers(
-    redis: aioredis.Redis, stream: bytes, group: str, consumer: str, chunk: int
-) -> int:
-    """Move the pending entries of dead consumers of this host to ``consumer``
-    (their ids only: reading our own pending entries then delivers them) and
-    delete those consumers. Returns the number of entries claimed."""
-    claimed = 0
-    for info in await redis.xinfo_consumers(stream, group):
-        name = _text(info["name"])
-        if name == consumer or not is_dead_local_consumer(name):
-            continue
-        claimed += await _claim_all_of(redis, stream, group, name, consumer, chunk)
-        await redis.xgroup_delconsumer(stream, group, name)
-        log.info("ingest.consumer_removed", stream=_text(stream), consumer=name)
-    return claimed
-
-
-async def _claim_all_of(
-    redis: aioredis.Redis, stream: bytes, group: str, owner: str, consumer: str, chunk: int
-) -> int:
-    claimed = 0
-    while True:
-        pending = await redis.xpending_range(
-            stream, group, min="-", max="+", count=chunk, consumername=owner
-        )
-        if not pending:
-            return claimed
-        ids: list[Any] = [item["message_id"] for item in pending]
-        await redis.xclaim(stream, group, consumer, 0, ids, justid=True)
-        claimed += len(ids)
-
-
 async def group_state(
     redis: aioredis.Redis, stream: bytes, group: str
 ) -> tuple[int | None, int] | None:
@@ -128,3 +116,10 @@ async def group_state(
 
 def _text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def shown_name(name: bytes) -> str:
+    """A stream name for logs and status, whatever its bytes: printable
+    ASCII (escapes for the rest), at most ``SHOWN_NAME_CHARS``."""
+    text = repr(bytes(name))[2:-1]
+    return text if len(text) <= SHOWN_NAME_CHARS else text[:SHOWN_NAME_CHARS] + "..."

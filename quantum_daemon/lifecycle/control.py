@@ -12,13 +12,20 @@ the registry remembers applied command ids, so a redelivery changes nothing.
 ``apply_to_registry`` is the one mapping of promote / retire / rollback onto
 the registry: the daemon's handler and the CLI's direct mode (no daemon
 running) both call it.
+
+Every entry is answered and acknowledged, whatever it holds: bytes that are
+not UTF-8, unknown or missing fields, ids that fail ``domain.ids`` (a NUL, a
+``/``, 300 characters), an entry over ``MAX_ENTRY_BYTES``, or a handler that
+fails (a file-system error, a bug) each get a ``control.rejected`` with the
+reason. Only Redis errors (publishing the answer, acknowledging) are retried:
+the entry then stays pending and is handled again. A restarted daemon (a new
+``host-pid`` consumer) first takes over what its dead predecessor on this
+host left pending, so a crash never strands a command.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,11 +34,14 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from quantum_daemon.domain.errors import BadDataError
 from quantum_daemon.domain.events import CONTROL_APPLIED, CONTROL_REJECTED, Event, make_event
-from quantum_daemon.domain.ids import ModelKey
+from quantum_daemon.domain.ids import ModelKey, check_model_id, check_version, shown
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.runtime.aio import sleep_or_stop
 from quantum_daemon.runtime.backoff import Backoff
+from quantum_daemon.runtime.consumers import claim_from_dead_local_consumers, consumer_name
+from quantum_daemon.runtime.liveness import beat
 from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.storage.artifacts import ArtifactCorrupt
 from quantum_daemon.storage.events import EventPublisher
@@ -41,10 +51,14 @@ log = get_logger()
 
 COMMANDS = ("train", "promote", "retire", "rollback")
 NEEDS_VERSION = frozenset({"promote", "retire"})
+FIELDS = ("command", "model_id", "version", "reason")
 CONTROL_MAXLEN = 10_000
+MAX_ENTRY_BYTES = 4096  # names and values together; a real command is < 200
+MAX_REASON_CHARS = 500
+CLAIM_CHUNK = 100
 
 
-class BadCommand(ValueError):
+class BadCommand(BadDataError):
     """A control entry that is not a valid command (it is rejected and acked)."""
 
 
@@ -65,25 +79,70 @@ class Command:
 
 
 def parse_command(entry_id: str, fields: Mapping[Any, Any]) -> Command:
-    get = {_text(k): _text(v) for k, v in fields.items()}
+    """The command of one entry; ``BadCommand`` (with the reason) for
+    anything else. Never raises anything but ``BadCommand``."""
+    try:
+        return _parse(entry_id, fields)
+    except BadDataError as exc:
+        raise BadCommand(str(exc)) from None
+    except Exception as exc:  # the edge holds whatever arrives
+        raise BadCommand(f"undecodable entry: {type(exc).__name__}") from None
+
+
+def _parse(entry_id: str, fields: Mapping[Any, Any]) -> Command:
+    if not fields:  # Redis gives a pending entry deleted since (trimmed) without fields
+        raise BadCommand("the entry has no fields (deleted from the stream before it was read?)")
+    size = sum(len(k) + len(v) for k, v in fields.items())
+    if size > MAX_ENTRY_BYTES:
+        raise BadCommand(f"entry of {size} bytes > {MAX_ENTRY_BYTES}")
+    get: dict[str, str] = {}
+    for raw_name, raw_value in fields.items():
+        key = _field_text(raw_name, "a field name")
+        get[key] = _field_text(raw_value, f"field {key!r}")
+    unexpected = sorted(set(get) - set(FIELDS))
+    if unexpected:
+        raise BadCommand(
+            f"unexpected fields {[shown(n) for n in unexpected]}; known: {list(FIELDS)}"
+        )
     name = get.get("command", "")
     if name not in COMMANDS:
-        raise BadCommand(f"unknown command {name!r}; known: {list(COMMANDS)}")
-    model_id = get.get("model_id", "")
-    try:
-        ModelKey.parse(model_id)
-    except ValueError as exc:
-        raise BadCommand(str(exc)) from None
+        raise BadCommand(f"unknown command {shown(name)}; known: {list(COMMANDS)}")
+    model_id = check_model_id(get.get("model_id", ""))
     version = get.get("version") or None
     if name in NEEDS_VERSION and version is None:
         raise BadCommand(f"{name} needs a version")
-    return Command(name, model_id, version, get.get("reason") or "operator", entry_id)
+    if version is not None:
+        check_version(version)
+    return Command(name, model_id, version, _reason(get.get("reason")), entry_id)
+
+
+def _field_text(value: Any, what: str) -> str:
+    """A field's bytes as text: UTF-8, without control characters."""
+    try:
+        text = value.decode() if isinstance(value, bytes) else str(value)
+    except UnicodeDecodeError:
+        raise BadCommand(f"{what} is not UTF-8: {shown(value)}") from None
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise BadCommand(f"{what} holds a control character: {shown(text)}")
+    return text
+
+
+def _reason(reason: str | None) -> str:
+    if not reason:
+        return "operator"
+    if len(reason) > MAX_REASON_CHARS:
+        raise BadCommand(f"reason is longer than {MAX_REASON_CHARS} characters")
+    return reason
 
 
 def apply_to_registry(registry: Registry, command: Command) -> list[Event]:
-    """Promote, retire or roll back in the registry; raises ``RegistryError``.
-    A version about to become active has its artifacts checked first: a
-    corrupt one is refused (``model.load_refused``) and never activated."""
+    """Promote, retire or roll back in the registry; raises ``RegistryError``
+    (for a model without versions before anything is written, so a refusal
+    leaves no folder behind). A version about to become active has its
+    artifacts checked first: a corrupt one is refused (``model.load_refused``)
+    and never activated."""
+    if not registry.versions(command.model_id):
+        raise RegistryError(f"unknown model {command.model_id!r}: it has no versions")
     reason = f"operator: {command.reason}"
     if command.name in ("promote", "rollback"):
         target = command.version or registry.previous_active(command.model_id)
@@ -138,10 +197,6 @@ def reply_event(command: Command | None, entry_id: str, error: str | None, **fie
 Handler = Callable[[Command], Awaitable[list[str]]]
 
 
-def consumer_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
 class ControlConsumer:
     """Reads ``quantum:control`` with a consumer group and applies commands
     with ``handler`` (which returns the names of what it did, for the reply)."""
@@ -180,9 +235,13 @@ class ControlConsumer:
         while not stop.is_set():
             try:
                 await self.ensure_group()
+                await claim_from_dead_local_consumers(
+                    self.client, self.keys.control, self.group, self.consumer, CLAIM_CHUNK
+                )
                 await self.drain_pending()
                 while not stop.is_set():
                     await self.read_once(">", self.block_ms)
+                    beat()  # BLOCK bounds an idle read: the loop beats at least that often
                     backoff.reset()
             except (RedisError, OSError) as exc:
                 delay = backoff.next_delay()
@@ -203,18 +262,25 @@ class ControlConsumer:
         handled = 0
         for _, entries in reply or []:
             for entry_id, fields in entries:
-                if fields:  # a pending entry trimmed away comes back empty
-                    await self.handle(_text(entry_id), fields)
-                else:
-                    await self.client.xack(self.keys.control, self.group, entry_id)
+                await self.handle(_text(entry_id), fields or {})
                 handled += 1
         return handled
 
     async def handle(self, entry_id: str, fields: Mapping[Any, Any]) -> None:
+        """Apply one entry and answer it; only a Redis error (answering,
+        acknowledging) escapes, and the entry then stays pending."""
         command: Command | None = None
         try:
             command = parse_command(entry_id, fields)
             done = await self.handler(command)
+        except RedisError:
+            raise  # the loop reconnects; the entry stays pending
+        except Exception as exc:
+            error = refusal(exc)
+            reply = reply_event(command, entry_id, error)
+            self.rejected += 1
+            log.warning("control.rejected", command_id=entry_id, error=error)
+        else:
             reply = reply_event(command, entry_id, None, did=done)
             self.applied += 1
             log.info(
@@ -225,14 +291,24 @@ class ControlConsumer:
                 command_id=entry_id,
                 did=done,
             )
-        except (BadCommand, RegistryError, KeyError) as exc:
-            error = str(exc) if not isinstance(exc, KeyError) else f"unknown model {exc}"
-            reply = reply_event(command, entry_id, error)
-            self.rejected += 1
-            log.warning("control.rejected", command_id=entry_id, error=error)
         await self.publisher.publish(reply)
         await self.client.xack(self.keys.control, self.group, entry_id)
 
 
+def refusal(exc: Exception) -> str:
+    """The reason of a ``control.rejected`` answer: the message of an
+    expected refusal; for a file-system error its cause without the path
+    (answers must not show the data dir); for anything else its type (the
+    traceback goes to the log)."""
+    if isinstance(exc, BadDataError | RegistryError):
+        return str(exc)
+    if isinstance(exc, KeyError):
+        return f"unknown model {exc}"
+    if isinstance(exc, OSError):
+        return f"could not apply: {exc.strerror or type(exc).__name__}"
+    log.error("control.handler_failed", error=repr(exc), exc_info=exc)
+    return f"internal error: {type(exc).__name__}"
+
+
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode(errors="backslashreplace") if isinstance(value, bytes) else str(value)

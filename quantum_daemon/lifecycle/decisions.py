@@ -13,6 +13,7 @@ import asyncio
 from quantum_daemon.core.promotion import HeadToHead, Verdict, judge
 from quantum_daemon.domain.config import PromotionConfig
 from quantum_daemon.domain.events import MODEL_PROMOTED, MODEL_REJECTED, Event
+from quantum_daemon.domain.stages import Stage
 from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.storage.registry.registry import Registry
 
@@ -21,11 +22,13 @@ log = get_logger()
 LOGGED_EVENTS = (MODEL_PROMOTED, MODEL_REJECTED)
 
 
-async def decide_version(
+def judge_version(
     registry: Registry, promotion: PromotionConfig, model_id: str, version: str
-) -> str:
-    """Judge and apply; returns the version's stage (``active`` if promoted)."""
-    show = await asyncio.to_thread(registry.show, model_id)
+) -> tuple[Verdict, list[Event]]:
+    """Judge a registered version against the gates and the model's active
+    version, and apply the verdict; the live lifecycle and ``simulate`` both
+    decide here."""
+    show = registry.show(model_id)
     entry = next(v for v in show["versions"] if v["version"] == version)
     verdict = judge(
         entry["metrics"],
@@ -33,9 +36,18 @@ async def decide_version(
         HeadToHead.from_dict(entry.get("head_to_head")),
         promotion,
     )
-    events = await asyncio.to_thread(registry.apply_verdict, model_id, version, verdict)
+    return verdict, registry.apply_verdict(model_id, version, verdict)
+
+
+async def decide_version(
+    registry: Registry, promotion: PromotionConfig, model_id: str, version: str
+) -> str:
+    """Judge and apply in a thread; returns the version's stage (``active`` if promoted)."""
+    verdict, events = await asyncio.to_thread(
+        judge_version, registry, promotion, model_id, version
+    )
     _log_decision(model_id, version, verdict, events)
-    return verdict.stage if not verdict.promote else "active"
+    return verdict.stage if not verdict.promote else Stage.ACTIVE
 
 
 def _log_decision(model_id: str, version: str, verdict: Verdict, events: list[Event]) -> None:
@@ -48,5 +60,5 @@ def _log_decision(model_id: str, version: str, verdict: Verdict, events: list[Ev
                 reason=event.data.get("reason"),
                 gate=event.data.get("gate"),
             )
-    if events and verdict.stage == "candidate" and not verdict.promote:
+    if events and verdict.stage == Stage.CANDIDATE and not verdict.promote:
         log.info("model.in_shadow", model_id=model_id, version=version, reason=verdict.reason)

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from quantum_daemon.storage.registry.registry import STAGES
+from quantum_daemon.domain.stages import STAGES
 
 JOB_SECONDS_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
 

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from quantum_daemon.core.scheduling import Scheduler, TrainRequest
+from quantum_daemon.domain.stages import Stage
 from quantum_daemon.storage.registry.registry import Registry
 
 
@@ -45,7 +46,7 @@ def models_view(registry: Registry) -> list[dict[str, Any]]:
             },
         )
         model["versions"].append(info.to_json())
-        if info.stage == "active":
+        if info.stage == Stage.ACTIVE:
             model["active"] = info.version
     return list(by_model.values())
 

@@ -1,21 +1,26 @@
-"""Small asyncio helpers shared by the daemon's loops."""
+"""Small asyncio helpers shared by the daemon's loops.
+
+They are also where a loop is idle: inside a watched loop
+(``runtime.liveness``) they beat on entry, every ``IDLE_BEAT_S`` while they
+wait, and on the way out, so waiting for work or for time never looks like a
+stall.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
+
+from quantum_daemon.runtime.liveness import IDLE_BEAT_S, beat, in_loop
 
 Waitable = asyncio.Event | Awaitable[Any]
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     """Sleep up to ``seconds``; return True early if ``stop`` gets set."""
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except TimeoutError:
-        return False
-    return True
+    await wait_first(stop, timeout_s=seconds)
+    return stop.is_set()
 
 
 async def wait_first(*waitables: Waitable, timeout_s: float | None = None) -> None:
@@ -31,7 +36,23 @@ async def wait_first(*waitables: Waitable, timeout_s: float | None = None) -> No
         asyncio.ensure_future(w.wait() if isinstance(w, asyncio.Event) else w) for w in waitables
     ]
     try:
-        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        await _wait_beating(waiters, timeout_s)
     finally:
         for waiter in waiters:
             waiter.cancel()
+
+
+async def _wait_beating(waiters: Sequence[asyncio.Future[Any]], timeout_s: float | None) -> None:
+    if not in_loop():
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        return
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout_s is None else loop.time() + timeout_s
+    while True:
+        beat()
+        left = None if deadline is None else max(0.0, deadline - loop.time())
+        step = IDLE_BEAT_S if left is None else min(IDLE_BEAT_S, left)
+        done, _ = await asyncio.wait(waiters, timeout=step, return_when=asyncio.FIRST_COMPLETED)
+        if done or (deadline is not None and loop.time() >= deadline):
+            beat()
+            return

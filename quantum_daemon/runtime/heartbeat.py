@@ -1,5 +1,8 @@
 """Liveness for other processes: a heartbeat key with a TTL, and systemd's
-watchdog ping from the same loop (so a stalled loop stops both)."""
+watchdog ping. The ping comes from a loop of its own that needs nothing but
+the event loop (a blocked event loop stops it), and is sent only while every
+loop of the daemon is alive (``runtime.liveness``, checked and logged there):
+one dead or stalled loop is enough for systemd to restart the daemon."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from redis.exceptions import RedisError
 
 from quantum_daemon.domain.config import DaemonConfig
 from quantum_daemon.runtime.aio import sleep_or_stop
+from quantum_daemon.runtime.liveness import beat
 from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.runtime.redis_link import RedisLink
 from quantum_daemon.runtime.sdnotify import Notifier
@@ -37,12 +41,10 @@ async def heartbeat_loop(
     link: RedisLink,
     key: str,
     cfg: DaemonConfig,
-    notifier: Notifier,
     is_ready: Callable[[], bool],
 ) -> None:
     started_at = time.time()
     while not stop.is_set():
-        notifier.watchdog()
         payload = json.dumps(heartbeat_payload(is_ready(), started_at, time.time()))
         try:
             await link.client.set(key, payload, px=int(cfg.heartbeat_ttl_s * 1000))
@@ -55,12 +57,23 @@ async def heartbeat_loop(
         pass
 
 
+async def watchdog_loop(
+    stop: asyncio.Event, notifier: Notifier, is_alive: Callable[[], bool], interval_s: float
+) -> None:
+    """Ping systemd's watchdog every ``interval_s`` while ``is_alive()``."""
+    while not stop.is_set():
+        if is_alive():
+            notifier.watchdog()
+        await sleep_or_stop(stop, interval_s)
+
+
 async def loop_lag_monitor(
     stop: asyncio.Event, observe: Callable[[float], None], warn_ms: float, interval_s: float = 0.05
 ) -> None:
     """Measure how late the loop wakes a sleeper; warn when it stalls."""
     loop = asyncio.get_running_loop()
     while not stop.is_set():
+        beat()
         start = loop.time()
         await asyncio.sleep(interval_s)
         lag = max(0.0, loop.time() - start - interval_s)

@@ -4,6 +4,9 @@ One ``redis.asyncio`` client (hiredis parser) shared by the daemon's loops.
 ``watch()`` pings Redis periodically: when Redis goes away it logs
 ``redis.reconnecting`` with a jittered backoff and keeps the daemon up; when
 Redis answers again it counts a reconnect. ``up`` feeds ``/readyz``.
+A permission the Redis user lacks is not waited out: the first refusal
+(``redis_acl``) makes the link down for good and ``watch()`` raises it, which
+ends the daemon with exit code 78.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from redis.exceptions import RedisError
 from quantum_daemon.domain.config import RedisConfig
 from quantum_daemon.runtime.aio import sleep_or_stop
 from quantum_daemon.runtime.backoff import Backoff
+from quantum_daemon.runtime.redis_acl import RedisPermissionDenied, watch_denials
 from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.runtime.telemetry import DaemonMetrics
 
@@ -28,7 +32,7 @@ PING_INTERVAL_S = 1.0
 def make_client(cfg: RedisConfig, decode_responses: bool = False) -> aioredis.Redis:
     return aioredis.Redis.from_url(
         cfg.url,
-        password=cfg.password.reveal() or None,
+        **cfg.client_options(),
         socket_connect_timeout=cfg.connect_timeout_s,
         socket_timeout=cfg.connect_timeout_s + 5.0,
         decode_responses=decode_responses,
@@ -45,6 +49,8 @@ class RedisLink:
         self.client = make_client(cfg)
         self.up = False
         self.last_error = "not checked yet"
+        self.denied: str | None = None
+        watch_denials(self.client, self._denied)
         self._changed = asyncio.Event()
 
     async def __aenter__(self) -> RedisLink:
@@ -58,6 +64,9 @@ class RedisLink:
 
     async def check(self) -> bool:
         """One PING; updates ``up``. Never raises for Redis errors."""
+        if self.denied is not None:
+            self._mark(False, self.denied)
+            return False
         try:
             await asyncio.wait_for(self.client.ping(), timeout=self.cfg.connect_timeout_s)
         except (RedisError, OSError, TimeoutError) as exc:
@@ -65,6 +74,12 @@ class RedisLink:
             return False
         self._mark(True, "")
         return True
+
+    def _denied(self, message: str) -> None:
+        if self.denied is None:
+            self.denied = message
+            log.error("redis.permission_denied", error=message)
+        self._mark(False, message)
 
     def _mark(self, up: bool, error: str) -> None:
         if up and not self.up and self.last_error != "not checked yet":
@@ -78,6 +93,7 @@ class RedisLink:
         """Wait until Redis answers (True) or stop is set (False)."""
         backoff = Backoff(cap=self.cfg.reconnect_max_s)
         while not stop.is_set():
+            self._raise_denial()
             if await self.check():
                 return True
             delay = backoff.next_delay()
@@ -86,8 +102,14 @@ class RedisLink:
         return False
 
     async def watch(self, stop: asyncio.Event) -> None:
-        """Loop: ping every second; on failure back off until Redis returns."""
+        """Loop: ping every second; on failure back off until Redis returns.
+        Raises ``RedisPermissionDenied`` once a command was refused."""
         while not stop.is_set():
+            self._raise_denial()
             if not await self.check():
                 await self.wait_up(stop)
             await sleep_or_stop(stop, PING_INTERVAL_S)
+
+    def _raise_denial(self) -> None:
+        if self.denied is not None:
+            raise RedisPermissionDenied(self.denied)

@@ -10,7 +10,7 @@ At each bar close ``t`` (in time order across the series):
 3. the predictions due at this bar are settled (``inference.rounds.settle``),
    one trust round per settling bar (``trust_store.plan_round``), candidates'
    scores go to their shadow record and the shadow verdicts are applied
-   (``scoring.shadow_verdict``, ``shadow_outcome``, the registry's
+   (``promotion.shadow_verdict``, ``shadow_outcome``, the registry's
    ``promote_candidate`` / ``retire_candidate``);
 4. the jobs the scheduler hands out run in the executor on the
    ``history_bars`` bars up to ``t`` (``training.jobs.run_job``), are judged
@@ -26,22 +26,27 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from quantum_daemon.core.ensemble import MemberForecast, combine, plain_position
+from quantum_daemon.core.ensemble import (
+    EnsembleForecast,
+    MemberForecast,
+    SizerDecision,
+    build_signal,
+    combine,
+    signal_json,
+)
 from quantum_daemon.core.evaluation.backtest import cost_rate
 from quantum_daemon.core.scheduling import Scheduler, SchedulerPolicy
-from quantum_daemon.core.scoring import shadow_outcome, shadow_verdict
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import Config
+from quantum_daemon.domain.families import SIZER_FAMILIES
 from quantum_daemon.domain.ids import model_keys
 from quantum_daemon.domain.timeframes import timeframe_ms
-from quantum_daemon.inference.records import DuePrediction
-from quantum_daemon.inference.rounds import SCALE_WINDOW, due_ts, settle, trust_rounds
+from quantum_daemon.models.sizer_book import SizerBook
+from quantum_daemon.simulate.dispatch import run_all
 from quantum_daemon.simulate.inputs import SimulationSeries
 from quantum_daemon.simulate.predict_job import PredictResult, PredictSpec, predict_span
 from quantum_daemon.simulate.records import (
@@ -53,17 +58,16 @@ from quantum_daemon.simulate.records import (
     TimelineEntry,
     VersionRecord,
 )
+from quantum_daemon.simulate.settling import SettlingDesk, _index_of
+from quantum_daemon.simulate.sizing import BookKey, SizingDesk
 from quantum_daemon.simulate.training import TrainingDesk
 from quantum_daemon.storage.registry.registry import Registry
-from quantum_daemon.storage.trust_store import StoredState, plan_round
 from quantum_daemon.training.executor import Executor, JobOutcome
 
-POSITION_FAMILIES = frozenset({"evo_model", "rl_sizer"})
-SHADOW_REASON = "shadow"
 PREDICT_CHUNK = 256  # bars forecast per batch call
 
 
-class Simulation(TrainingDesk):
+class Simulation(TrainingDesk, SettlingDesk, SizingDesk):
     """See the module docstring; ``run`` returns when the span is done or
     ``stop`` is set (then ``partial`` is true)."""
 
@@ -75,8 +79,10 @@ class Simulation(TrainingDesk):
         data_dir: Path,
         executor: Executor,
         progress: Progress | None = None,
+        params: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.params = dict(params or {})  # family -> the training jobs' hyper-parameters
         self.series = {s.key: s for s in series}
         self.tf = series[0].bars.tf
         self.step = timeframe_ms(self.tf)
@@ -107,6 +113,9 @@ class Simulation(TrainingDesk):
         self.partial = False
         self.now_ms = 0
         self._loaded_cache: dict[str, list[tuple[str, str]]] = {}
+        self.books: dict[BookKey, SizerBook] = {}  # each live sizer's book per series
+        self._rank: dict[tuple[str, str], int] = {}  # version -> order of training
+        self._lags: dict[str, set[int]] = {}  # symbol -> settling lags of its versions
         self.job_seconds: dict[str, float] = {}  # family -> training seconds in workers
 
     # -- the clock -----------------------------------------------------------
@@ -154,8 +163,10 @@ class Simulation(TrainingDesk):
                 self.scheduler.bars_stored(key[0], key[1], 1, close_ms / 1000)
         self.scheduler.tick(close_ms / 1000)
         await self._forecast(index)
+        pooled = {key: self._pool(key, i) for key, i in index.items()}
+        await self._size(index, pooled)
         for key, i in index.items():
-            self._signal(key, i)
+            self._signal(key, i, pooled[key])
         for key, i in index.items():
             await self._settle(key, i)
         await self._train_ready(close_ms, index)
@@ -201,6 +212,8 @@ class Simulation(TrainingDesk):
                 if k.symbol == key[0] and k.model_id in self.newest
             ]
             for record in {id(r): r for r in records}.values():
+                if record.family in SIZER_FAMILIES:
+                    continue  # sized bar by bar on the ensemble (``sizing``)
                 if i not in record.predictions and i >= record.live_from:
                     wanted.append((record, self.series[key].bars, i))
         results = await self._run_all(
@@ -231,46 +244,44 @@ class Simulation(TrainingDesk):
             return
         result: PredictResult = outcome.result
         record.horizon = result.horizon
+        self._track(record)
         for k in range(len(result.mu)):
             position = None if result.position is None else float(result.position[k])
             record.predictions[i + k] = Prediction(
                 float(result.mu[k]), float(result.p_up[k]), position
             )
 
-    def _signal(self, key: tuple[str, str], i: int) -> None:
+    def _pool(self, key: tuple[str, str], i: int) -> EnsembleForecast | None:
+        """The active forecasters' pool under the trust weights (None: no
+        active forecaster has a forecast for the bar)."""
+        members = [
+            MemberForecast(r.family, r.model_id, r.version, p.mu, p.p_up)
+            for stage, r in self.live_versions(key[0])
+            if stage == ACTIVE and r.family not in SIZER_FAMILIES
+            and (p := r.predictions.get(i)) is not None and _finite(p)
+        ]  # fmt: skip
+        return combine(members, self.weights) if members else None
+
+    def _signal(self, key: tuple[str, str], i: int, pooled: EnsembleForecast | None) -> None:
+        """The bar's record: every live version's prediction and the signal
+        the daemon would have published (``core.ensemble.build_signal``)."""
         bars = self.series[key].bars
         forecasts = {}
+        sizer = None
         for stage, record in self.live_versions(key[0]):
             p = record.predictions.get(i)
-            if p is not None and math.isfinite(p.mu) and math.isfinite(p.p_up):
-                forecasts[(record.model_id, record.version)] = (stage, p, record)
+            if p is not None and _finite(p):
+                forecasts[(record.model_id, record.version)] = (stage, p)
                 record.live_bars += 1
-        active = [
-            MemberForecast(r.family, r.model_id, r.version, p.mu, p.p_up)
-            for stage, p, r in forecasts.values()
-            if stage == ACTIVE and r.family != "rl_sizer"
-        ]
+                if stage == ACTIVE and record.family in SIZER_FAMILIES and p.position is not None:
+                    sizer = sizer or SizerDecision(p.position, record.model_id, record.version)
         signal = None
-        if active:
-            pooled = combine(active, self.weights)
-            threshold = self.cfg.evaluation.position_threshold
-            position = plain_position(pooled.mu, pooled.p_up, threshold)
-            signal = {
-                "ts": int(bars.ts[i]),
-                "symbol": key[0],
-                "tf": key[1],
-                "mu": pooled.mu,
-                "p_up": pooled.p_up,
-                "position": position,
-                "position_source": "plain_rule",
-                "plain_position": position,
-                "contributions": [
-                    {"family": c.family, "model": c.model, "version": c.version,
-                     "weight": c.weight, "mu": c.mu, "p_up": c.p_up}
-                    for c in pooled.contributions
-                ],
-                "versions": {c.family: c.version for c in pooled.contributions},
-            }  # fmt: skip
+        if pooled is not None:
+            built = build_signal(
+                key[0], key[1], int(bars.ts[i]), pooled, sizer, 0.0,
+                self.cfg.evaluation.position_threshold,
+            )  # fmt: skip
+            signal = {k: v for k, v in signal_json(built).items() if k != "latency_ms"}
         newest = {
             k.model_id: self.newest[k.model_id]
             for k in self.keys
@@ -281,145 +292,16 @@ class Simulation(TrainingDesk):
             BarRecord(
                 ts=int(bars.ts[i]),
                 close=float(bars.close[i]),
-                forecasts={key: (st, p) for key, (st, p, _) in forecasts.items()},
+                forecasts=forecasts,
                 newest=newest,
                 weights=dict(self.weights),
                 signal=signal,
             )
         )
 
-    # -- settling: trust rounds and the shadow record -----------------------------------
-    async def _settle(self, key: tuple[str, str], i: int) -> None:
-        """Settle what bar ``i`` decides: forecasts made ``horizon`` bars ago
-        and positions made one bar ago (``rounds.due_ts``)."""
-        bars = self.series[key].bars
-        history = self.bars[key]
-        due: list[DuePrediction] = []
-        by_ts = self.bar_row[key]
-        for record in self._records_of(key[0]):
-            is_position = record.family in POSITION_FAMILIES
-            lag = 1 if is_position else record.horizon
-            made_at = int(bars.ts[i]) - lag * self.step
-            n = by_ts.get(made_at)
-            mine = (record.model_id, record.version)
-            made = None if n is None else history[n].forecasts.get(mine)
-            if n is None or made is None:
-                continue
-            stage, p = made
-            due.append(self._due(record, stage, p, history, n, is_position))
-        if not due:
-            return
-        start = max(0, (_index_of(bars.ts, min(d.ts for d in due)) or 0) - SCALE_WINDOW - 1)
-        window = bars.slice(start, i + 1)
-        settled = settle(due, window, self.cost_rate)
-        for d, s in zip(due, settled, strict=True):
-            if s.loss is not None:
-                self.versions[(d.model_id, d.version)].losses[d.ts] = s.loss
-        for round_ts, scores in trust_rounds(due, settled, self.step):
-            state = StoredState(self.weights, frozenset(), None)
-            plan = plan_round(state, scores, self.live_families, round_ts, self.cfg.trust)
-            if plan.round.changed:
-                self.weights = dict(plan.round.after)
-                self.trust_history.append((round_ts, dict(self.weights)))
-        self._judge_shadow(sorted({d.model_id for d in due if d.stage == CANDIDATE}))
-
-    def _records_of(self, symbol: str) -> list[VersionRecord]:
-        return [v for v in self.versions.values() if v.symbol == symbol]
-
-    def _due(
-        self,
-        record: VersionRecord,
-        stage: str,
-        p: Prediction,
-        history: list[BarRecord],
-        n: int,
-        is_position: bool,
-    ) -> DuePrediction:
-        def plain_at(k: int) -> float | None:
-            signal = history[k].signal if k >= 0 else None
-            return None if signal is None else float(signal["plain_position"])
-
-        mine = (record.model_id, record.version)
-        previous = history[n - 1].forecasts.get(mine) if n > 0 else None
-        previous_position = None if previous is None else previous[1].position
-        ts = history[n].ts
-        return DuePrediction(
-            model_id=record.model_id,
-            version=record.version,
-            family=record.family,
-            stage=stage,
-            symbol=record.symbol,
-            tf=self.tf,
-            ts=ts,
-            due_ts=due_ts(ts, record.horizon, self.step, is_position),
-            mu=p.mu,
-            p_up=p.p_up,
-            position=p.position if is_position else None,
-            previous_position=previous_position,
-            plain=plain_at(n),
-            previous_plain=plain_at(n - 1),
-        )
-
-    def _judge_shadow(self, model_ids: list[str]) -> None:
-        min_bars = self.cfg.promotion.shadow_min_bars
-        changed = False  # re-reading the registry every bar was most of the loop's time
-        for model_id in model_ids:
-            loaded = self._loaded(model_id)
-            active = next((v for v, st in loaded if st == ACTIVE), None)
-            candidates = [v for v, st in loaded if st == CANDIDATE]
-            if active is None or not candidates:
-                continue
-            active_losses = self.versions[(model_id, active)].losses
-            verdicts = {
-                v: shadow_verdict(self.versions[(model_id, v)].losses, active_losses, min_bars)
-                for v in candidates
-            }
-            best, expired = shadow_outcome(verdicts, self.cfg.promotion.shadow_max_bars)
-            changed = changed or bool(expired) or best is not None
-            for version in expired:
-                v = verdicts[version]
-                detail = (
-                    f"mean loss {v.candidate_loss:.6f} vs {v.active_loss:.6f} "
-                    f"of {active} over {v.bars} common bars"
-                )
-                events = self.registry.retire_candidate(
-                    model_id, version, active, SHADOW_REASON, detail
-                )
-                self._note(events, model_id)
-            if best is not None:
-                events = self.registry.promote_candidate(model_id, best, active, SHADOW_REASON)
-                self._note(events, model_id)
-        if changed:
-            self._refresh_live()
-
-    # -- the executor -------------------------------------------------------------------
     async def _run_all(self, specs: Sequence[Any], fn: Callable[[Any], Any]) -> list[JobOutcome]:
-        """Run every spec in the executor, as many at once as it has workers;
-        outcomes in the order of ``specs``."""
-        outcomes: dict[int, JobOutcome] = {}
-        running: dict[asyncio.Task[JobOutcome], int] = {}
-        queue = list(enumerate(specs))
-        while queue or running:
-            while queue and self.executor.reserve(queue[0][1].family):
-                n, spec = queue.pop(0)
-                task = asyncio.ensure_future(
-                    self.executor.run(
-                        fn,
-                        spec,
-                        family=spec.family,
-                        job_id=spec.job_id,
-                        timeout_s=self.cfg.training.job_timeout_s,
-                    )
-                )
-                running[task] = n
-            if not running:
-                raise RuntimeError("the executor has no worker for these jobs")
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                outcomes[running.pop(task)] = task.result()
-        return [outcomes[n] for n in range(len(specs))]
+        return await run_all(self.executor, specs, fn, self.cfg.training.job_timeout_s)
 
 
-def _index_of(ts: np.ndarray, value: int) -> int | None:
-    i = int(np.searchsorted(ts, value))
-    return i if i < len(ts) and int(ts[i]) == value else None
+def _finite(p: Prediction) -> bool:
+    return math.isfinite(p.mu) and math.isfinite(p.p_up)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,7 +57,9 @@ def bars_from_files(paths: Sequence[Path], symbol: str | None, tf: str | None) -
             bar_file = read_bar_file(path, symbol, tf)
         except BarFileError as exc:
             raise SimulationInputError(str(exc)) from None
-        frame = bar_file.frame.sort_values("ts").drop_duplicates("ts")
+        frame = bar_file.frame.sort_values("ts", kind="stable")
+        _check_repeats(frame, path)
+        frame = frame.drop_duplicates("ts")
         bars = Bars.from_frame(frame.reset_index(drop=True), bar_file.symbol, bar_file.tf)
         key = (bars.symbol, bars.tf)
         if key in out:
@@ -65,6 +68,17 @@ def bars_from_files(paths: Sequence[Path], symbol: str | None, tf: str | None) -
             )
         out[key] = bars
     return list(out.values())
+
+
+def _check_repeats(frame: Any, path: Path) -> None:
+    """A bar time repeated with other prices is two series in one file (or a
+    corrupt file); an exact repeat is harmless and dropped."""
+    repeats = frame[frame.duplicated("ts", keep=False)]
+    if len(repeats) and len(repeats.drop_duplicates()) > repeats["ts"].nunique():
+        raise SimulationInputError(
+            f"{path}: bar times repeat with different prices (several symbols in one file?): "
+            "pass one file per series"
+        )
 
 
 def plan_series(

@@ -1,5 +1,6 @@
-"""The batch prediction job: one version's forecasts over a span of bars, in
-a training worker (model code never runs in the simulating process).
+"""The worker side of ``simulate``: a version's forecasts over a span of
+bars in one batch call, and the sizer's decisions of one bar; both run in a
+training worker (model code never runs in the simulating process).
 
 The window is what the live inference worker reads for a backlog of the same
 bars (``inference.worker.BarWindows``): ``context_bars`` before the first
@@ -10,12 +11,18 @@ probes), so a forecast never depends on a later bar of the span.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from quantum_daemon.domain.bars import Bars
+from quantum_daemon.models.sizer_book import SizerBook, next_decision
+
+MODEL_CACHE = 32  # versions a worker keeps loaded between calls
+_loaded: OrderedDict[tuple[str, int, int], tuple[Any, dict[str, Any]]] = OrderedDict()
 
 
 @dataclass(frozen=True)
@@ -36,10 +43,8 @@ class PredictResult:
 
 
 def predict_span(spec: PredictSpec) -> PredictResult:
-    """Load the version (checksums verified) and forecast ``bars[first:]``."""
-    from quantum_daemon.models.families import load_model
-
-    model, meta = load_model(Path(spec.path))
+    """Forecast ``bars[first:]`` with the version at ``spec.path``."""
+    model, meta = loaded_model(spec.path)
     idx = np.arange(spec.first, len(spec.bars))
     forecast = model.predict(spec.bars, idx)
     position = None if forecast.position is None else np.asarray(forecast.position, np.float64)
@@ -49,3 +54,57 @@ def predict_span(spec: PredictSpec) -> PredictResult:
         position=position,
         horizon=int(meta.get("horizon", 1)),
     )
+
+
+@dataclass(frozen=True)
+class SizeRequest:
+    """One sizer version's decision on one series' bar: ``bars`` end with the
+    decision bar (``context_bars`` before it, as the live worker's window)."""
+
+    key: tuple[str, str, str]  # model_id, version, symbol
+    path: str
+    bars: Bars
+    mu: float  # the ensemble's forecast at the bar
+    p_up: float
+    held: SizerBook | None  # the book after this sizer's previous decision
+
+
+@dataclass(frozen=True)
+class SizeSpec:
+    job_id: str
+    requests: tuple[SizeRequest, ...]
+    cost_rate: float
+    family: str = "rl_sizer"
+
+
+def size_bar(spec: SizeSpec) -> list[SizerBook]:
+    """Every request's decision, through the live worker's ``next_decision``."""
+    from quantum_daemon.models.rl_sizer import volatility
+
+    out = []
+    for r in spec.requests:
+        model, _ = loaded_model(r.path)
+        last = len(r.bars) - 1
+        vol = float(volatility(r.bars, np.array([last]))[0])
+        out.append(next_decision(model, r.held, r.bars, last, (r.mu, r.p_up, vol), spec.cost_rate))
+    return out
+
+
+def loaded_model(path: str) -> tuple[Any, dict[str, Any]]:
+    """The version at ``path``, loaded once per worker (checksums verified on
+    the first load). A version folder never changes once written; the key
+    holds its metadata file's inode and mtime so that a folder written anew
+    at the same path (a second simulation into the same folder) is loaded anew."""
+    from quantum_daemon.models.families import load_model
+    from quantum_daemon.storage.artifacts import METADATA_FILE
+
+    stat = (Path(path) / METADATA_FILE).stat()
+    key = (path, stat.st_ino, stat.st_mtime_ns)
+    if key in _loaded:
+        _loaded.move_to_end(key)
+        return _loaded[key]
+    model, meta = load_model(Path(path))
+    _loaded[key] = (model, dict(meta))
+    while len(_loaded) > MODEL_CACHE:
+        _loaded.popitem(last=False)
+    return _loaded[key]

@@ -7,7 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-ACTIVE, CANDIDATE = "active", "candidate"
+from quantum_daemon.domain.stages import Stage
+
+ACTIVE, CANDIDATE = Stage.ACTIVE, Stage.CANDIDATE  # the stages a forecast is made at
 
 
 @dataclass

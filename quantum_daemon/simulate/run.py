@@ -26,8 +26,6 @@ from quantum_daemon.simulate.inputs import (
 from quantum_daemon.simulate.report import write_report
 from quantum_daemon.simulate.variants import evaluate, family_of, policies, summarize
 
-UNSUPPORTED = {"rl_sizer": "sizes the live ensemble signal bar by bar; not simulated yet"}
-
 
 @dataclass(frozen=True)
 class SimulateRequest:
@@ -42,12 +40,10 @@ class SimulateRequest:
 
 
 def check_families(cfg: Config, asked: Sequence[str]) -> list[str]:
-    families = list(asked) or [f for f in cfg.models.families if f not in UNSUPPORTED]
+    families = list(asked) or list(cfg.models.families)
     for family in families:
         if family not in FAMILIES:
             raise SimulationInputError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
-        if family in UNSUPPORTED:
-            raise SimulationInputError(f"{family}: {UNSUPPORTED[family]}")
     return families
 
 

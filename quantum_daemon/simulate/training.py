@@ -1,22 +1,24 @@
 """The simulation's training desk: the jobs the scheduler hands out, run in
 the executor on the bars up to the simulated time, then judged as the
-lifecycle judges them (``promotion.judge``, ``Registry.apply_verdict``,
+lifecycle judges them (``lifecycle.decisions.judge_version``,
 ``retire_superseded``)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from quantum_daemon.core.promotion import HeadToHead, judge
 from quantum_daemon.core.scheduling import Scheduler, TrainRequest
 from quantum_daemon.domain.config import Config
+from quantum_daemon.domain.families import SIZER_FAMILIES
 from quantum_daemon.domain.ids import ModelKey
+from quantum_daemon.domain.signals import RecordedSignals
+from quantum_daemon.lifecycle.decisions import judge_version
 from quantum_daemon.simulate.inputs import SimulationSeries
 from quantum_daemon.simulate.records import TimelineEntry, VersionRecord
 from quantum_daemon.storage import artifacts
@@ -29,6 +31,7 @@ class TrainingDesk:
     """Mixed into ``Simulation``, whose state it shares."""
 
     cfg: Config
+    params: dict[str, Mapping[str, Any]]
     series: dict[tuple[str, str], SimulationSeries]
     step: int
     keys: list[ModelKey]
@@ -48,6 +51,8 @@ class TrainingDesk:
     _loaded_cache: dict[str, list[tuple[str, str]]]
     _run_all: Callable[[Sequence[Any], Callable[[Any], Any]], Awaitable[list[JobOutcome]]]
     _known_models: Callable[[], set[str]]
+    _track: Callable[[VersionRecord], None]
+    recorded_signals: Callable[[tuple[str, str], int], RecordedSignals]
 
     async def _train_ready(self, now_ms: int, index: dict[tuple[str, str], int]) -> None:
         """Start every job the scheduler hands out now; simulated time stands
@@ -80,6 +85,12 @@ class TrainingDesk:
             seed=self.cfg.models.seed,
             timeout_s=self.cfg.training.job_timeout_s,
             active=ActiveRef(active, str(path)) if active and path else None,
+            params=self.params.get(key.family, {}),
+            signals=(
+                self.recorded_signals((key.symbol, key.tf), int(bars.ts[-1]))
+                if key.family in SIZER_FAMILIES and len(bars)
+                else None
+            ),
         )
 
     def _has(self, key: ModelKey) -> bool:
@@ -109,7 +120,7 @@ class TrainingDesk:
         self.scheduler.job_finished(mid, self.now_ms / 1000, ok, has_active)
 
     def _judge_new(self, spec: TrainJobSpec, result: TrainJobResult) -> None:
-        """The lifecycle's decision on a trained version (``LifecycleService._decide``)."""
+        """The lifecycle's decision on a trained version (``judge_version``)."""
         self.jobs_done += 1
         mid, version = result.model_id, result.version
         series = self.series[(spec.symbol, spec.tf)]
@@ -118,22 +129,19 @@ class TrainingDesk:
             mid, spec.family, spec.symbol, version, result.artifact_dir, at, live_from=at,
             horizon=int(result.metrics.get("horizon") or self.cfg.evaluation.horizon),
         )  # fmt: skip
+        self._track(self.versions[(mid, version)])
         self.newest[mid] = version
         self.timeline.append(TimelineEntry(self.now_ms, "trained", mid, version, _headline(result)))
-        self.registry.register(mid, version, result.head_to_head, spec.job_id)
-        show = self.registry.show(mid)
-        entry = next(v for v in show["versions"] if v["version"] == version)
-        verdict = judge(
-            entry["metrics"],
-            show["active"],
-            HeadToHead.from_dict(entry.get("head_to_head")),
-            self.cfg.promotion,
-        )
-        self._note(self.registry.apply_verdict(mid, version, verdict), mid)
+        self._confirm(self.registry.register(mid, version, result.head_to_head, spec.job_id), mid)
+        _, events = judge_version(self.registry, self.cfg.promotion, mid, version)
+        self._note(events, mid)
         self._note(self.registry.retire_superseded(mid, self.cfg.inference.max_candidates), mid)
         self._refresh_live()
 
     def _note(self, events: Sequence[Any], model_id: str) -> None:
+        """Put the registry's events on the timeline, which is where a
+        simulation publishes them, and confirm them out of the outbox (a
+        growing outbox made every later registry write slower)."""
         for event in events:
             data = event.data
             kind = event.type.removeprefix("model.")
@@ -145,6 +153,11 @@ class TrainingDesk:
                 self.scheduler.set_active(
                     model_id, self.registry.active_version(model_id) is not None
                 )
+        self._confirm(events, model_id)
+
+    def _confirm(self, events: Sequence[Any], model_id: str) -> None:
+        if events:
+            self.registry.confirm_events(model_id, [e.data["event_id"] for e in events])
 
     def _refresh_live(self) -> None:
         """The live forecasting families, as the inference service aligns trust."""

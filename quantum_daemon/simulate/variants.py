@@ -1,8 +1,11 @@
 """The variants of one simulation, from the same trained versions and the
 same bars, each judged after costs with the evaluator's backtest.
 
-- ``loop``: the loop as configured (gates, shadow, trust weights): the
-  published signal's position, flat where nothing was published;
+- ``loop``: the loop as configured (gates, shadow, trust weights, the
+  ``rl_sizer`` when one is active): the published signal's position, flat
+  where nothing was published;
+- ``loop_plain_rule`` (with ``rl_sizer`` simulated): the same signal under
+  the plain rule's position, to show what the sizer adds;
 - ``equal_weights``: the loop's active versions pooled with equal weights;
 - ``newest_wins``: every family's newest trained version, live from the bar
   after its training whatever its verdict, pooled with equal weights
@@ -86,7 +89,12 @@ def policies(
     def newest_wins(r: BarRecord) -> float:
         return pooled_position(newest(r), threshold)
 
+    def loop_plain_rule(r: BarRecord) -> float:
+        return 0.0 if r.signal is None else float(r.signal["plain_position"])
+
     out: dict[str, Policy] = {"loop": loop, "equal_weights": equal, "newest_wins": newest_wins}
+    if SIZER in families:  # the loop's own signal without the sizer: what the sizer adds
+        out["loop_plain_rule"] = loop_plain_rule
     for family in families:
         if family != SIZER:
             out[f"family:{family}"] = _alone(family, threshold)

@@ -28,6 +28,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from quantum_daemon.domain.ids import check_model_id
+from quantum_daemon.domain.stages import Stage
+
 METADATA_FILE = "metadata.json"
 MODELS_DIR = "models"
 VERSION_FORMAT = "v%Y%m%d_%H%M%S"
@@ -51,7 +54,9 @@ def model_id_for(family: str, symbol: str, tf: str) -> str:
 
 
 def model_dir(data_dir: Path, model_id: str) -> Path:
-    return Path(data_dir) / MODELS_DIR / model_id
+    """The model's folder; ``domain.ids.BadIdentifier`` for a malformed id
+    (nothing unvalidated becomes a path)."""
+    return Path(data_dir) / MODELS_DIR / check_model_id(model_id)
 
 
 def version_name(now: datetime) -> str:
@@ -66,8 +71,8 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def stage_entry(stage: str, at: datetime, reason: str) -> dict[str, str]:
-    return {"stage": stage, "at": at.astimezone(UTC).isoformat(), "reason": reason}
+def stage_entry(stage: Stage, at: datetime, reason: str) -> dict[str, str]:
+    return {"stage": stage.value, "at": at.astimezone(UTC).isoformat(), "reason": reason}
 
 
 def write_version(
@@ -139,7 +144,7 @@ def _complete_metadata(
         "version": version,
         "created_at": now.astimezone(UTC).isoformat(),
         "artifacts": dict(checksums),
-        "stage_history": [stage_entry("trained", now, "fitted and evaluated")],
+        "stage_history": [stage_entry(Stage.TRAINED, now, "fitted and evaluated")],
     }
 
 

@@ -25,6 +25,7 @@ from quantum_daemon.domain.timeframes import TIMEFRAME_MS
 COLUMNS = ("ts", "open", "high", "low", "close", "volume")
 PRICE_COLUMNS = COLUMNS[1:]
 TIME_COLUMNS = ("ts", "date", "timestamp", "time")
+SYMBOL_COLUMNS = ("symbol", "pair")  # optional; a file holds one series
 
 # BASE_QUOTE[_SETTLE]-TF[-CANDLETYPE].EXT, as Freqtrade names its data files.
 _FREQTRADE_NAME = re.compile(
@@ -132,10 +133,23 @@ def _normalize(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
     if time_column is None or missing:
         need = ["ts or date", *missing] if time_column is None else missing
         raise BarFileError(f"{path}: missing column(s) {need}; found {list(raw.columns)}")
+    _check_one_symbol(raw, path)
     frame = pd.DataFrame({"ts": _epoch_ms(raw[time_column], path)})
     for column in PRICE_COLUMNS:
         frame[column] = pd.to_numeric(raw[column], errors="coerce").astype(np.float64)
     return frame.sort_values("ts", kind="stable").reset_index(drop=True)
+
+
+def _check_one_symbol(raw: pd.DataFrame, path: Path) -> None:
+    for column in SYMBOL_COLUMNS:
+        if column in raw.columns:
+            found = sorted({str(v) for v in raw[column].dropna().unique()})
+            if len(found) > 1:
+                shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+                raise BarFileError(
+                    f"{path}: bars of {len(found)} symbols in one file ({shown}): "
+                    "pass one file per series"
+                )
 
 
 def _epoch_ms(column: pd.Series, path: Path) -> np.ndarray:

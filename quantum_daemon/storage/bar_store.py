@@ -19,11 +19,18 @@ one fsync per batch.
 Threads: every thread gets its own connection (WAL readers do not block the
 writer). There must be one writing thread per file; the ingest consumer
 writes from a dedicated single-thread executor.
+
+Write faults (a full or read-only disk, an I/O error): a failed
+``insert_bars`` committed nothing and raises; ``write_fault`` then says which
+file and why (the daemon is not ready meanwhile, ingest retries the batch and
+acknowledges nothing), until a write succeeds again. Opening an existing
+store writes nothing, so a reader (the inference worker) starts on a full disk.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -39,6 +46,9 @@ import pandas as pd
 
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.timeframes import TIMEFRAME_MS
+from quantum_daemon.runtime.logs import get_logger
+
+log = get_logger()
 
 DB_FILENAME = "bars.sqlite3"
 SCHEMA_VERSION = 1
@@ -180,7 +190,14 @@ class BarStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self.write_fault: str | None = None  # why the last write failed; None once one succeeds
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._ensure_schema()
+
+    def _ensure_schema(self) -> None:
+        version = self._connection().execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
         with self._transaction() as conn:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             for statement in _SCHEMA.split(";"):
@@ -209,9 +226,27 @@ class BarStore:
     def insert_bars(self, bars: Sequence[Bar]) -> InsertResult:
         """Store new bars in one transaction; identical bars already stored
         are duplicates (no-ops), differing ones conflicts (the stored bar is
-        kept). Returns after the commit."""
+        kept). Returns after the commit; on a write fault (see the module
+        docstring) nothing is stored and ``sqlite3.OperationalError`` is raised."""
         if not bars:
             return InsertResult(size=0)
+        try:
+            result = self._insert(bars)
+        except sqlite3.OperationalError as exc:
+            self._write_failed(exc)
+            raise
+        if self.write_fault is not None:
+            log.info("store.write_recovered", path=str(self.path), after=self.write_fault)
+            self.write_fault = None
+        return result
+
+    def _write_failed(self, exc: sqlite3.OperationalError) -> None:
+        fault = f"{self.path}: {exc} ({exc.sqlite_errorname}){_free_space(self.path.parent)}"
+        if fault != self.write_fault:
+            log.error("store.write_failed", path=str(self.path), error=fault)
+        self.write_fault = fault
+
+    def _insert(self, bars: Sequence[Bar]) -> InsertResult:
         with self._transaction() as conn:
             conn.execute("SAVEPOINT optimistic")
             if conn.executemany(_INSERT, bars).rowcount == len(bars):
@@ -378,6 +413,14 @@ class BarStore:
         with self._lock:
             self._connections.append(conn)
         return conn
+
+
+def _free_space(directory: Path) -> str:
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return ""
+    return f"; {free / 2**20:.1f} MiB free in {directory}"
 
 
 def _group_ts(bars: Iterable[Bar]) -> dict[tuple[str, str], list[int]]:

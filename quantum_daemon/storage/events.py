@@ -21,7 +21,6 @@ outbox until it returns.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -191,8 +190,16 @@ class OutboxFlusher:
     async def _last_flush(self) -> None:
         """Stopping or cancelled (a sibling loop crashed): publish what waits,
         briefly; whatever does not go out stays in the outbox for the next start."""
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.flush()), FINAL_FLUSH_S)
+        flush = asyncio.ensure_future(self.flush())
+        try:
+            await asyncio.wait({flush}, timeout=FINAL_FLUSH_S)
+        except asyncio.CancelledError:
+            # cancelled during the last flush (the scheduler crashed while it
+            # ran): the flush still gets its time, else the loop's end kills it
+            await asyncio.wait({flush}, timeout=FINAL_FLUSH_S)
+            raise
+        if flush.done():
+            flush.result()  # the flush's own failure is raised, as from any flush
 
     async def _sleep(self, stop: asyncio.Event) -> None:
         await wait_first(self._wakeup, stop, timeout_s=30.0)

@@ -7,7 +7,9 @@ reason (``killed by SIGKILL``), and is replaced by a fresh process. A job
 past its time limit has its worker killed and replaced. Replacements after
 failures are counted: more than ``restart_budget`` within
 ``restart_window_s`` is a crash loop, raised as ``PoolCrashLoop`` (fatal:
-the daemon exits non-zero and systemd restarts it). Workers are never
+the daemon exits non-zero and systemd restarts it). A replacement after a
+failure waits ``RestartBudget.delay()`` (1 s, doubling with each recent
+failure), so workers that die at once do not spend the budget in seconds. Workers are never
 recycled by ``max_tasks_per_child`` (gh-115634).
 
 Workers form lanes: ``cpu`` (``[training] workers`` processes) and, when
@@ -285,8 +287,9 @@ class ProcessPool:
             outcome = JobOutcome(
                 "", "timeout", reason=f"time limit of {timeout_s:g}s exceeded", worker=worker.name
             )
-        await self._replace(lane, worker, call)
+        await self._retire(worker, call)
         self._count_failure(outcome)
+        await self._respawn(lane, self.budget.delay())
         return outcome
 
     def _count_failure(self, outcome: JobOutcome) -> None:
@@ -301,9 +304,18 @@ class ProcessPool:
 
     async def _replace(self, lane: Lane, worker: WorkerProcess, call: asyncio.Future[Any]) -> None:
         """Kill ``worker`` (its pending call then ends) and start a fresh one."""
+        await self._retire(worker, call)
+        await self._respawn(lane, 0.0)
+
+    async def _retire(self, worker: WorkerProcess, call: asyncio.Future[Any]) -> None:
         await asyncio.shield(self._in_thread(worker.kill))
         with contextlib.suppress(BaseException):
             await asyncio.shield(call)
+
+    async def _respawn(self, lane: Lane, delay_s: float) -> None:
+        if delay_s > 0 and not self._closing:
+            log.info("training.worker_restart_delayed", lane=lane.name, delay_s=delay_s)
+            await asyncio.sleep(delay_s)
         if not self._closing:
             self.restarts += 1
             lane.idle.append(await asyncio.shield(self._spawn(lane)))

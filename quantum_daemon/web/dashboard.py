@@ -8,7 +8,9 @@ curves as JSON, and one self-contained HTML page that draws them.
   strategy and of buy-and-hold for the model's active version and its newest
   candidate (else its latest rejected version), from the ``returns.csv`` that
   ``offline.train_offline`` keeps in each version folder, at most
-  ``EQUITY_POINTS`` points each; 404 for a model the registry does not know.
+  ``EQUITY_POINTS`` points each; 400 for an id that ``domain.ids`` refuses
+  (a NUL, a ``/``, too long), 404 for a model the registry does not know.
+  Error bodies name no path of the data dir.
 - ``GET /`` and ``GET /dashboard``: ``static/dashboard.html`` (no external
   assets: inline CSS and JS, SVG plots), which polls the JSON routes.
 
@@ -30,9 +32,11 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from quantum_daemon.domain.ids import BadIdentifier, check_model_id
 from quantum_daemon.domain.keys import Keys
+from quantum_daemon.domain.stages import Stage
 from quantum_daemon.storage.registry.registry import Registry, RegistryError
-from quantum_daemon.web.responses import int_query, json_response
+from quantum_daemon.web.responses import int_query, json_response, without_paths
 
 RETURNS_FILE = "returns.csv"  # written by offline.train_offline (its RETURNS_FILE)
 EQUITY_POINTS = 500
@@ -78,9 +82,13 @@ class Dashboard:
         if not model_id:
             return json_response({"error": "model_id is required"}, 400)
         try:
+            check_model_id(model_id)
+        except BadIdentifier as exc:
+            return json_response({"error": str(exc)}, 400)
+        try:
             body = await asyncio.to_thread(equity_view, Registry(self.data_dir), model_id)
         except RegistryError as exc:
-            return json_response({"error": str(exc)}, 404)
+            return json_response({"error": without_paths(str(exc), self.data_dir)}, 404)
         return json_response(body)
 
 
@@ -152,8 +160,8 @@ def compared_versions(versions: list[dict[str, Any]]) -> list[tuple[str, dict[st
     by_stage: dict[str, dict[str, Any]] = {}
     for entry in versions:  # sorted by version name, that is by time
         by_stage[entry["stage"]] = entry
-    chosen = [("active", by_stage.get("active"))]
-    challenger = by_stage.get("candidate") or by_stage.get("rejected")
+    chosen = [(Stage.ACTIVE, by_stage.get(Stage.ACTIVE))]
+    challenger = by_stage.get(Stage.CANDIDATE) or by_stage.get(Stage.REJECTED)
     if challenger is not None:
         chosen.append((challenger["stage"], challenger))
     return [(role, entry) for role, entry in chosen if entry is not None]

@@ -5,12 +5,12 @@ and the stage mirror in each version's ``metadata.json`` (see ``registry``).
 read-modify-write under an exclusive ``flock`` of the model (the daemon and
 the CLI may both write), one atomic replace of ``state.json`` (temp file,
 fsync, rename, fsync of the folder) if anything changed, then the mirror.
+The state is a typed ``state.ModelState``; JSON is read and written here only.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
 import json
 import os
@@ -19,18 +19,13 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from quantum_daemon.core.promotion import HeadToHead
-from quantum_daemon.domain.ids import ModelKey
+from quantum_daemon.domain import ids
 from quantum_daemon.storage import artifacts
+from quantum_daemon.storage.registry.errors import RegistryError, StateCorrupt
+from quantum_daemon.storage.registry.state import Mirrored, ModelState
 
-STAGES = ("trained", "candidate", "active", "rejected", "retired")
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
-
-
-class RegistryError(Exception):
-    """An operator request the registry refuses (unknown model or version,
-    a transition that the stages do not allow); the message says why."""
 
 
 class StateFiles:
@@ -40,112 +35,84 @@ class StateFiles:
         self.data_dir = Path(data_dir)
 
     @contextlib.contextmanager
-    def edit(
-        self, model_id: str, meta: Mapping[str, Any] | None = None
-    ) -> Iterator[dict[str, Any]]:
+    def edit(self, model_id: str, meta: Mapping[str, Any] | None = None) -> Iterator[ModelState]:
         """Read-modify-write of the model's state under its lock: one atomic
-        write if anything changed, then the metadata mirror."""
+        write if its JSON changed, then the metadata mirror. (The JSON before
+        shares the metrics and event data with the state: those are replaced,
+        never changed in place.)"""
+        check_model_id(model_id)
         folder = artifacts.model_dir(self.data_dir, model_id)
         folder.mkdir(parents=True, exist_ok=True)
         with locked(folder / LOCK_FILE):
             state = self.read(model_id, meta)
-            before = copy.deepcopy(state)
+            before, mirrored = state.to_json(), state.mirrored()
             yield state
-            if state != before:
-                write_json_atomic(folder / STATE_FILE, state)
-                self.mirror(model_id, state, only_changed_from=before)
+            after = state.to_json()
+            if after != before:
+                write_json_atomic(folder / STATE_FILE, after)
+                self.mirror(model_id, state, only_changed_from=mirrored)
 
-    def read(self, model_id: str, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def read(self, model_id: str, meta: Mapping[str, Any] | None = None) -> ModelState:
+        """The model's state; an empty one when it has no ``state.json`` yet.
+        Raises ``StateCorrupt`` for a file that is not a registry state."""
         check_model_id(model_id)
         path = artifacts.model_dir(self.data_dir, model_id) / STATE_FILE
         try:
-            state: dict[str, Any] = json.loads(path.read_text())
+            raw = json.loads(path.read_text())
         except FileNotFoundError:
-            return empty_state(model_id, meta)
-        return state
+            return ModelState.empty(model_id, meta)
+        except ValueError as exc:  # also a file that is not UTF-8
+            raise StateCorrupt(f"{self._shown(path)} is not valid JSON: {exc}") from None
+        try:
+            return ModelState.from_json(_checked_object(raw))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            problem = _describe(exc)
+            raise StateCorrupt(f"{self._shown(path)} is not a registry state: {problem}") from None
 
-    def mirror(
-        self, model_id: str, state: dict[str, Any], only_changed_from: dict[str, Any] | None
-    ) -> None:
-        """Copy each version's stage and history into its metadata.json."""
-        for version, entry in state["versions"].items():
-            old = (only_changed_from or {}).get("versions", {}).get(version)
-            if only_changed_from is not None and old == entry:
+    def _shown(self, path: Path) -> str:
+        """``path`` for an error message: from the data dir on, which stays unnamed."""
+        return f"{{data_dir}}/{path.relative_to(self.data_dir)}"
+
+    def mirror(self, model_id: str, state: ModelState, only_changed_from: Mirrored | None) -> None:
+        """Copy each version's stage and history into its metadata.json
+        (only those that differ from ``only_changed_from``, when given)."""
+        now = state.mirrored()
+        for version, record in state.versions.items():
+            if only_changed_from is not None and only_changed_from.get(version) == now[version]:
                 continue
             path = artifacts.model_dir(self.data_dir, model_id) / version
             try:
                 meta = artifacts.read_metadata(path)
             except artifacts.ArtifactCorrupt:
                 continue
-            if (
-                meta.get("stage_history") == entry["history"]
-                and meta.get("stage") == entry["stage"]
-            ):
+            history = [h.to_json() for h in record.history]
+            if meta.get("stage_history") == history and meta.get("stage") == record.stage:
                 continue
             artifacts.rewrite_metadata(
-                path, {**meta, "stage": entry["stage"], "stage_history": entry["history"]}
+                path, {**meta, "stage": record.stage.value, "stage_history": history}
             )
 
 
-def new_entry(meta: Mapping[str, Any], head_to_head: HeadToHead | None) -> dict[str, Any]:
-    """A state entry for a version folder. Its stage is the last one of the
-    metadata's history: ``trained`` for a new version, the mirrored stage
-    when ``state.json`` was lost and is being rebuilt."""
-    history = list(meta.get("stage_history") or [])
-    if not history or history[-1].get("stage") not in STAGES:
-        history = [{"stage": "trained", "at": meta.get("created_at"), "reason": "registered"}]
-    bars = meta.get("data_window", {}).get("bars", {})
-    return {
-        "stage": history[-1]["stage"],
-        "created_at": meta.get("created_at"),
-        "metrics": meta.get("metrics", {}),
-        "data_last_ts": bars.get("last_ts"),
-        "head_to_head": None if head_to_head is None else head_to_head.to_dict(),
-        "verdict": None,
-        "history": history,
-    }
+def _checked_object(raw: Any) -> Mapping[str, Any]:
+    if not isinstance(raw, dict):
+        raise TypeError(f"expected a JSON object, found {type(raw).__name__}")
+    return raw
 
 
-def empty_state(model_id: str, meta: Mapping[str, Any] | None) -> dict[str, Any]:
-    key = ModelKey.parse(model_id)
-    meta = meta or {}
-    return {
-        "model_id": model_id,
-        "family": meta.get("family", key.family),
-        "symbol": meta.get("symbol", key.symbol),
-        "tf": meta.get("tf", key.tf),
-        "active": None,
-        "versions": {},
-        "outbox": [],
-        "commands": [],
-    }
-
-
-def previous_active(state: dict[str, Any]) -> str | None:
-    """The retired version whose last active period ended most recently."""
-    best: tuple[str, str] | None = None
-    for version, entry in state["versions"].items():
-        if entry["stage"] != "retired" or version == state["active"]:
-            continue
-        was_active = [h for h in entry["history"] if h["stage"] == "active"]
-        if was_active:
-            ended = entry["history"][-1]["at"]
-            if best is None or ended > best[0]:
-                best = (ended, version)
-    return None if best is None else best[1]
+def _describe(exc: Exception) -> str:
+    return f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
 
 
 def is_model_id(name: str) -> bool:
-    try:
-        ModelKey.parse(name)
-    except ValueError:
-        return False
-    return not name.startswith(".")
+    return ids.is_model_id(name)
 
 
 def check_model_id(model_id: str) -> None:
-    if not is_model_id(model_id) or "/" in model_id or model_id in (".", ".."):
-        raise RegistryError(f"not a model id (family_SYMBOL_TF): {model_id!r}")
+    """``domain.ids.check_model_id``, refused as a ``RegistryError``."""
+    try:
+        ids.check_model_id(model_id)
+    except ids.BadIdentifier as exc:
+        raise RegistryError(str(exc)) from None
 
 
 @contextlib.contextmanager
