@@ -70,7 +70,9 @@ def make_cert_authority(directory: Path, name: str = "ca") -> CertAuthority:
         "x509", "-req", "-in", "server.csr", "-CA", f"{name}.crt", "-CAkey", f"{name}.key",
         "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.cnf",
     )  # fmt: skip
-    return CertAuthority(directory / f"{name}.crt", directory / "server.crt", directory / "server.key")
+    return CertAuthority(
+        directory / f"{name}.crt", directory / "server.crt", directory / "server.key"
+    )
 
 
 @dataclass
@@ -94,9 +96,7 @@ class SecureRedis:
 
     def admin(self) -> redis.Redis:
         options = {"ssl_ca_certs": str(self.tls.ca)} if self.tls else {}
-        return redis.Redis.from_url(
-            self.url, password=ADMIN_PASSWORD, socket_timeout=5, **options
-        )
+        return redis.Redis.from_url(self.url, password=ADMIN_PASSWORD, socket_timeout=5, **options)
 
     def start(self, timeout: float = 15.0) -> SecureRedis:
         acl = self.directory / "users.acl"
@@ -144,7 +144,9 @@ class SecureRedis:
 
 
 @contextlib.contextmanager
-def secure_redis(users: tuple[str, ...] = (), tls: CertAuthority | None = None) -> Iterator[SecureRedis]:
+def secure_redis(
+    users: tuple[str, ...] = (), tls: CertAuthority | None = None
+) -> Iterator[SecureRedis]:
     server = SecureRedis(users=users, tls=tls).start()
     try:
         yield server

@@ -219,7 +219,9 @@ def test_no_output_of_the_daemon_or_its_commands_shows_a_secret(tmp_path: Path) 
         try:
             daemon.wait_for("daemon.ready", timeout=60)
             admin = server.admin()
-            publish_frame(admin, "quantum:bars:BTCUSDT:1h", make_bars(30, symbol="BTCUSDT").to_frame())
+            publish_frame(
+                admin, "quantum:bars:BTCUSDT:1h", make_bars(30, symbol="BTCUSDT").to_frame()
+            )
             wait_stored(admin, "quantum:bars:BTCUSDT:1h", 30)
             base = f"http://127.0.0.1:{port}"
             for route in readme_routes("xgb_BTCUSDT_1h"):
@@ -229,7 +231,9 @@ def test_no_output_of_the_daemon_or_its_commands_shows_a_secret(tmp_path: Path) 
             outputs["POST, wrong token"] = http("POST", base + "/api/status")[1]
             bearer = {"Authorization": f"Bearer {API_TOKEN}"}
             outputs["POST, right token"] = http("POST", base + "/api/status", bearer)[1]
-            status = json.loads(outputs[next(k for k in outputs if k.startswith("GET /api/status"))])
+            status = json.loads(
+                outputs[next(k for k in outputs if k.startswith("GET /api/status"))]
+            )
             assert status["redis"]["url"].endswith("?password=***"), status["redis"]
             for argv in (("status", "--json"), ("check-config",), ("models", "list")):
                 done = cli("--config", str(config), *argv, env=env)

@@ -47,7 +47,9 @@ CREDENTIAL_KEYS = (
     "requirepass",
 )
 _CREDENTIAL_PARAM = re.compile(
-    r"(?P<head>(?<![A-Za-z0-9_])(?:" + "|".join(CREDENTIAL_KEYS) + r")=)(?P<secret>[^&;,\s'\"<>#\\]+)",
+    r"(?P<head>(?<![A-Za-z0-9_])(?:"
+    + "|".join(CREDENTIAL_KEYS)
+    + r")=)(?P<secret>[^&;,\s'\"<>#\\]+)",
     re.IGNORECASE,
 )
 _BEARER = re.compile(r"(?P<head>\bBearer\s+)(?P<secret>[^\s'\",;]+)", re.IGNORECASE)

@@ -78,7 +78,8 @@ class RedactedRenderer:
 
     def __call__(self, logger: Any, name: str, event: Any) -> str:
         line = self.renderer(logger, name, event)
-        return self.redact(line if isinstance(line, str) else bytes(line).decode())
+        text = line.decode() if isinstance(line, bytes | bytearray) else str(line)
+        return self.redact(text)
 
 
 class RedactingFormatter(logging.Formatter):

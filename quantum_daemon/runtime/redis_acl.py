@@ -58,7 +58,7 @@ def watch_denials(client: aioredis.Redis, on_denied: Callable[[str], None]) -> N
 
 
 def _reporting(base: type[Any], on_denied: Callable[[str], None]) -> type[Any]:
-    class ReportsDenials(base):  # type: ignore[valid-type,misc]
+    class ReportsDenials(base):
         async def read_response(self, *args: Any, **kwargs: Any) -> Any:
             try:
                 return await super().read_response(*args, **kwargs)

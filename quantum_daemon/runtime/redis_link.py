@@ -20,8 +20,8 @@ from redis.exceptions import RedisError
 from quantum_daemon.domain.config import RedisConfig
 from quantum_daemon.runtime.aio import sleep_or_stop
 from quantum_daemon.runtime.backoff import Backoff
-from quantum_daemon.runtime.redis_acl import RedisPermissionDenied, watch_denials
 from quantum_daemon.runtime.logs import get_logger
+from quantum_daemon.runtime.redis_acl import RedisPermissionDenied, watch_denials
 from quantum_daemon.runtime.telemetry import DaemonMetrics
 
 log = get_logger()
