@@ -107,12 +107,7 @@ class RedisServer:
         restart with the same port and AOF finds its data."""
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
         self.process = None
 
     def restart(self) -> None:
@@ -131,3 +126,13 @@ def running_redis(appendonly: bool = False) -> Iterator[RedisServer]:
         yield server
     finally:
         server.cleanup()
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 10 s; returns once the process is gone."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import redis
 
-from quantum_daemon_dev.redis_server import find_redis_server, free_port
+from quantum_daemon_dev.redis_server import find_redis_server, free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 ACL_RULE_FILE = REPO / "systemd" / "redis-acl.conf"
@@ -133,12 +133,7 @@ class SecureRedis:
 
     def cleanup(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            stop_process(self.process)
             self.process = None
         shutil.rmtree(self.directory, ignore_errors=True)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import redis
@@ -14,6 +15,7 @@ import redis
 from quantum_daemon.core.ensemble import parse_signal
 from quantum_daemon.core.evaluation.backtest import cost_rate
 from quantum_daemon.core.promotion import Verdict
+from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import EvaluationConfig, InferenceConfig
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.simulate.predict_job import (
@@ -29,6 +31,25 @@ from tests.conftest import make_bars
 from tests.inference_helpers import Feeder, inference, make_config
 
 SYMBOL, TF = "TESTUSDT", "1h"
+PROMOTE = Verdict("candidate", (), True, "")  # passed every gate; promoted as the first version
+
+
+def promoted_versions(
+    bars: Bars, params: dict[str, dict[str, Any]], horizon: int, data_dir: Path
+) -> dict[str, Path]:
+    """One version per family trained on ``bars``, registered and promoted:
+    the version folder of each."""
+    registry = Registry(data_dir)
+    paths = {}
+    for family, p in params.items():
+        evaluation = EvaluationConfig(horizon=horizon, n_test_windows=1)
+        trained = train_offline(OfflineSpec(family, bars, data_dir, evaluation, params=p))
+        registry.register(trained.model_id, trained.version)
+        registry.apply_verdict(
+            trained.model_id, trained.version, Verdict("candidate", (), True, "")
+        )
+        paths[family] = registry.version_path(trained.model_id, trained.version)
+    return paths
 
 
 def test_batch_predictions_equal_what_the_live_worker_publishes(
@@ -37,23 +58,7 @@ def test_batch_predictions_equal_what_the_live_worker_publishes(
     horizon, first, stop = 4, 700, 760
     bars = make_bars(stop, seed=21, symbol=SYMBOL)
     params = {"xgb": {"num_boost_round": 40}, "lgbm": {}, "evo_model": {"max_evaluations": 150}}
-    registry = Registry(tmp_path)
-    paths = {}
-    for family, p in params.items():
-        trained = train_offline(
-            OfflineSpec(
-                family=family,
-                bars=bars.slice(0, first),
-                data_dir=tmp_path,
-                evaluation=EvaluationConfig(horizon=horizon, n_test_windows=1),
-                params=p,
-            )
-        )
-        registry.register(trained.model_id, trained.version)
-        registry.apply_verdict(
-            trained.model_id, trained.version, Verdict("candidate", (), True, "")
-        )
-        paths[family] = registry.version_path(trained.model_id, trained.version)
+    paths = promoted_versions(bars.slice(0, first), params, horizon, tmp_path)
     cfg = make_config(redis_url, tmp_path, horizon=horizon)
 
     async def scenario() -> None:
@@ -88,23 +93,7 @@ def test_the_sizing_job_decides_what_the_live_worker_publishes(
         "lgbm": {},
         "rl_sizer": {"total_timesteps": 2048, "eval_every": 1024, "n_steps": 512},
     }
-    registry = Registry(tmp_path)
-    paths = {}
-    for family, p in params.items():
-        trained = train_offline(
-            OfflineSpec(
-                family=family,
-                bars=bars.slice(0, first),
-                data_dir=tmp_path,
-                evaluation=EvaluationConfig(horizon=horizon, n_test_windows=1),
-                params=p,
-            )
-        )
-        registry.register(trained.model_id, trained.version)
-        registry.apply_verdict(
-            trained.model_id, trained.version, Verdict("candidate", (), True, "")
-        )
-        paths[family] = registry.version_path(trained.model_id, trained.version)
+    paths = promoted_versions(bars.slice(0, first), params, horizon, tmp_path)
     cfg = make_config(redis_url, tmp_path, horizon=horizon)
 
     async def scenario() -> None:
