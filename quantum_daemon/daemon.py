@@ -138,6 +138,10 @@ class Daemon:
         # A fatal error keeps its own code (78 for a Redis permission): systemd
         # must not restart what a restart cannot fix.
         code = exc.exit_code if isinstance(exc, FatalError) else EX_FAILURE
+        # Every loop also ends on stop: the cancellation the task group sends
+        # alone can be lost (Python 3.11's wait_for, which redis-py sends under,
+        # swallows a cancel that races the send's completion).
+        self.stop.set()
         self.failsafe.arm(self.cfg.daemon.grace_s + FAILSAFE_MARGIN_S, code, f"loop {name} {why}")
 
     def _ingest_service(self) -> IngestService:

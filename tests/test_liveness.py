@@ -81,6 +81,35 @@ def test_waiting_in_the_shared_helpers_beats_while_idle() -> None:
     assert after < 0.5
 
 
+def test_a_cancel_swallowed_on_the_way_lands_at_the_next_wait() -> None:
+    """Python 3.11's wait_for can return a result while its task is being
+    cancelled (redis-py sends every command under it); the loop must not go on."""
+
+    async def scenario() -> tuple[bool, int]:
+        turns = 0
+        stop = asyncio.Event()
+
+        async def loop_that_lost_its_cancel(stop: asyncio.Event) -> None:
+            nonlocal turns
+            while not await sleep_or_stop(stop, 0.01):
+                turns += 1
+                try:
+                    await asyncio.sleep(0.05)
+                except asyncio.CancelledError:
+                    pass  # what the racing wait_for does: the cancel is gone
+
+        task = asyncio.create_task(loop_that_lost_its_cancel(stop))
+        await asyncio.sleep(0.03)
+        task.cancel()
+        await asyncio.wait({task}, timeout=1)
+        ended_by_the_cancel = task.cancelled()
+        stop.set()  # without the fix, only this ends it
+        await asyncio.wait({task})
+        return ended_by_the_cancel, turns
+
+    assert asyncio.run(scenario()) == (True, 1)
+
+
 # -- real daemons ----------------------------------------------------------------
 def _faulty(
     tmp_path: Path, redis_url: str, kind: str, extra: str = ""
@@ -109,6 +138,8 @@ def test_a_loop_that_dies_ends_the_process(tmp_path: Path, redis_url: str, kind:
         died = daemon.wait_for("liveness.died", timeout=1)
         assert died["loop"] == CONTROL_LOOP
         assert ("RuntimeError" in died["why"]) if kind == "raise" else ("returned" in died["why"])
+        # The other loops ended by themselves; the failsafe timer did not have to.
+        assert daemon.has("daemon.crashed") and not daemon.has("daemon.forced_exit")
     finally:
         daemon.kill()
 

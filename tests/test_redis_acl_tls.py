@@ -138,18 +138,12 @@ def test_ingest_training_and_signals_under_the_least_privilege_user(tmp_path: Pa
     assert not daemon.has("redis.permission_denied")
 
 
-NOT_YET = pytest.mark.xfail(
-    strict=False,  # it passes on some runs: the denial races the shutdown
-    reason="#16 open: a denial inside the ingest and signal loops does not yet reach exit 78",
-)
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     "missing",
     [
-        pytest.param("+xreadgroup", marks=NOT_YET),
-        pytest.param("~quantum:signals:*", marks=NOT_YET),
+        "+xreadgroup",
+        "~quantum:signals:*",
         "+evalsha +eval",
         "~quantum:daemon:heartbeat",
     ],

@@ -23,6 +23,16 @@ async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
+def raise_if_cancel_was_lost() -> None:
+    """Raise ``CancelledError`` in a task whose cancellation was requested but
+    swallowed on the way (Python 3.11's ``wait_for`` returns the result of an
+    inner call that finished as the cancel came, and redis-py sends every
+    command under ``wait_for``): each wait is then where the cancel lands."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
+
+
 async def wait_first(*waitables: Waitable, timeout_s: float | None = None) -> None:
     """Wait until the first of ``waitables`` is done (an event: is set), or
     ``timeout_s`` seconds pass; the others are cancelled. Always passes
@@ -32,6 +42,7 @@ async def wait_first(*waitables: Waitable, timeout_s: float | None = None) -> No
     its result afterwards: it is done only if it won, and a loser is
     cancelled before it could take anything (a ``Queue.get`` loses no item).
     """
+    raise_if_cancel_was_lost()
     waiters = [
         asyncio.ensure_future(w.wait() if isinstance(w, asyncio.Event) else w) for w in waitables
     ]
