@@ -8,6 +8,7 @@ cd "$REPO_ROOT"
 ensure_venv "models,test"
 ensure_redis_server
 ensure_chromium
+ensure_systemd_analyze
 
 export PYTHONDONTWRITEBYTECODE=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 echo "==> ruff"

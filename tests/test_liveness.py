@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from quantum_daemon.runtime.aio import sleep_or_stop, wait_first
+from quantum_daemon.runtime.aio import next_until_stopped, sleep_or_stop, wait_first
 from quantum_daemon.runtime.liveness import Liveness, Pulse, beat, running
 from tests.daemon_proc import DaemonProcess, api_port, write_config
 from tests.http_helpers import get_json, wait_code
@@ -55,6 +55,38 @@ def test_beat_reaches_only_the_loop_it_runs_in() -> None:
     with running(pulse):
         beat()
     assert pulse.silent_s() == 0
+
+
+def test_a_loop_kept_busy_by_its_queue_is_not_stalled() -> None:
+    """The soak found it: bookkeeping that never finds its queue empty never
+    waited, so it never beat, and /readyz said "stalled" while it worked."""
+
+    async def scenario() -> tuple[float, int]:
+        pulse = Pulse("books", 1.0)
+        stop = asyncio.Event()
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for n in range(40):
+            queue.put_nowait(n)
+        worst, handled = 0.0, 0
+
+        async def books() -> None:
+            nonlocal worst, handled
+            with running(pulse):
+                while (await next_until_stopped(queue, stop)) is not None:
+                    await asyncio.sleep(0.02)  # work slower than what arrives
+                    handled += 1
+                    worst = max(worst, pulse.silent_s())
+                    if handled < 60:
+                        queue.put_nowait(handled)
+                    else:
+                        stop.set()
+
+        await books()
+        return worst, handled
+
+    worst, handled = asyncio.run(scenario())
+    assert handled == 60 + 39  # it went on until told to stop, then drained the queue
+    assert worst < 0.1  # one item's work, not the whole busy spell (2 s)
 
 
 def test_waiting_in_the_shared_helpers_beats_while_idle() -> None:

@@ -31,7 +31,7 @@ from quantum_daemon.inference.records import PredictionRecords
 from quantum_daemon.inference.rounds import bars_needed, settle, trust_rounds
 from quantum_daemon.inference.shadow import ShadowReferee
 from quantum_daemon.inference.signals import decision_rows, prediction_rows
-from quantum_daemon.runtime.aio import sleep_or_stop, wait_first
+from quantum_daemon.runtime.aio import next_until_stopped, sleep_or_stop
 from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.storage.bar_store import BarStore
 from quantum_daemon.storage.trust_store import TrustStore
@@ -82,16 +82,8 @@ class Bookkeeper:
 
     async def bookkeep(self, stop: asyncio.Event) -> None:
         """Handle answers and load reports in order; on stop, finish what is queued."""
-        while (item := await self._next_work(stop)) is not None:
+        while (item := await next_until_stopped(self.work, stop)) is not None:
             await self.handle_work(item)
-
-    async def _next_work(self, stop: asyncio.Event) -> Work | None:
-        if self.work.empty() and not stop.is_set():
-            getter = asyncio.ensure_future(self.work.get())
-            await wait_first(getter, stop)
-            if getter.done():
-                return getter.result()
-        return None if self.work.empty() else self.work.get_nowait()
 
     async def handle_work(self, item: Work) -> None:
         try:

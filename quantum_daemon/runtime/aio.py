@@ -10,17 +10,31 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from quantum_daemon.runtime.liveness import IDLE_BEAT_S, beat, in_loop
 
 Waitable = asyncio.Event | Awaitable[Any]
+T = TypeVar("T")
 
 
 async def sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
     """Sleep up to ``seconds``; return True early if ``stop`` gets set."""
     await wait_first(stop, timeout_s=seconds)
     return stop.is_set()
+
+
+async def next_until_stopped(queue: asyncio.Queue[T], stop: asyncio.Event) -> T | None:
+    """The next item of ``queue``, waiting for one until ``stop`` is set; once
+    stopped, what is still queued, then None. Beats on every item: a loop kept
+    busy by a queue that is never empty is making progress, not stalled."""
+    beat()
+    if queue.empty() and not stop.is_set():
+        getter = asyncio.ensure_future(queue.get())
+        await wait_first(getter, stop)
+        if getter.done():
+            return getter.result()
+    return None if queue.empty() else queue.get_nowait()
 
 
 def raise_if_cancel_was_lost() -> None:
