@@ -382,11 +382,18 @@ def size_mb(paths: Iterator[Path]) -> float:
     return total / 2**20
 
 
+def files_under(folder: Path) -> Iterator[Path]:
+    # os.walk skips what vanishes while it walks (the registry's temp folders);
+    # Path.rglob raises for it.
+    for root, _, names in os.walk(folder):
+        yield from (Path(root) / name for name in names)
+
+
 def disk_stats(data_dir: Path) -> dict[str, float]:
     return {
         "store_mb": size_mb(data_dir / name for name in STORE_FILES),
         "records_mb": size_mb(data_dir / name for name in RECORD_FILES),
-        "models_mb": size_mb((data_dir / "models").rglob("*")),
+        "models_mb": size_mb(files_under(data_dir / "models")),
     }
 
 

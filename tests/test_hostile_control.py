@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,12 @@ import pytest
 import redis
 
 from quantum_daemon.cli import main as cli_main
+from quantum_daemon.core.promotion import judge
+from quantum_daemon.domain.config import PromotionConfig
 from quantum_daemon.domain.errors import EX_FAILURE, EX_USAGE
 from quantum_daemon.domain.keys import Keys
+from quantum_daemon.storage import artifacts
+from quantum_daemon.storage.registry.registry import Registry
 from tests.daemon_proc import DaemonProcess, api_port, write_config
 
 KEYS = Keys()
@@ -36,6 +41,11 @@ HOSTILE: list[tuple[str, dict[bytes, bytes]]] = [
     ("command not UTF-8", {b"command": b"\xff\xfe", b"model_id": XGB.encode()}),
     ("model id not UTF-8", {b"command": b"train", b"model_id": b"xgb_\xffBTC_1h"}),
     ("field name not UTF-8", {b"\xc3\x28": b"x", b"command": b"train", b"model_id": XGB.encode()}),
+    (
+        "version not UTF-8",
+        {b"command": b"promote", b"model_id": XGB.encode(), b"version": b"v2024\xff101_000000"},
+    ),
+    ("reason not UTF-8", {b"command": b"train", b"model_id": XGB.encode(), b"reason": b"\xc0op"}),
     (
         "NUL in model id",
         {b"command": b"promote", b"model_id": b"xgb_BTC\x00USDT_1h", b"version": VERSION.encode()},
@@ -57,6 +67,14 @@ HOSTILE: list[tuple[str, dict[bytes, bytes]]] = [
     ("oversized", {b"command": b"train", b"model_id": XGB.encode(), b"reason": b"x" * 100_000}),
     ("no fields that matter", {b"x": b"y"}),
 ]
+# The entries above with a byte that is not UTF-8, and what their answer names.
+NOT_UTF8 = {
+    "command not UTF-8": "field 'command'",
+    "model id not UTF-8": "field 'model_id'",
+    "version not UTF-8": "field 'version'",
+    "reason not UTF-8": "field 'reason'",
+    "field name not UTF-8": "a field name",
+}
 
 
 def answers(client: redis.Redis) -> dict[str, dict[str, Any]]:
@@ -120,6 +138,27 @@ def model_folders(data_dir: Path) -> list[str]:
     return sorted(p.name for p in models.iterdir()) if models.is_dir() else []
 
 
+def altered_version(data_dir: Path, model_id: str) -> str:
+    """A rejected version of ``model_id`` (its trades fail a gate, so no
+    worker loads it) whose artifact was changed after it was written."""
+    family, symbol, tf = model_id.rsplit("_", 2)
+    metrics = {"trades": 1, "dsr": 0.7, "profit_factor": 1.3, "sharpe": 1.0}
+
+    def files(folder: Path) -> list[Path]:
+        (folder / "w.bin").write_text("weights")
+        return [folder / "w.bin"]
+
+    at = datetime(2024, 8, 1, tzinfo=UTC)
+    meta = {"family": family, "symbol": symbol, "tf": tf, "metrics": metrics}
+    version = artifacts.write_version(data_dir, model_id, files, meta, at).version
+    registry = Registry(data_dir)
+    registry.register(model_id, version)
+    registry.apply_verdict(model_id, version, judge(metrics, None, None, PromotionConfig()))
+    assert registry.stage(model_id, version) == "rejected"
+    (artifacts.model_dir(data_dir, model_id) / version / "w.bin").write_text("altered")
+    return version
+
+
 @pytest.fixture
 def daemon_setup(tmp_path: Path, redis_url: str) -> tuple[Path, Path, int]:
     data_dir, port = tmp_path / "data", api_port()
@@ -138,13 +177,18 @@ def test_every_hostile_control_entry_is_answered_and_the_daemon_keeps_answering(
         sent = [client.xadd(KEYS.control, fields).decode() for _, fields in HOSTILE]  # type: ignore[arg-type]
         valid = client.xadd(KEYS.control, {"command": "train", "model_id": XGB}).decode()
         got = wait_answered(client, [*sent, valid], daemon)
-        for (what, _), entry_id in zip(HOSTILE, sent, strict=True):
-            assert got[entry_id]["type"] == "control.rejected", what
-            assert got[entry_id]["error"], what
-            assert str(data_dir) not in got[entry_id]["error"], what
+        answer = {what: got[entry_id] for (what, _), entry_id in zip(HOSTILE, sent, strict=True)}
+        for what, reply in answer.items():
+            assert reply["type"] == "control.rejected", what
+            assert reply["error"], what
+            assert str(data_dir) not in reply["error"], what
+        error = {what: reply["error"] for what, reply in answer.items()}
         assert got[valid]["type"] == "control.applied" and got[valid]["did"] == ["queued"]
-        assert "longer than 96" in got[sent[4]]["error"]
-        assert "unknown model" in got[sent[7]]["error"]
+        assert "longer than 96" in error["300-character model id"]
+        assert "unknown model" in error["unknown model"]
+        for what, field in NOT_UTF8.items():  # a byte that is not UTF-8, in any field
+            assert error[what].startswith(f"{field} is not UTF-8"), what
+        assert "holds a control character" in error["NUL in model id"]
         assert no_pending(client)
         assert daemon.proc is not None and daemon.proc.poll() is None
         assert http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200
@@ -169,6 +213,65 @@ def test_each_reported_entry_alone_is_rejected_and_the_next_command_answered(
         got = wait_answered(client, [hostile, valid], daemon, timeout=20)
         assert got[hostile]["type"] == "control.rejected"
         assert got[valid]["type"] == "control.applied"
+        assert no_pending(client)
+    finally:
+        stop(daemon)
+        client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_file_system_error_while_applying_is_rejected_not_retried_as_a_redis_error(
+    daemon_setup: tuple[Path, Path, int], redis_url: str
+) -> None:
+    """Issue #16, failure 2: the ``ENAMETOOLONG`` of a 300-character id came
+    out of the handler as an ``OSError``, which the loop took for a Redis
+    error: the entry was retried for ever and jammed the stream. Here the
+    folder of a valid, unknown id is a file, so every read of its state fails
+    with ``ENOTDIR``: the command is rejected with the cause (not the path),
+    acknowledged, and the next command answered."""
+    config, data_dir, _ = daemon_setup
+    (data_dir / "models").mkdir(parents=True)
+    (data_dir / "models" / "xgb_DOGEUSDT_1h").write_text("a file where a folder should be")
+    client = redis.Redis.from_url(redis_url)
+    daemon = DaemonProcess(config).start()
+    try:
+        daemon.wait_for("daemon.ready")
+        fields = {"command": "promote", "model_id": "xgb_DOGEUSDT_1h", "version": VERSION}
+        failing = client.xadd(KEYS.control, fields).decode()  # type: ignore[arg-type]
+        valid = client.xadd(KEYS.control, {"command": "train", "model_id": XGB}).decode()
+        got = wait_answered(client, [failing, valid], daemon, timeout=20)
+        assert got[failing]["type"] == "control.rejected"
+        assert got[failing]["error"] == "could not apply: Not a directory"
+        assert got[valid]["type"] == "control.applied"
+        assert no_pending(client)
+        assert not daemon.has("control.redis_error")
+    finally:
+        stop(daemon)
+        client.close()
+
+
+@pytest.mark.timeout(60)
+def test_an_altered_artifact_is_refused_without_showing_the_data_dir(
+    daemon_setup: tuple[Path, Path, int], redis_url: str
+) -> None:
+    """Issue #16, failure 8 (answers showed the absolute data dir): promoting
+    a version whose artifact fails its sha256 check is refused, and the
+    answer names the file from the data dir on, never the data dir itself."""
+    config, data_dir, _ = daemon_setup
+    version = altered_version(data_dir, "xgb_DOGEUSDT_1h")
+    client = redis.Redis.from_url(redis_url)
+    daemon = DaemonProcess(config).start()
+    try:
+        daemon.wait_for("daemon.ready")
+        fields = {"command": "promote", "model_id": "xgb_DOGEUSDT_1h", "version": version}
+        sent = client.xadd(KEYS.control, fields).decode()  # type: ignore[arg-type]
+        got = wait_answered(client, [sent], daemon, timeout=20)
+        assert got[sent]["type"] == "control.rejected"
+        error = got[sent]["error"]
+        assert "artifact refused" in error and "w.bin has sha256" in error
+        assert f"{{data_dir}}/models/xgb_DOGEUSDT_1h/{version}: artifact w.bin" in error
+        assert str(data_dir) not in error and str(data_dir.resolve()) not in error
+        assert Registry(data_dir).active_version("xgb_DOGEUSDT_1h") is None
         assert no_pending(client)
     finally:
         stop(daemon)

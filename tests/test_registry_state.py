@@ -162,8 +162,8 @@ def write_state(data_dir: Path, text: str) -> Path:
 
 
 def as_written(state: dict[str, Any]) -> str:
-    """The bytes the registry writes for ``state`` (``files.write_json_atomic``)."""
-    return json.dumps(state, indent=1, sort_keys=True) + "\n"
+    """The bytes the registry writes for ``state`` (``files.encode_state``)."""
+    return json.dumps(state, sort_keys=True) + "\n"
 
 
 def test_a_state_file_of_the_current_shape_round_trips_to_identical_json(

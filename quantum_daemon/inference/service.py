@@ -147,7 +147,7 @@ class InferenceService:
             on_restart=self.metrics.worker_restarts.inc,
         )
         self.server = Server(
-            cfg, client, self.state, self.link, self.metrics, self.books.put, clock
+            cfg, client, self.state, self.link, self.metrics, self.books.hand_over, clock
         )
         self.recovery = Recovery(cfg, client, self.trust, self.state)
         self.views = InferenceViews(

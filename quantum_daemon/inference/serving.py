@@ -12,7 +12,7 @@ this path: the answer is handed to bookkeeping afterwards.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -45,7 +45,7 @@ class Server:
         state: InferenceState,
         link: WorkerLink,
         metrics: InferenceMetrics,
-        hand_over: Callable[[Answered], None],
+        hand_over: Callable[[Answered], Awaitable[None]],
         clock: Callable[[], float],
     ) -> None:
         self.cfg = cfg
@@ -134,7 +134,7 @@ class Server:
         self.metrics.worker_seconds.observe(answer.worker_s)
         self.metrics.worker_cpu_seconds.observe(answer.cpu_s)
         self._note_errors(answer)
-        self.hand_over(Answered(answer, tuple(signals)))
+        await self.hand_over(Answered(answer, tuple(signals)))
 
     async def _publish(self, signals: list[Signal], stored_at: float) -> None:
         key = self.keys.signals(signals[0].symbol, signals[0].tf)

@@ -161,14 +161,18 @@ def apply_to_registry(registry: Registry, command: Command) -> list[Event]:
 
 def check_artifacts(registry: Registry, model_id: str, version: str) -> None:
     """Raise ``RegistryError`` (after recording the refusal) when the
-    version's artifacts fail their sha256 check."""
+    version's artifacts fail their sha256 check; its message (a control
+    answer) names the folder from the data dir on, not the data dir."""
     if version not in {v.version for v in registry.versions(model_id)}:
         return  # the registry refuses an unknown version itself
     try:
         registry.verify(model_id, version)
     except ArtifactCorrupt as exc:
         registry.refuse(model_id, version, str(exc))
-        raise RegistryError(f"{model_id} {version}: artifact refused: {exc}") from None
+        folder = registry.version_path(model_id, version)
+        where = f"{{data_dir}}/{folder.relative_to(registry.data_dir)}"
+        shown = str(exc).replace(str(folder), where)
+        raise RegistryError(f"{model_id} {version}: artifact refused: {shown}") from None
 
 
 def reply_event(command: Command | None, entry_id: str, error: str | None, **fields: Any) -> Event:

@@ -4,7 +4,7 @@ and the stage mirror in each version's ``metadata.json`` (see ``registry``).
 ``StateFiles.edit`` is the one way to change a model's state: a
 read-modify-write under an exclusive ``flock`` of the model (the daemon and
 the CLI may both write), one atomic replace of ``state.json`` (temp file,
-fsync, rename, fsync of the folder) if anything changed, then the mirror.
+fsync, rename, fsync of the folder) if its text changed, then the mirror.
 The state is a typed ``state.ModelState``; JSON is read and written here only.
 """
 
@@ -37,34 +37,38 @@ class StateFiles:
     @contextlib.contextmanager
     def edit(self, model_id: str, meta: Mapping[str, Any] | None = None) -> Iterator[ModelState]:
         """Read-modify-write of the model's state under its lock: one atomic
-        write if its JSON changed, then the metadata mirror. (The JSON before
-        shares the metrics and event data with the state: those are replaced,
-        never changed in place.)"""
+        write if its text changed, then the metadata mirror."""
         check_model_id(model_id)
         folder = artifacts.model_dir(self.data_dir, model_id)
         folder.mkdir(parents=True, exist_ok=True)
         with locked(folder / LOCK_FILE):
-            state = self.read(model_id, meta)
-            before, mirrored = state.to_json(), state.mirrored()
+            text, state = self._read(model_id, meta)
+            before = text if text is not None else encode_state(state)
+            mirrored = state.mirrored()
             yield state
-            after = state.to_json()
+            after = encode_state(state)
             if after != before:
-                write_json_atomic(folder / STATE_FILE, after)
+                write_text_atomic(folder / STATE_FILE, after)
                 self.mirror(model_id, state, only_changed_from=mirrored)
 
     def read(self, model_id: str, meta: Mapping[str, Any] | None = None) -> ModelState:
         """The model's state; an empty one when it has no ``state.json`` yet.
         Raises ``StateCorrupt`` for a file that is not a registry state."""
+        return self._read(model_id, meta)[1]
+
+    def _read(self, model_id: str, meta: Mapping[str, Any] | None) -> tuple[str | None, ModelState]:
+        """The file's text (None when there is none) and the state it holds."""
         check_model_id(model_id)
         path = artifacts.model_dir(self.data_dir, model_id) / STATE_FILE
         try:
-            raw = json.loads(path.read_text())
+            text = path.read_text()
+            raw = json.loads(text)
         except FileNotFoundError:
-            return ModelState.empty(model_id, meta)
+            return None, ModelState.empty(model_id, meta)
         except ValueError as exc:  # also a file that is not UTF-8
             raise StateCorrupt(f"{self._shown(path)} is not valid JSON: {exc}") from None
         try:
-            return ModelState.from_json(_checked_object(raw))
+            return text, ModelState.from_json(_checked_object(raw))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             problem = _describe(exc)
             raise StateCorrupt(f"{self._shown(path)} is not a registry state: {problem}") from None
@@ -125,13 +129,19 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
-    """Write JSON to ``path`` so that a reader sees the old or the new file,
+def encode_state(state: ModelState) -> str:
+    """The text of ``state.json``: one line, keys sorted. (An indented file
+    needs the pure-Python encoder: in ``simulate`` that was a tenth of the
+    main process's time; ``models show`` is the readable view.)"""
+    return json.dumps(state.to_json(), sort_keys=True, default=str) + "\n"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader sees the old or the new file,
     never a part, and a crash keeps one of them (temp, fsync, rename, fsync dir)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with tmp.open("w") as fh:
-        json.dump(value, fh, indent=1, sort_keys=True, default=str)
-        fh.write("\n")
+        fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
