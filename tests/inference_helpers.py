@@ -40,7 +40,11 @@ def make_config(
         redis=RedisConfig(url=redis_url),
         storage=StorageConfig(data_dir=data_dir),
         evaluation=EvaluationConfig(horizon=horizon),
-        promotion=PromotionConfig(shadow_min_bars=shadow_min_bars, shadow_max_bars=shadow_max_bars),
+        promotion=PromotionConfig(
+            shadow_min_bars=shadow_min_bars,
+            shadow_max_bars=shadow_max_bars,
+            min_dsr=0.0, beat_baselines=False, max_ece=1.0, dm_alpha=1.0,
+        ),
         inference=InferenceConfig(max_candidates=max_candidates),
     )
 

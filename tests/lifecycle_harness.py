@@ -47,7 +47,14 @@ def make_config(data_dir: Path, redis_url: str, families: tuple[str, ...] = ("xg
         models=ModelsConfig(
             families=families, symbols=("BTCUSDT",), timeframes=("1h",), retrain_every_bars=100
         ),
-        promotion=PromotionConfig(min_trades=5, min_dsr=0.0, min_profit_factor=1.0),
+        promotion=PromotionConfig(
+            min_trades=5,
+            min_dsr=0.0,
+            min_profit_factor=1.0,
+            beat_baselines=False,
+            max_ece=1.0,
+            dm_alpha=1.0,
+        ),
     )
 
 

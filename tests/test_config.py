@@ -54,7 +54,8 @@ def test_bad_config_is_rejected_naming_the_key(name: str, tmp_path: Path) -> Non
 
 def test_inference_and_shadow_defaults() -> None:
     cfg = load(None, env={})
-    assert (cfg.promotion.shadow_min_bars, cfg.promotion.shadow_max_bars) == (48, 240)
+    assert (cfg.promotion.shadow_min_bars, cfg.promotion.shadow_max_bars) == (120, 720)
+    assert (cfg.promotion.min_dsr, cfg.promotion.dm_alpha) == (0.95, 0.05)
     inference = cfg.inference
     assert inference.max_candidates == 2
     assert inference.signals_maxlen == 10_000

@@ -198,7 +198,14 @@ def test_the_real_training_job_trains_evaluates_and_compares_head_to_head(
     cfg = replace(
         cfg,
         training=replace(cfg.training, history_bars=900),
-        promotion=PromotionConfig(min_trades=0, min_dsr=0.0, min_profit_factor=0.0),
+        promotion=PromotionConfig(
+            min_trades=0,
+            min_dsr=0.0,
+            min_profit_factor=0.0,
+            beat_baselines=False,
+            max_ece=1.0,
+            dm_alpha=1.0,
+        ),
     )
 
     async def retrain(svc: LifecycleService) -> None:
@@ -217,7 +224,7 @@ def test_the_real_training_job_trains_evaluates_and_compares_head_to_head(
     entry = next(v for v in Registry(tmp_path).show(XGB)["versions"] if v["version"] == second)
     h2h = entry["head_to_head"]
     assert h2h["active_version"] == first and h2h["n_decisions"] > 0
-    assert entry["verdict"]["gates"][3]["gate"] == "beats_active"
+    assert [g["gate"] for g in entry["verdict"]["gates"]][-1] == "beats_active"
     registry = Registry(tmp_path)
     registry.verify(XGB, second)  # the artifact the worker wrote passes its sha256 check
 

@@ -63,6 +63,9 @@ position_threshold = 0.0
 [promotion]
 min_trades = 0
 min_dsr = 0.0
+beat_baselines = false
+max_ece = 1.0
+dm_alpha = 1.0
 min_profit_factor = 0.0
 shadow_min_bars = 0
 """

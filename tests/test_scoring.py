@@ -142,3 +142,35 @@ def test_compare_with_plain_rule() -> None:
     assert same.sharpe == same.plain_sharpe and not same.beats
     foresight = compare_with_plain_rule(np.sign(returns), mu, p_up, returns, RATE)
     assert foresight.beats and foresight.total_return > foresight.plain_total_return
+
+
+def test_with_the_test_on_a_lower_mean_is_not_enough_without_significance() -> None:
+    """The Diebold–Mariano rule: a candidate slightly ahead on noisy losses
+    does not win; one clearly ahead does; 48 bars of a 24-bar horizon are
+    about two outcomes, which is not evidence."""
+    rng = np.random.default_rng(5)
+    noise = {t: float(x) for t, x in enumerate(0.25 + 0.1 * rng.standard_normal(400))}
+    jitter = 0.1 * rng.standard_normal(400)
+    jitter -= jitter.mean()  # the candidate is ahead by exactly 0.002 on average
+    slightly = {t: v - 0.002 + float(jitter[t]) for t, v in noise.items()}
+    clearly = {t: v - 0.05 + 0.01 * float(rng.standard_normal()) for t, v in noise.items()}
+    assert shadow_verdict(slightly, noise, min_bars=48).promote  # the mean rule alone
+    tested = shadow_verdict(slightly, noise, min_bars=48, lags=23, alpha=0.05)
+    assert not tested.promote and tested.p_value > 0.05
+    strong = shadow_verdict(clearly, noise, min_bars=48, lags=23, alpha=0.05)
+    assert strong.promote and strong.statistic > 1.645
+    assert "DM" in strong.describe("v1")
+
+
+def test_a_failing_record_blocks_every_promotion_but_not_expiry() -> None:
+    from quantum_daemon.core.promotion import GateResult
+
+    active = {t: 0.25 for t in range(30)}
+    verdicts = {
+        "v1": shadow_verdict({t: 0.30 for t in range(30)}, active, min_bars=5),
+        "v2": shadow_verdict({t: 0.10 for t in range(10)}, active, min_bars=5),
+    }
+    blocked = GateResult("min_dsr", False, "record deflated Sharpe 0.5")
+    assert shadow_outcome(verdicts, max_bars=30, record=blocked) == (None, ["v1"])
+    passed = GateResult("min_dsr", True, "record deflated Sharpe 0.99")
+    assert shadow_outcome(verdicts, max_bars=30, record=passed) == ("v2", ["v1"])

@@ -12,6 +12,7 @@ import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,13 @@ from quantum_daemon.training.pool import PoolSettings, ProcessPool
 HOUR_MS = 3_600_000
 START_MS = 1_704_067_200_000  # 2024-01-01
 HISTORY = 400
+# the judge's rules of issue #13 switched off (each has its off value)
+OLD_RULES: dict[str, Any] = {
+    "min_dsr": 0.0,
+    "beat_baselines": False,
+    "max_ece": 1.0,
+    "dm_alpha": 1.0,
+}
 CHROMIUM = shutil.which("chromium") or (
     "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
 )
@@ -44,8 +52,14 @@ def config(tmp: Path) -> Config:
         training=TrainingConfig(history_bars=HISTORY, workers=2),
         models=ModelsConfig(families=("lgbm",), symbols=("BTCUSDT",), retrain_every_bars=60),
         evaluation=EvaluationConfig(horizon=4, n_test_windows=2),
+        # the rules of issue #13 off: these tests are about the simulation
+        # itself (tests/test_judge_simulate.py runs the judge's defaults)
         promotion=PromotionConfig(
-            min_trades=0, min_profit_factor=0.0, shadow_min_bars=12, shadow_max_bars=48
+            min_trades=0,
+            min_profit_factor=0.0,
+            shadow_min_bars=12,
+            shadow_max_bars=48,
+            **OLD_RULES,
         ),
     )
 
@@ -160,6 +174,7 @@ def write_config(tmp: Path) -> Path:
         "[evaluation]\nhorizon = 4\nn_test_windows = 2\n"
         "[promotion]\nmin_trades = 0\nmin_profit_factor = 0.0\n"
         "shadow_min_bars = 12\nshadow_max_bars = 48\n"
+        "min_dsr = 0.0\nbeat_baselines = false\nmax_ece = 1.0\ndm_alpha = 1.0\n"
     )
     return path
 

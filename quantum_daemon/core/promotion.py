@@ -1,39 +1,49 @@
-"""Promotion gates (DESIGN §5): pure logic, no I/O, no clock.
+"""Promotion: two stages, each with its own bar to clear (DESIGN §5,
+docs/judge.md). Pure logic, no I/O, no clock.
 
-A freshly trained and evaluated version passes four gates, in this order:
+**Stage 1, a version's own test window (sanity).** A freshly trained and
+evaluated version passes these gates, in this order, to become a
+``candidate`` (else it is ``rejected``, the first failing gate the reason):
 
-1. ``min_trades``: its out-of-sample walk-forward record has at least
-   ``min_trades`` round trips;
-2. ``min_dsr``: its deflated Sharpe ratio (a probability) is at least
-   ``min_dsr``;
-3. ``min_profit_factor``: its profit factor is at least ``min_profit_factor``
-   (a record with trades but no losing one has an unbounded profit factor
-   and passes);
-4. ``beats_active``: when the model has an active version, the new version
-   *beats* it head to head (below); without an active version it passes.
+1. ``min_trades``: its walk-forward test record has at least ``min_trades``
+   round trips;
+2. ``min_profit_factor`` (a record with trades but no losing one has an
+   unbounded profit factor and passes);
+3. ``beats_baselines`` (``beat_baselines``): after costs its total return
+   beats flat's (> 0), its Sharpe ratio beats buy-and-hold's on the same
+   test bars, and a forecaster's MASE is below 1 (it beats the naive
+   forecast; a position family has none and passes);
+4. ``max_ece``: the expected calibration error of its ``p_up`` is at most
+   ``max_ece`` (1 switches it off; none measured passes);
+5. ``beats_active``: when the model has an active version, the new version
+   *beats* it head to head on the decisions neither saw in training (both
+   through the same position rule and costed backtest, strictly higher
+   Sharpe); no common unseen decision, a comparison against another
+   version than the active one, or an active artifact refused: it fails.
 
-**Beats**, precisely: both models, as stored, forecast the same decisions,
-those of the new version's last walk-forward test window that neither model
-saw in training (for the active version: decisions after its validation
-targets ended); both forecasts go through the same position rule and costed
-backtest; the new version beats the active one when its annualized Sharpe
-ratio after costs on those decisions is strictly higher. No common unseen
-decision, a comparison made against another version than the current active
-one, or an active version whose artifact was refused: the gate fails (a
-model is never replaced on missing evidence).
+About 300 test bars are too few for significance: these gates only keep out
+what is plainly broken. **Stage 2, the model's record.** A candidate carries
+weight in the signal (``active``) only when
 
-All gates passed: the version becomes a ``candidate``; otherwise it is
-``rejected`` and the first failing gate is the reason. The first version of
-a model to pass is promoted to ``active`` at once (there is nothing to
-shadow it against). A version that beat the active one stays a candidate
-(``promote`` false): it predicts live in shadow, and the inference service
-promotes it when its live record beats the active version's over
-``[promotion] shadow_min_bars`` bars, or retires it after
-``shadow_max_bars`` (docs/inference.md). With ``shadow_min_bars = 0`` the
-backtest head-to-head decides alone: the version is promoted at once.
+- the model's record (``RecordEvidence``: the out-of-sample returns of its
+  versions, live and simulated, newest version per bar, over the last
+  ``record_bars`` bars) has at least ``min_record_bars`` bars and a deflated
+  Sharpe ratio of at least ``min_dsr``, deflated by the trials of
+  ``trial_scope`` (the ledger; ``evaluation.n_trials`` is the floor), and
+- against an active version: its live losses beat the active version's on
+  at least ``shadow_min_bars`` common bars by a one-sided Diebold–Mariano
+  test with a Newey–West variance (``horizon - 1`` lags for overlapping
+  forecasts) at level ``dm_alpha`` (``core.evaluation.diebold_mariano``).
 
-The shadow decision lives here too (``shadow_verdict``, ``shadow_outcome``):
-every rule that moves a version to ``active`` is in this module; the
+``min_dsr = 0`` switches the record rule off (a model's first candidate is
+active at once, as before this rule); ``dm_alpha = 1`` switches the test
+off (a lower mean loss wins). With ``shadow_min_bars = 0`` a version that
+beat the active one head to head is promoted at once (if the record rule
+passes). A candidate not promoted after ``shadow_max_bars`` common bars is
+retired. Without an active version the newest candidate is promoted as soon
+as the record rule passes.
+
+Every rule that moves a version to ``active`` is in this module; the
 registry applies them (``storage.registry``), the lifecycle calls ``judge``
 after training (``lifecycle.decisions``) and the inference service the
 shadow rules on the live record (``inference.shadow``), as ``simulate`` does.
@@ -46,10 +56,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
+from quantum_daemon.core.evaluation.diebold_mariano import diebold_mariano, paired
+from quantum_daemon.core.evaluation.significance import dsr_of_returns, sharpe_moments
 from quantum_daemon.domain.config import PromotionConfig
 from quantum_daemon.domain.stages import Stage
 
-GATES = ("min_trades", "min_dsr", "min_profit_factor", "beats_active")
+GATES = ("min_trades", "min_profit_factor", "beats_baselines", "max_ece", "beats_active")
+RECORD_GATE = "min_dsr"
 
 
 @dataclass(frozen=True)
@@ -126,26 +141,82 @@ def _scalar_fields(value: HeadToHead) -> dict[str, Any]:
     return {name: getattr(value, name) for name in value.__dataclass_fields__}
 
 
+@dataclass(frozen=True)
+class RecordEvidence:
+    """A model's out-of-sample record (its versions' returns, newest version
+    per bar) and its deflated Sharpe ratio under the ledger's trials."""
+
+    bars: int
+    sharpe: float  # per bar
+    dsr: float
+    n_trials: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bars": self.bars,
+            "sharpe": _finite_or_none(self.sharpe),
+            "dsr": _finite_or_none(self.dsr),
+            "n_trials": self.n_trials,
+        }
+
+
+def evidence_of(
+    returns: np.ndarray, n_trials: int, trial_variance: float | None = None
+) -> RecordEvidence:
+    """A record's evidence: its per-bar Sharpe and deflated Sharpe ratio
+    (``significance.dsr_of_returns``) under ``n_trials`` trials."""
+    n = int(returns.size)
+    if n < 3 or float(np.std(returns)) == 0.0:
+        return RecordEvidence(n, 0.0 if n else math.nan, 0.0 if n else math.nan, n_trials)
+    dsr = dsr_of_returns(returns, max(n_trials, 1), trial_variance or None)
+    return RecordEvidence(n, sharpe_moments(returns).sharpe, dsr, n_trials)
+
+
+def record_gate(evidence: RecordEvidence | None, cfg: PromotionConfig) -> GateResult:
+    """Stage 2's first rule: the model's record is long enough and its
+    deflated Sharpe at least ``min_dsr`` (0: off)."""
+    if cfg.min_dsr == 0:
+        return GateResult(RECORD_GATE, True, "record rule off (min_dsr 0)")
+    if evidence is None or evidence.bars < cfg.min_record_bars:
+        bars = 0 if evidence is None else evidence.bars
+        return GateResult(
+            RECORD_GATE, False, f"record of {bars} bars (judged from {cfg.min_record_bars})"
+        )
+    dsr = _number(evidence.dsr)
+    passed = dsr is not None and dsr >= cfg.min_dsr
+    detail = (
+        f"record deflated Sharpe {_fmt(dsr)} over {evidence.bars} bars, "
+        f"{evidence.n_trials} trials (minimum {cfg.min_dsr})"
+    )
+    return GateResult(RECORD_GATE, passed, detail)
+
+
 def judge(
     metrics: Mapping[str, Any],
     active_version: str | None,
     head_to_head: HeadToHead | None,
     cfg: PromotionConfig,
+    evidence: RecordEvidence | None = None,
 ) -> Verdict:
-    """The verdict on a new version; see the module docstring."""
+    """The verdict on a new version; see the module docstring. ``evidence``
+    is the model's record when the version is judged (None: none yet)."""
     gates = (
         trades_gate(metrics, cfg.min_trades),
-        dsr_gate(metrics, cfg.min_dsr),
         profit_factor_gate(metrics, cfg.min_profit_factor),
+        baselines_gate(metrics, cfg.beat_baselines),
+        calibration_gate(metrics, cfg.max_ece),
         beats_active_gate(active_version, head_to_head),
     )
     failed = next((g for g in gates if not g.passed), None)
     if failed is not None:
         return Verdict(Stage.REJECTED, gates, False, f"{failed.gate}: {failed.detail}")
+    record = record_gate(evidence, cfg)
     if active_version is None:
-        return Verdict(Stage.CANDIDATE, gates, True, "first version of the model to pass the gates")
-    beats = f"beats {active_version}: {gates[3].detail}"
-    if cfg.shadow_min_bars == 0:
+        if record.passed:
+            return Verdict(Stage.CANDIDATE, gates, True, f"first version to pass: {record.detail}")
+        return Verdict(Stage.CANDIDATE, gates, False, f"waits in shadow: {record.detail}")
+    beats = f"beats {active_version}: {gates[4].detail}"
+    if cfg.shadow_min_bars == 0 and record.passed:
         return Verdict(Stage.CANDIDATE, gates, True, beats)
     waits = f"; waits in shadow for {cfg.shadow_min_bars} bars of live record"
     return Verdict(Stage.CANDIDATE, gates, False, beats + waits)
@@ -157,12 +228,6 @@ def trades_gate(metrics: Mapping[str, Any], minimum: int) -> GateResult:
     return GateResult("min_trades", passed, f"trades {_fmt(trades)} (minimum {minimum})")
 
 
-def dsr_gate(metrics: Mapping[str, Any], minimum: float) -> GateResult:
-    dsr = _number(metrics.get("dsr"))
-    passed = dsr is not None and dsr >= minimum
-    return GateResult("min_dsr", passed, f"deflated Sharpe {_fmt(dsr)} (minimum {minimum})")
-
-
 def profit_factor_gate(metrics: Mapping[str, Any], minimum: float) -> GateResult:
     pf = _number(metrics.get("profit_factor"))
     trades = _number(metrics.get("trades")) or 0
@@ -170,6 +235,33 @@ def profit_factor_gate(metrics: Mapping[str, Any], minimum: float) -> GateResult
         return GateResult("min_profit_factor", True, "no losing trade (unbounded)")
     passed = pf is not None and pf >= minimum
     return GateResult("min_profit_factor", passed, f"profit factor {_fmt(pf)} (minimum {minimum})")
+
+
+def baselines_gate(metrics: Mapping[str, Any], required: bool) -> GateResult:
+    """After costs on its test window: beats flat, buy-and-hold and the naive forecast."""
+    if not required:
+        return GateResult("beats_baselines", True, "off")
+    total, sharpe = _number(metrics.get("total_return")), _number(metrics.get("sharpe"))
+    baselines = metrics.get("baselines")
+    hold = baselines.get("buy_and_hold", {}) if isinstance(baselines, Mapping) else {}
+    hold_sharpe = _number(hold.get("sharpe")) if isinstance(hold, Mapping) else None
+    mase = _number(metrics.get("mase"))
+    if total is None or total <= 0.0:
+        return GateResult("beats_baselines", False, f"total return {_fmt(total)} <= flat's 0")
+    if sharpe is None or (hold_sharpe is not None and sharpe <= hold_sharpe):
+        detail = f"sharpe {_fmt(sharpe)} <= buy-and-hold's {_fmt(hold_sharpe)}"
+        return GateResult("beats_baselines", False, detail)
+    if mase is not None and mase >= 1.0:
+        return GateResult("beats_baselines", False, f"MASE {_fmt(mase)} >= the naive forecast's 1")
+    detail = f"return {_fmt(total)}, sharpe {_fmt(sharpe)} vs buy-and-hold {_fmt(hold_sharpe)}"
+    return GateResult("beats_baselines", True, detail + f", MASE {_fmt(mase)}")
+
+
+def calibration_gate(metrics: Mapping[str, Any], maximum: float) -> GateResult:
+    ece = _number(metrics.get("ece"))
+    if maximum >= 1.0 or ece is None:
+        return GateResult("max_ece", True, f"ECE {_fmt(ece)} (maximum {maximum})")
+    return GateResult("max_ece", ece <= maximum, f"ECE {_fmt(ece)} (maximum {maximum})")
 
 
 def beats_active_gate(active_version: str | None, h2h: HeadToHead | None) -> GateResult:
@@ -205,6 +297,10 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
 # -- the shadow period: a candidate's live record against the active one --
 @dataclass(frozen=True)
 class ShadowVerdict:
@@ -214,31 +310,59 @@ class ShadowVerdict:
     candidate_loss: float
     active_loss: float
     promote: bool
+    statistic: float = math.nan  # Diebold–Mariano (nan: test off)
+    p_value: float = math.nan
+
+    def describe(self, active_version: str) -> str:
+        test = "" if math.isnan(self.p_value) else f", DM {self.statistic:.3f} p {self.p_value:.4f}"
+        return (
+            f"mean loss {self.candidate_loss:.6f} vs {self.active_loss:.6f} "
+            f"of {active_version} over {self.bars} common bars{test}"
+        )
 
 
 def shadow_verdict(
-    candidate: Mapping[int, float], active: Mapping[int, float], min_bars: int
+    candidate: Mapping[int, float],
+    active: Mapping[int, float],
+    min_bars: int,
+    lags: int = 0,
+    alpha: float = 1.0,
 ) -> ShadowVerdict:
-    """Compare mean losses over the bars both versions were scored on; the
-    candidate wins with at least ``min_bars`` such bars and a lower mean."""
-    common = sorted(set(candidate) & set(active))
-    if not common:
+    """Compare the losses on the bars both versions were scored on: the
+    candidate wins with at least ``min_bars`` such bars and, with ``alpha``
+    below 1, a one-sided Diebold–Mariano rejection of "no better" at level
+    ``alpha`` (``lags`` HAC lags); with ``alpha`` 1, a lower mean loss."""
+    active_losses, candidate_losses = paired(active, candidate)
+    n = len(active_losses)
+    if n == 0:
         return ShadowVerdict(0, math.nan, math.nan, False)
-    cand = math.fsum(candidate[t] for t in common) / len(common)
-    act = math.fsum(active[t] for t in common) / len(common)
-    return ShadowVerdict(len(common), cand, act, len(common) >= min_bars and cand < act)
+    cand = math.fsum(candidate_losses) / n
+    act = math.fsum(active_losses) / n
+    if alpha >= 1.0:
+        return ShadowVerdict(n, cand, act, n >= min_bars and cand < act)
+    test = diebold_mariano(active_losses, candidate_losses, lags)
+    wins = n >= min_bars and test.rejects(alpha)
+    return ShadowVerdict(n, cand, act, wins, test.statistic, test.p_value)
 
 
 def shadow_outcome(
-    verdicts: Mapping[str, ShadowVerdict], max_bars: int
+    verdicts: Mapping[str, ShadowVerdict], max_bars: int, record: GateResult | None = None
 ) -> tuple[str | None, list[str]]:
     """Of several candidates judged against the same active version: the one
-    to promote (the lowest mean loss among those that won; the other winners
-    stay candidates, to face the new active version) and those whose record
-    ran out (``max_bars`` common bars without winning), by version."""
-    winners = sorted(v for v, verdict in verdicts.items() if verdict.promote)
+    to promote (the lowest mean loss among those that won, when the model's
+    ``record`` gate passes; the other winners stay candidates, to face the
+    new active version) and those whose record ran out (``max_bars`` common
+    bars without winning), by version."""
+    allowed = record is None or record.passed
+    winners = sorted(v for v, verdict in verdicts.items() if verdict.promote and allowed)
     best = min(winners, key=lambda v: verdicts[v].candidate_loss, default=None)
     expired = sorted(
         v for v, verdict in verdicts.items() if not verdict.promote and verdict.bars >= max_bars
     )
     return best, expired
+
+
+def first_activation(candidates: list[str], record: GateResult) -> str | None:
+    """A model without an active version: its newest candidate, once the
+    model's record passes (``record_gate``)."""
+    return max(candidates) if candidates and record.passed else None

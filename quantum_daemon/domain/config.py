@@ -42,6 +42,7 @@ FAMILIES = ("xgb", "lgbm", "nhits", "patchtst", "evo_model", "rl_sizer")
 REDIS_URL = Check(lambda v: v.startswith(("redis://", "rediss://", "unix://")), "a redis:// URL")
 KEY_PREFIX = Check(lambda v: bool(v) and ":" not in v, "non-empty, without ':'")
 POSITION_THRESHOLD = Check(lambda v: 0 <= v < 0.5, "in [0, 0.5)")
+DM_ALPHA = Check(lambda v: 0 < v <= 1, "in (0, 1] (1: off)")
 TRIAL_VARIANCE = Check(NON_NEGATIVE.test, ">= 0 (0: not known)")
 KNOWN_FAMILIES = one_of(FAMILIES, "families")
 
@@ -178,18 +179,40 @@ class ModelsConfig:
 
 @dataclass(frozen=True)
 class PromotionConfig:
+    """The two stages of docs/judge.md: sanity gates on a version's test
+    window make it a candidate; the model's record and a Diebold–Mariano test
+    against the active version make it active. Each rule has an off value."""
+
+    # -- stage 1: the version's own test window (sanity) --
     min_trades: NonNegativeInt = 5
-    min_dsr: Annotated[float, PROBABILITY] = 0.0
     min_profit_factor: NonNegativeFloat = 1.0
+    # beats flat (total return > 0), buy-and-hold (Sharpe) and the naive forecast (MASE < 1)
+    beat_baselines: bool = True
+    max_ece: Annotated[float, PROBABILITY] = 0.15  # expected calibration error of p_up; 1: off
+    # -- stage 2: the model's out-of-sample record across its versions --
+    min_dsr: Annotated[float, PROBABILITY] = 0.95  # deflated Sharpe of the record; 0: off
+    min_record_bars: NonNegativeInt = 240  # the record is judged from this many bars on
+    record_bars: PositiveInt = 2160  # the record's window: its newest bars
+    # which trials deflate the record's Sharpe: every version and trial of the
+    # zoo, of the model alone, or only evaluation.n_trials (always the floor)
+    trial_scope: Literal["zoo", "model", "config"] = "zoo"
+    # one-sided Diebold–Mariano test of a candidate against the active version
+    # (HAC variance, horizon - 1 lags); 1: off, a lower mean loss suffices
+    dm_alpha: Annotated[float, DM_ALPHA] = 0.05
     # 0: a version that beats the active one is promoted at once.
-    shadow_min_bars: NonNegativeInt = 48
-    shadow_max_bars: PositiveInt = 240
+    shadow_min_bars: NonNegativeInt = 120
+    shadow_max_bars: PositiveInt = 720
 
     def __post_init__(self) -> None:
         if self.shadow_max_bars < self.shadow_min_bars:
             raise ConfigError(
                 f"config key 'promotion.shadow_max_bars' must be >= promotion.shadow_min_bars "
                 f"({self.shadow_min_bars}), got {self.shadow_max_bars}"
+            )
+        if self.record_bars < self.min_record_bars:
+            raise ConfigError(
+                f"config key 'promotion.record_bars' must be >= promotion.min_record_bars "
+                f"({self.min_record_bars}), got {self.record_bars}"
             )
 
 

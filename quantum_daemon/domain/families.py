@@ -8,3 +8,5 @@ forecasters, and it is trained on the recorded signals.
 from __future__ import annotations
 
 SIZER_FAMILIES = frozenset({"rl_sizer"})
+# Families whose answer is a position (scored one bar later, against the plain rule).
+POSITION_FAMILIES = frozenset({"evo_model", "rl_sizer"})

@@ -139,14 +139,14 @@ class Bookkeeper:
             return
         start, end = bars_needed(due, step)
         bars = await self.io.run(self.store.read_bars, symbol, tf, start, end)
-        settled = settle(due, bars, self.cost_rate)
+        settled = settle(due, bars, self.cost_rate, self.cfg.evaluation.position_threshold)
         totals = self.state.totals
         for round_ts, scores in trust_rounds(due, settled, step):
             self.state.trust_moved(
                 await self.trust.apply(scores, self.state.live_families, round_ts)
             )
             totals.rounds += 1
-        await self.io.run(self.records.settle, settled)
+        await self.io.run(self.records.settle, settled, due)
         for p, s in zip(due, settled, strict=True):
             if s.loss is None:
                 self.metrics.voided.inc()
@@ -154,7 +154,7 @@ class Bookkeeper:
             else:
                 self.metrics.scored.labels(p.family, p.stage).inc()
                 totals.scored += 1
-        await self.shadow.judge(sorted({p.model_id for p in due if p.stage == Stage.CANDIDATE}))
+        await self.shadow.judge(self.shadow.models_to_judge())
 
     # -- load reports ----------------------------------------------------------------
     async def _models_changed(self, report: LoadReport) -> None:
@@ -217,7 +217,12 @@ class Bookkeeper:
                 self._pruned_at = self.clock()
                 before = max(self.state.last_ts.values()) - prediction_retention_ms(self.cfg)
                 pruned = await self.io.run(self.records.prune, before)
-                log.debug("inference.pruned", predictions=pruned)
+                trimmed = await self.io.run(
+                    self.records.prune_records,
+                    self.cfg.promotion.record_bars,
+                    max(timeframe_ms(tf) for _, tf in self.state.last_ts),
+                )
+                log.debug("inference.pruned", predictions=pruned, record_rows=trimmed)
 
     def log_summary(self) -> None:
         window = self.metrics.latency_window

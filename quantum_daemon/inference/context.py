@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 from redis.exceptions import RedisError
 
 from quantum_daemon.core.ensemble import Signal, parse_signal, signal_fields
+from quantum_daemon.core.promotion import GateResult, RecordEvidence
 from quantum_daemon.domain.config import Config
 from quantum_daemon.domain.events import Event
 from quantum_daemon.domain.timeframes import timeframe_ms
@@ -76,6 +77,8 @@ class InferenceState:
     loaded: tuple[LoadedModel, ...] = ()
     live_families: tuple[str, ...] = ()
     totals: InferenceTotals = field(default_factory=InferenceTotals)
+    # each judged model's record rule and evidence, for the status and dashboard
+    records: dict[str, tuple[GateResult, RecordEvidence | None]] = field(default_factory=dict)
 
     def round_ts(self) -> int | None:
         """Close time of the newest bar answered."""

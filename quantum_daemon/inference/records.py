@@ -9,7 +9,13 @@ One SQLite file (WAL) in ``storage.data_dir``, beside the bar store:
   a position), and once settled its ``loss`` (``status`` ``scored``) or
   ``void`` (the bar it needed never came);
 - ``decisions``: one row per published signal: the ensemble and the plain
-  rule's position, which position families are scored against.
+  rule's position, which position families are scored against;
+- ``model_record``: one row per (model, symbol, bar): the costed one-bar
+  return of the position the model's newest live version took at that bar
+  (``rounds.settle``), from live scoring or seeded by ``simulate
+  --seed-live``. It is what the promotion's record rule reads
+  (``promotion.record_gate``), pruned to ``[promotion] record_bars`` bars
+  per model, not with the predictions.
 
 A prediction row is written once (``INSERT OR IGNORE``): a bar predicted
 again after a restart keeps what was said first. Scoring itself is keyed by
@@ -24,6 +30,8 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 RECORDS_FILE = "predictions.sqlite3"
 
@@ -43,11 +51,27 @@ _SCHEMA = (
         plain_position REAL NOT NULL, latency_ms REAL NOT NULL,
         PRIMARY KEY (symbol, tf, ts)
     ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS model_record (
+        model_id TEXT NOT NULL, symbol TEXT NOT NULL, tf TEXT NOT NULL, ts INTEGER NOT NULL,
+        version TEXT NOT NULL, stage TEXT NOT NULL, net REAL NOT NULL, source TEXT NOT NULL,
+        PRIMARY KEY (model_id, symbol, ts)
+    ) WITHOUT ROWID""",
 )
+
+# One row per model and bar: the newest version's return wins (a version
+# name sorts by its training time), whoever settles first.
+_RECORD = """
+INSERT INTO model_record (model_id, symbol, tf, ts, version, stage, net, source)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (model_id, symbol, ts) DO UPDATE SET
+    version = excluded.version, stage = excluded.stage, net = excluded.net,
+    source = excluded.source
+WHERE excluded.version > model_record.version
+"""
 
 _DUE = """
 SELECT p.model_id, p.version, p.family, p.stage, p.ts, p.due_ts, p.mu, p.p_up, p.position,
-       prev.position, d.plain_position, dprev.plain_position
+       prev.position, d.plain_position, dprev.plain_position, prev.mu, prev.p_up
 FROM predictions p
 LEFT JOIN predictions prev ON prev.model_id = p.model_id AND prev.version = p.version
      AND prev.symbol = p.symbol AND prev.ts = p.ts - :step
@@ -56,6 +80,24 @@ LEFT JOIN decisions dprev ON dprev.symbol = p.symbol AND dprev.tf = p.tf AND dpr
 WHERE p.symbol = :symbol AND p.tf = :tf AND p.status = 'pending' AND p.due_ts <= :upto
 ORDER BY p.due_ts, p.model_id, p.version
 """
+
+
+LIVE, SIMULATED = "live", "simulated"  # where a record row came from
+
+
+@dataclass(frozen=True)
+class RecordRow:
+    """One bar of a model's out-of-sample record: the costed return of the
+    position its version's forecast implied (``rounds.settle``)."""
+
+    model_id: str
+    symbol: str
+    tf: str
+    ts: int
+    version: str
+    stage: str
+    net: float
+    source: str = LIVE
 
 
 @dataclass(frozen=True)
@@ -105,17 +147,22 @@ class DuePrediction:
     previous_position: float | None
     plain: float | None
     previous_plain: float | None
+    previous_mu: float | None = None  # the version's forecast one bar before, if any
+    previous_p_up: float | None = None
 
 
 @dataclass(frozen=True)
 class Settled:
-    """What became of a due prediction: its loss, or None for void."""
+    """What became of a due prediction: its loss, or None for void; and the
+    costed one-bar return of the position it implied (the model's record),
+    or None where the bar after it is missing."""
 
     model_id: str
     version: str
     symbol: str
     ts: int
     loss: float | None
+    net: float | None = None
 
 
 class PredictionRecords:
@@ -175,15 +222,26 @@ class PredictionRecords:
         return [
             DuePrediction(
                 model_id, version, family, stage, symbol, tf, ts, due_ts, mu, p_up,
-                position, prev, plain, prev_plain,
+                position, prev, plain, prev_plain, prev_mu, prev_p_up,
             )
             for (model_id, version, family, stage, ts, due_ts, mu, p_up, position, prev,
-                 plain, prev_plain) in rows
+                 plain, prev_plain, prev_mu, prev_p_up) in rows
         ]  # fmt: skip
 
-    def settle(self, settled: Iterable[Settled]) -> None:
+    def settle(self, settled: Sequence[Settled], due: Sequence[DuePrediction] = ()) -> None:
+        """Mark the predictions scored or void; with ``due`` (the same order
+        as ``settled``), add their returns to their models' records."""
         conn = self.connection()
         with _transaction(conn):
+            if due:
+                conn.executemany(
+                    _RECORD,
+                    [
+                        (p.model_id, p.symbol, p.tf, p.ts, p.version, p.stage, s.net, LIVE)
+                        for p, s in zip(due, settled, strict=True)
+                        if s.net is not None
+                    ],
+                )
             conn.executemany(
                 "UPDATE predictions SET status = ?, loss = ? "
                 "WHERE model_id = ? AND version = ? AND symbol = ? AND ts = ?",
@@ -203,6 +261,48 @@ class PredictionRecords:
             (model_id, version),
         )
         return {int(ts): float(loss) for ts, loss in rows}
+
+    def add_record(self, rows: Iterable[RecordRow]) -> int:
+        """Seed models' records (``simulate --seed-live``); the newest version wins."""
+        conn = self.connection()
+        with _transaction(conn):
+            before = conn.total_changes
+            conn.executemany(
+                _RECORD,
+                [(r.model_id, r.symbol, r.tf, r.ts, r.version, r.stage, r.net, r.source)
+                 for r in rows],
+            )  # fmt: skip
+            return conn.total_changes - before
+
+    def record_returns(self, model_id: str, last: int) -> np.ndarray:
+        """The model's record: its newest ``last`` bars' returns, oldest first
+        (the mean over symbols for a multi-symbol model)."""
+        rows = self.connection().execute(
+            "SELECT net FROM (SELECT ts, AVG(net) AS net FROM model_record WHERE model_id = ? "
+            "GROUP BY ts ORDER BY ts DESC LIMIT ?) ORDER BY ts",
+            (model_id, last),
+        )
+        return np.array([net for (net,) in rows], dtype=np.float64)
+
+    def record_counts(self) -> dict[str, int]:
+        """Bars in each model's record."""
+        rows = self.connection().execute(
+            "SELECT model_id, COUNT(DISTINCT ts) FROM model_record GROUP BY 1"
+        )
+        return {str(model_id): int(n) for model_id, n in rows}
+
+    def prune_records(self, keep_bars: int, step_ms: int) -> int:
+        """Forget the record rows older than each model's newest ``keep_bars``
+        bars (of ``step_ms``): the record is a window, not all of history."""
+        conn = self.connection()
+        with _transaction(conn):
+            return int(
+                conn.execute(
+                    "DELETE FROM model_record WHERE ts < (SELECT MAX(r.ts) FROM model_record r "
+                    "WHERE r.model_id = model_record.model_id) - ?",
+                    (keep_bars * step_ms,),
+                ).rowcount
+            )
 
     def last_decisions(self) -> dict[tuple[str, str], int]:
         """Open time of the newest signal of every series."""

@@ -21,7 +21,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from quantum_daemon.core.ensemble import plain_position
+from quantum_daemon.core.evaluation.backtest import DEFAULT_POSITION_THRESHOLD
 from quantum_daemon.core.scoring import (
+    bar_net_return,
     realized_log_return,
     return_scale,
     score_forecast,
@@ -29,6 +32,7 @@ from quantum_daemon.core.scoring import (
 )
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.stages import Stage
+from quantum_daemon.domain.timeframes import timeframe_ms
 from quantum_daemon.inference.records import DuePrediction, Settled
 from quantum_daemon.storage.trust_store import Score
 
@@ -40,16 +44,48 @@ def due_ts(ts: int, horizon: int, step_ms: int, is_position: bool) -> int:
     return ts + (1 if is_position else horizon) * step_ms
 
 
-def settle(due: Sequence[DuePrediction], bars: Bars, cost_rate: float) -> list[Settled]:
-    """The loss of every due prediction (None: void); ``bars`` must hold the
-    decision and settling bars and ``SCALE_WINDOW`` bars before the first decision."""
+def settle(
+    due: Sequence[DuePrediction],
+    bars: Bars,
+    cost_rate: float,
+    threshold: float = DEFAULT_POSITION_THRESHOLD,
+) -> list[Settled]:
+    """The loss of every due prediction (None: void) and the costed return
+    of its position over the bar after it (``record_return``); ``bars`` must
+    hold the decision and settling bars and ``SCALE_WINDOW`` bars before the
+    first decision."""
     where = {int(ts): i for i, ts in enumerate(bars.ts)}
+    step = timeframe_ms(bars.tf)
     out: list[Settled] = []
     for p in due:
         i, j = where.get(p.ts), where.get(p.due_ts)
-        loss = None if i is None or j is None else _loss(p, bars.close, i, j, cost_rate)
-        out.append(Settled(p.model_id, p.version, p.symbol, p.ts, loss))
+        if i is None or j is None:
+            out.append(Settled(p.model_id, p.version, p.symbol, p.ts, None))
+            continue
+        loss = _loss(p, bars.close, i, j, cost_rate)
+        k = where.get(p.ts + step)
+        net = None if k is None else record_return(p, bars.close, i, k, cost_rate, threshold)
+        out.append(Settled(p.model_id, p.version, p.symbol, p.ts, loss, net))
     return out
+
+
+def record_return(
+    p: DuePrediction, close: np.ndarray, i: int, k: int, cost_rate: float, threshold: float
+) -> float:
+    """What the prediction earned for its model's record: the position it
+    implies (a position family's own; a forecaster's by the plain rule),
+    held over the next bar (``close[i] -> close[k]``), paying the cost of
+    the change from the version's position one bar before (none: flat)."""
+    if p.position is not None:
+        position, previous = p.position, _or_flat(p.previous_position)
+    else:
+        position = plain_position(p.mu, p.p_up, threshold)
+        previous = (
+            0.0
+            if p.previous_mu is None or p.previous_p_up is None
+            else plain_position(p.previous_mu, p.previous_p_up, threshold)
+        )
+    return bar_net_return(position, previous, float(close[k] / close[i] - 1.0), cost_rate)
 
 
 def _loss(p: DuePrediction, close: np.ndarray, i: int, j: int, cost_rate: float) -> float:

@@ -1,12 +1,20 @@
-"""Shadow promotion, expiry and superseded retirement (DESIGN §7).
+"""Shadow promotion, expiry and superseded retirement (DESIGN §7, docs/judge.md).
 
-Each candidate's live record is compared with its active version's
-(``promotion.shadow_verdict``): a candidate that beats it over ``[promotion]
-shadow_min_bars`` bars is promoted (``model.promoted``, reason ``shadow``;
-the old version is retired in the same registry write; of several winners,
-the lowest mean loss), one that has not after ``shadow_max_bars`` common
-bars is retired (``model.retired``, reason ``shadow``). Candidates beyond a
-model's ``[inference] max_candidates`` newest are retired as ``superseded``.
+A model with candidates is judged after every scoring round. Its record
+(``records.record_returns``: the costed returns of its versions' positions,
+newest version per bar) gives the record rule (``promotion.record_gate``:
+deflated Sharpe at least ``[promotion] min_dsr`` under the trial ledger's
+count, ``trial_scope``). Without an active version, its newest candidate is
+promoted once the record rule passes (``model.promoted``, reason
+``record``). With one, each candidate's live losses are compared with the
+active version's (``promotion.shadow_verdict``: a one-sided Diebold–Mariano
+test at ``dm_alpha``, HAC lags ``horizon - 1``): a candidate that wins over
+at least ``shadow_min_bars`` common bars, while the record rule passes, is
+promoted (reason ``shadow``; the old version is retired in the same
+registry write; of several winners, the lowest mean loss), one that has not
+been promoted after ``shadow_max_bars`` common bars is retired
+(``model.retired``, reason ``shadow``). Candidates beyond a model's
+``[inference] max_candidates`` newest are retired as ``superseded``.
 
 Every transition goes through the registry (outbox, exactly once) and acts
 only on versions still candidates, so a replayed round emits nothing twice.
@@ -14,8 +22,19 @@ only on versions still candidates, so a replayed round emits nothing twice.
 
 from __future__ import annotations
 
-from quantum_daemon.core.promotion import ShadowVerdict, shadow_outcome, shadow_verdict
+from quantum_daemon.core.evaluation.diebold_mariano import overlap_lags
+from quantum_daemon.core.promotion import (
+    GateResult,
+    RecordEvidence,
+    ShadowVerdict,
+    evidence_of,
+    first_activation,
+    record_gate,
+    shadow_outcome,
+    shadow_verdict,
+)
 from quantum_daemon.domain.config import Config
+from quantum_daemon.domain.families import POSITION_FAMILIES
 from quantum_daemon.domain.stages import Stage
 from quantum_daemon.inference.context import InferenceState, IoThread, Transitions
 from quantum_daemon.inference.messages import LoadedModel
@@ -27,6 +46,7 @@ from quantum_daemon.storage.registry.registry import SUPERSEDED, RegistryError
 log = get_logger()
 
 SHADOW_REASON = "shadow"
+RECORD_REASON = "record"
 
 
 class ShadowReferee:
@@ -49,24 +69,75 @@ class ShadowReferee:
         self.registry = transitions.registry
         self.metrics = metrics
 
+    def models_to_judge(self) -> list[str]:
+        """The models with a loaded candidate."""
+        return sorted({m.model_id for m in self.state.loaded if m.stage == Stage.CANDIDATE})
+
     async def judge(self, model_ids: list[str]) -> None:
-        """Each model's loaded candidates against its loaded active version."""
+        """Each model's loaded candidates: against its record, and against
+        its loaded active version when it has one."""
         for model_id in model_ids:
             of_model = [m for m in self.state.loaded if m.model_id == model_id]
             active = next((m for m in of_model if m.stage == Stage.ACTIVE), None)
             candidates = [m for m in of_model if m.stage == Stage.CANDIDATE]
-            if active is not None and candidates:
-                await self._judge_candidates(active, candidates)
+            if not candidates:
+                continue
+            record, evidence = await self.io.run(self.record_rule, model_id)
+            self.state.records[model_id] = (record, evidence)
+            if active is None:
+                await self._promote_first(candidates, record)
+            else:
+                await self._judge_candidates(active, candidates, record)
 
-    async def _judge_candidates(self, active: LoadedModel, candidates: list[LoadedModel]) -> None:
+    def record_rule(self, model_id: str) -> tuple[GateResult, RecordEvidence | None]:
+        """The model's record and its gate (in the I/O thread)."""
+        promotion = self.cfg.promotion
+        if promotion.min_dsr == 0:
+            return record_gate(None, promotion), None
+        returns = self.records.record_returns(model_id, promotion.record_bars)
+        n_trials = self.registry.n_trials(
+            model_id, promotion.trial_scope, self.cfg.evaluation.n_trials
+        )
+        variance = self.cfg.evaluation.trial_sharpe_variance or None
+        evidence = evidence_of(returns, n_trials, variance)
+        return record_gate(evidence, promotion), evidence
+
+    async def _promote_first(self, candidates: list[LoadedModel], record: GateResult) -> None:
+        version = first_activation([c.version for c in candidates], record)
+        if version is None:
+            return
+        candidate = next(c for c in candidates if c.version == version)
+        events = await self.io.run(
+            self.registry.promote_first, candidate.model_id, version, RECORD_REASON
+        )
+        if not events:
+            return
+        self.state.loaded = tuple(m for m in self.state.loaded if m != candidate)
+        self.state.totals.promotions += 1
+        self.metrics.promotions.inc()
+        log.info(
+            "model.promoted",
+            model_id=candidate.model_id,
+            version=version,
+            reason=RECORD_REASON,
+            detail=record.detail,
+        )
+        await self.transitions.transitioned(candidate.model_id, events)
+
+    async def _judge_candidates(
+        self, active: LoadedModel, candidates: list[LoadedModel], record: GateResult
+    ) -> None:
         """Expire the candidates whose record ran out, then promote the best winner."""
-        min_bars = self.cfg.promotion.shadow_min_bars
+        promotion = self.cfg.promotion
         active_losses = await self.io.run(self.records.losses, active.model_id, active.version)
         verdicts: dict[str, ShadowVerdict] = {}
         for candidate in candidates:
             losses = await self.io.run(self.records.losses, candidate.model_id, candidate.version)
-            verdicts[candidate.version] = shadow_verdict(losses, active_losses, min_bars)
-        best, expired = shadow_outcome(verdicts, self.cfg.promotion.shadow_max_bars)
+            lags = overlap_lags(candidate.horizon, candidate.family in POSITION_FAMILIES)
+            verdicts[candidate.version] = shadow_verdict(
+                losses, active_losses, promotion.shadow_min_bars, lags, promotion.dm_alpha
+            )
+        best, expired = shadow_outcome(verdicts, promotion.shadow_max_bars, record)
         by_version = {c.version: c for c in candidates}
         for version in expired:
             await self._expire(by_version[version], active, verdicts[version])
@@ -103,6 +174,8 @@ class ShadowReferee:
             bars=verdict.bars,
             candidate_loss=round(verdict.candidate_loss, 6),
             active_loss=round(verdict.active_loss, 6),
+            dm_statistic=verdict.statistic,
+            dm_p_value=verdict.p_value,
         )
         await self.transitions.transitioned(model_id, events)
 
@@ -113,10 +186,7 @@ class ShadowReferee:
         common bars without beating the active version (only while that
         version is still the active one)."""
         model_id = candidate.model_id
-        detail = (
-            f"mean loss {verdict.candidate_loss:.6f} vs {verdict.active_loss:.6f} "
-            f"of {active.version} over {verdict.bars} common bars"
-        )
+        detail = verdict.describe(active.version)
         try:
             events = await self.io.run(
                 self.registry.retire_candidate,

@@ -64,6 +64,15 @@ class InferenceViews:
                 for (s, t), ts in state.last_ts.items()
             },
             "backlog": self.books.work.qsize(),
+            # why each model with candidates is or is not live: its record rule
+            "records": {
+                model_id: {
+                    "passed": gate.passed,
+                    "detail": gate.detail,
+                    **({} if evidence is None else evidence.to_dict()),
+                }
+                for model_id, (gate, evidence) in sorted(state.records.items())
+            },
             "totals": asdict(state.totals),
         }
 

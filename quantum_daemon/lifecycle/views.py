@@ -42,6 +42,7 @@ def models_view(registry: Registry) -> list[dict[str, Any]]:
                 "symbol": info.symbol,
                 "tf": info.tf,
                 "active": None,
+                "trials": registry.ledger(info.model_id),
                 "versions": [],
             },
         )

@@ -117,6 +117,8 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk):
         self._rank: dict[tuple[str, str], int] = {}  # version -> order of training
         self._lags: dict[str, set[int]] = {}  # symbol -> settling lags of its versions
         self.job_seconds: dict[str, float] = {}  # family -> training seconds in workers
+        self.model_records: dict[str, dict[int, tuple[str, float]]] = {}
+        self._trials: dict[str, int] = {}
 
     # -- the clock -----------------------------------------------------------
     def bar_times(self) -> list[int]:

@@ -12,8 +12,18 @@ from typing import Any
 
 import numpy as np
 
-from quantum_daemon.core.promotion import shadow_outcome, shadow_verdict
+from quantum_daemon.core.evaluation.diebold_mariano import overlap_lags
+from quantum_daemon.core.promotion import (
+    GateResult,
+    evidence_of,
+    first_activation,
+    record_gate,
+    shadow_outcome,
+    shadow_verdict,
+)
 from quantum_daemon.domain.config import Config
+from quantum_daemon.domain.families import POSITION_FAMILIES
+from quantum_daemon.domain.ids import ModelKey
 from quantum_daemon.inference.records import DuePrediction
 from quantum_daemon.inference.rounds import SCALE_WINDOW, due_ts, settle, trust_rounds
 from quantum_daemon.simulate.inputs import SimulationSeries
@@ -21,8 +31,8 @@ from quantum_daemon.simulate.records import ACTIVE, CANDIDATE, BarRecord, Predic
 from quantum_daemon.storage.registry.registry import Registry
 from quantum_daemon.storage.trust_store import StoredState, plan_round
 
-POSITION_FAMILIES = frozenset({"evo_model", "rl_sizer"})
 SHADOW_REASON = "shadow"
+RECORD_REASON = "record"
 
 
 class SettlingDesk:
@@ -40,8 +50,11 @@ class SettlingDesk:
     weights: dict[str, float]
     live_families: tuple[str, ...]
     trust_history: list[tuple[int, dict[str, float]]]
+    keys: list[ModelKey]
     _rank: dict[tuple[str, str], int]
     _lags: dict[str, set[int]]
+    model_records: dict[str, dict[int, tuple[str, float]]]  # model -> bar -> (version, net)
+    _trials: dict[str, int]  # the ledger's n_trials per model, until a version registers
     _loaded: Callable[[str], list[tuple[str, str]]]
     _note: Callable[[Sequence[Any], str], None]
     _refresh_live: Callable[[], None]
@@ -59,17 +72,19 @@ class SettlingDesk:
             return
         start = max(0, (_index_of(bars.ts, min(d.ts for d in due)) or 0) - SCALE_WINDOW - 1)
         window = bars.slice(start, i + 1)
-        settled = settle(due, window, self.cost_rate)
+        settled = settle(due, window, self.cost_rate, self.cfg.evaluation.position_threshold)
         for d, s in zip(due, settled, strict=True):
             if s.loss is not None:
                 self.versions[(d.model_id, d.version)].losses[d.ts] = s.loss
+            if s.net is not None:
+                self._add_to_record(d.model_id, d.ts, d.version, s.net)
         for round_ts, scores in trust_rounds(due, settled, self.step):
             state = StoredState(self.weights, frozenset(), None)
             plan = plan_round(state, scores, self.live_families, round_ts, self.cfg.trust)
             if plan.round.changed:
                 self.weights = dict(plan.round.after)
                 self.trust_history.append((round_ts, dict(self.weights)))
-        self._judge_shadow(sorted({d.model_id for d in due if d.stage == CANDIDATE}))
+        self._judge_shadow(self._with_candidates(key[0]))
 
     def _made_for(
         self, key: tuple[str, str], bar_ts: int
@@ -127,30 +142,70 @@ class SettlingDesk:
             previous_position=previous_position,
             plain=plain_at(n),
             previous_plain=plain_at(n - 1),
+            previous_mu=None if previous is None else previous[1].mu,
+            previous_p_up=None if previous is None else previous[1].p_up,
         )
 
+    def _add_to_record(self, model_id: str, ts: int, version: str, net: float) -> None:
+        """The model's record keeps the newest version's return per bar
+        (``records.model_record``)."""
+        record = self.model_records.setdefault(model_id, {})
+        held = record.get(ts)
+        if held is None or version > held[0]:
+            record[ts] = (version, net)
+
+    def record_rule(self, model_id: str) -> GateResult:
+        promotion = self.cfg.promotion
+        if promotion.min_dsr == 0:
+            return record_gate(None, promotion)
+        record = self.model_records.get(model_id, {})
+        recent = sorted(record)[-promotion.record_bars :]
+        returns = np.array([record[t][1] for t in recent], dtype=np.float64)
+        if model_id not in self._trials:
+            self._trials[model_id] = self.registry.n_trials(
+                model_id, promotion.trial_scope, self.cfg.evaluation.n_trials
+            )
+        variance = self.cfg.evaluation.trial_sharpe_variance or None
+        return record_gate(evidence_of(returns, self._trials[model_id], variance), promotion)
+
+    def _with_candidates(self, symbol: str) -> list[str]:
+        """The series' models with a loaded candidate."""
+        return [
+            k.model_id
+            for k in self.keys
+            if k.symbol == symbol and any(st == CANDIDATE for _, st in self._loaded(k.model_id))
+        ]
+
     def _judge_shadow(self, model_ids: list[str]) -> None:
-        min_bars = self.cfg.promotion.shadow_min_bars
+        promotion = self.cfg.promotion
         changed = False  # re-reading the registry every bar was most of the loop's time
         for model_id in model_ids:
             loaded = self._loaded(model_id)
             active = next((v for v, st in loaded if st == ACTIVE), None)
             candidates = [v for v, st in loaded if st == CANDIDATE]
-            if active is None or not candidates:
+            if not candidates:
+                continue
+            record = self.record_rule(model_id)
+            if active is None:
+                first = first_activation(candidates, record)
+                if first is not None:
+                    events = self.registry.promote_first(model_id, first, RECORD_REASON)
+                    self._note(events, model_id)
+                    changed = True
                 continue
             active_losses = self.versions[(model_id, active)].losses
-            verdicts = {
-                v: shadow_verdict(self.versions[(model_id, v)].losses, active_losses, min_bars)
-                for v in candidates
-            }
-            best, expired = shadow_outcome(verdicts, self.cfg.promotion.shadow_max_bars)
+            verdicts = {}
+            for v in candidates:
+                mine = self.versions[(model_id, v)]
+                lags = overlap_lags(mine.horizon, mine.family in POSITION_FAMILIES)
+                verdicts[v] = shadow_verdict(
+                    mine.losses, active_losses, promotion.shadow_min_bars, lags,
+                    promotion.dm_alpha,
+                )  # fmt: skip
+            best, expired = shadow_outcome(verdicts, promotion.shadow_max_bars, record)
             changed = changed or bool(expired) or best is not None
             for version in expired:
-                v = verdicts[version]
-                detail = (
-                    f"mean loss {v.candidate_loss:.6f} vs {v.active_loss:.6f} "
-                    f"of {active} over {v.bars} common bars"
-                )
+                detail = verdicts[version].describe(active)
                 events = self.registry.retire_candidate(
                     model_id, version, active, SHADOW_REASON, detail
                 )

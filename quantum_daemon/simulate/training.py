@@ -45,6 +45,7 @@ class TrainingDesk:
     timeline: list[TimelineEntry]
     trust_history: list[tuple[int, dict[str, float]]]
     job_seconds: dict[str, float]
+    _trials: dict[str, int]
     jobs_done: int
     jobs_failed: int
     now_ms: int
@@ -133,6 +134,7 @@ class TrainingDesk:
         self.newest[mid] = version
         self.timeline.append(TimelineEntry(self.now_ms, "trained", mid, version, _headline(result)))
         self._confirm(self.registry.register(mid, version, result.head_to_head, spec.job_id), mid)
+        self._trials.clear()  # the ledger counted the version
         _, events = judge_version(self.registry, self.cfg.promotion, mid, version)
         self._note(events, mid)
         self._note(self.registry.retire_superseded(mid, self.cfg.inference.max_candidates), mid)

@@ -159,6 +159,9 @@ def _metadata(
         "features": state.get("features", []),
         "params": state.get("params", dict(spec.params)),
         "seed": spec.seed,
+        # hyper-parameter sets tried for this version (``train --n-trials``):
+        # the registry's trial ledger counts them
+        "trials": spec.n_trials or 1,
         "library_versions": state.get("library_versions", {}),
         "evaluation": _settings_dict(settings),
         "fit": {

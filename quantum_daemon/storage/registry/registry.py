@@ -91,6 +91,8 @@ class Registry(RegistryViews):
             if version in state.versions:
                 return []
             record = state.versions[version] = VersionRecord.registered(meta, head_to_head)
+            state.count_trials("trained", 1)
+            state.count_trials("tuning", max(_int(meta.get("trials"), 1) - 1, 0))
             if record.stage is Stage.ACTIVE:  # restored from the metadata mirror
                 state.active = version
             return change.emit(
@@ -175,6 +177,15 @@ class Registry(RegistryViews):
                 return []
             return change.activate(version, reason)
 
+    def promote_first(self, model_id: str, version: str, reason: str) -> list[Event]:
+        """A model without an active version: activate its candidate
+        ``version`` only while it is a candidate and nothing is active."""
+        with self._transition(model_id) as change:
+            state = change.state
+            if state.version(version).stage is not Stage.CANDIDATE or state.active is not None:
+                return []
+            return change.activate(version, reason)
+
     def retire_candidate(
         self, model_id: str, version: str, judged_against: str, reason: str, detail: str
     ) -> list[Event]:
@@ -225,6 +236,11 @@ class Registry(RegistryViews):
                 events += change.retire(version, f"artifact refused: {reason}", None)
             return events
 
+    def count_trials(self, model_id: str, kind: str, n: int) -> None:
+        """Add ``n`` trials of ``kind`` (``state.TRIAL_KINDS``) to the model's ledger."""
+        with self.files.edit(model_id) as state:
+            state.count_trials(kind, n)
+
     # -- the outbox ----------------------------------------------------------
     def add_events(self, model_id: str, events: Sequence[Event]) -> None:
         """Put events that are not transitions (``training.*``) in the outbox."""
@@ -248,6 +264,10 @@ class Registry(RegistryViews):
     ) -> Iterator[Transition]:
         with self.files.edit(model_id, meta) as state:
             yield Transition(state, self.clock)
+
+
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def _candidate_against(change: Transition, version: str, active: str) -> bool:

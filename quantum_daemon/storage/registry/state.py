@@ -27,6 +27,7 @@ JsonObject = dict[str, Any]
 T = TypeVar("T")
 Mirrored = dict[str, tuple[Stage, tuple["HistoryEntry", ...]]]  # version -> (stage, history)
 KEEP_COMMAND_IDS = 200  # applied control command ids remembered against redelivery
+TRIAL_KINDS = ("trained", "tuning", "simulated")  # the ledger's kinds of trial
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,21 @@ class ModelState:
     versions: dict[str, VersionRecord] = field(default_factory=dict)
     outbox: list[Event] = field(default_factory=list)  # written, not yet published
     commands: list[str] = field(default_factory=list)  # the last applied command ids
+    # the trial ledger: versions trained, extra hyper-parameter sets tried,
+    # versions trained by ``simulate --seed-live``; all deflate the record's Sharpe
+    trials: dict[str, int] = field(default_factory=dict)
+
+    def count_trials(self, kind: str, n: int) -> None:
+        if kind not in TRIAL_KINDS:
+            raise RegistryError(f"unknown kind of trial {kind!r} (one of {TRIAL_KINDS})")
+        if n < 0:
+            raise RegistryError(f"a trial count is >= 0, got {n}")
+        if n:
+            self.trials = {**self.trials, kind: self.trials.get(kind, 0) + n}
+
+    @property
+    def n_trials(self) -> int:
+        return sum(self.trials.values())
 
     @classmethod
     def empty(cls, model_id: str, meta: Mapping[str, Any] | None = None) -> ModelState:
@@ -186,10 +202,13 @@ class ModelState:
             },
             outbox=[Event.from_dict(_checked(e, dict)) for e in _list(raw, "outbox")],
             commands=[_checked(c, str) for c in _list(raw, "commands")],
+            trials={
+                _checked(k, str): _checked(n, int) for k, n in raw.get("trials", {}).items()
+            },
         )
 
     def to_json(self) -> JsonObject:
-        return {
+        out = {
             "model_id": self.model_id,
             "family": self.family,
             "symbol": self.symbol,
@@ -199,6 +218,9 @@ class ModelState:
             "outbox": [e.to_dict() for e in self.outbox],
             "commands": list(self.commands),
         }
+        if self.trials:  # a state written before the ledger reads back as it was
+            out["trials"] = dict(self.trials)
+        return out
 
 
 def _history_of(meta: Mapping[str, Any]) -> list[HistoryEntry]:

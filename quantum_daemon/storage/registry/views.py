@@ -82,11 +82,31 @@ class RegistryViews:
             "tf": state.tf,
             "active": state.active,
             "pending_events": len(state.outbox),
+            "trials": {**state.trials, "total": state.n_trials, "zoo": self.zoo_trials()},
             "versions": [
                 {"version": v, **record.to_json(), "path": str(folder / v)}
                 for v, record in sorted(state.versions.items())
             ],
         }
+
+    def trials(self, model_id: str) -> int:
+        """The model's trials so far (its ledger)."""
+        return self.files.read(model_id).n_trials
+
+    def ledger(self, model_id: str) -> dict[str, int]:
+        """The model's trials by kind, and their total."""
+        state = self.files.read(model_id)
+        return {**state.trials, "total": state.n_trials}
+
+    def zoo_trials(self) -> int:
+        """Every model's trials so far: the zoo's ledger."""
+        return sum(self.files.read(mid).n_trials for mid in self.model_ids())
+
+    def n_trials(self, model_id: str, scope: str, floor: int) -> int:
+        """The ``n_trials`` that deflates the model's record: its own trials
+        (``model``), the zoo's (``zoo``) or none (``config``), at least ``floor``."""
+        counted = {"zoo": self.zoo_trials, "model": lambda: self.trials(model_id)}
+        return max(floor, counted[scope]() if scope in counted else 0)
 
     def newest(self, model_id: str) -> tuple[float, int] | None:
         """(creation time in epoch s, open time of its last bar in ms) of the
