@@ -208,7 +208,7 @@ class ModelState:
         )
 
     def to_json(self) -> JsonObject:
-        out = {
+        out: JsonObject = {
             "model_id": self.model_id,
             "family": self.family,
             "symbol": self.symbol,
