@@ -116,3 +116,27 @@ def test_signal_fields_round_trip_through_redis(redis_client) -> None:
     as_json = json.loads(json.dumps(signal_json(signal)))
     assert as_json["contributions"][0]["family"] == "xgb"
     assert as_json["latency_ms"] == 2.25
+
+
+def test_a_flat_signal_says_why_and_carries_the_shadow_pool(redis_client) -> None:
+    from quantum_daemon.core.ensemble import flat_signal
+
+    shadow = combine([member("xgb", 0.02, 0.7), member("lgbm", 0.01, 0.6)], {})
+    signal = flat_signal("BTCUSDT", "1h", 1_700_000_000_000, "no active model", shadow, 1.5)
+    assert (signal.status, signal.position, signal.mu, signal.p_up) == ("flat", 0.0, 0.0, 0.5)
+    assert signal.shadow is not None and signal.shadow.p_up == pytest.approx(0.65)
+    assert signal.shadow.plain_position == 1.0  # what the plain rule would have held
+    assert signal.view() == (signal.shadow.mu, signal.shadow.p_up, 1.0)
+    redis_client.xadd("sig", signal_fields(signal))
+    [(_, fields)] = redis_client.xrange("sig")
+    assert parse_signal(fields) == signal
+    assert signal_json(signal)["shadow"]["versions"] == {  # type: ignore[index]
+        "xgb": "v20260101_000000",
+        "lgbm": "v20260101_000000",
+    }
+    nothing = flat_signal("BTCUSDT", "1h", 1, "no active model and no candidate", None, 0.0)
+    assert nothing.view() is None and "shadow_mu" not in signal_fields(nothing)
+    # an entry written before the status field reads as live
+    live = build_signal("BTCUSDT", "1h", 2, shadow, None, latency_ms=1.0)
+    old = {k: v for k, v in signal_fields(live).items() if k not in ("status", "reason")}
+    assert parse_signal(old) == live

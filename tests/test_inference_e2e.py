@@ -83,8 +83,9 @@ def promoted(client: redis.Redis) -> set[str]:
     return {e.data["family"] for e in events if e.type == "model.promoted"}
 
 
-def signal_ts(client: redis.Redis) -> list[int]:
-    return [parse_signal(f).ts for _, f in client.xrange(KEYS.signals(SYMBOL, TF))]
+def signal_ts(client: redis.Redis, status: str = "live") -> list[int]:
+    signals = [parse_signal(f) for _, f in client.xrange(KEYS.signals(SYMBOL, TF))]
+    return [s.ts for s in signals if s.status == status]
 
 
 def test_replayed_real_bars_give_six_live_families_and_one_signal_per_bar(
@@ -103,6 +104,9 @@ def test_replayed_real_bars_give_six_live_families_and_one_signal_per_bar(
         wait_for(lambda: set(get_json(port, "/api/trust")["live_families"]) == set(FAMILIES),
                  60, "six live families")  # fmt: skip
         assert signal_ts(redis_client) == []  # no bar closed since the models went live
+        # before, a bar answered while some model was not yet active was flat (#13)
+        flat = signal_ts(redis_client, "flat")
+        assert all(ts < int(live["ts"].iloc[0]) for ts in flat)
         publish_frame(redis_client, stream, live.iloc[:40])  # a backlog: one batch
         for k in range(40, LIVE):  # then bar by bar
             publish_frame(redis_client, stream, live.iloc[k : k + 1])

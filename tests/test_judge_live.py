@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import redis
 
+from quantum_daemon.core.ensemble import parse_signal
 from quantum_daemon.domain.config import Config, PromotionConfig
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.inference.records import RECORDS_FILE, PredictionRecords
 from quantum_daemon.storage import artifacts
 from quantum_daemon.storage.events import parse_entry
+from quantum_daemon.storage.recorded_signals import signal_row
 from quantum_daemon.storage.registry.registry import Registry
 from tests.inference_helpers import Feeder, inference, make_config
 from tests.planted_family import install_version, planted_market
@@ -88,6 +90,21 @@ def test_a_model_goes_live_only_when_its_record_is_significant_and_the_record_su
     assert registry.active_version(GUESSER) is None  # a guesser's record is not significant
     status = seen["status"]
     assert not status[GUESSER]["passed"] and status[GUESSER]["bars"] > 100  # type: ignore[index]
+
+    # until the oracle went live every published signal was flat, with the reason
+    # and the shadow pool's view; from then on the signals are live
+    entries = redis_client.xrange(KEYS.signals("TESTUSDT", "1h"))
+    signals = [parse_signal(f) for _, f in entries]
+    went_live = int(bars.ts[int(seen["at"])])  # type: ignore[call-overload]
+    before = [s for s in signals if s.ts < went_live - 3_600_000]
+    after = [s for s in signals if s.ts >= went_live]
+    assert before and all(s.status == "flat" and s.position == 0.0 for s in before)
+    assert all("record rule" in s.reason and s.shadow is not None for s in before)
+    assert {"xgb", "lgbm"} == set(before[-1].shadow.versions)  # type: ignore[union-attr]
+    assert after and all(s.status == "live" for s in after)
+    # rl_sizer's training signal: the shadow pool's values where the signal was flat
+    rows = [signal_row(f) for _, f in entries]
+    assert rows[0] == (before[0].ts, before[0].shadow.mu, before[0].shadow.p_up)  # type: ignore[union-attr]
 
     records = PredictionRecords(tmp_path / RECORDS_FILE)  # a restart: a fresh reader
     try:

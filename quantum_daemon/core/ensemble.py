@@ -16,7 +16,13 @@ The signal for ``quantum:signals:{SYMBOL}:{TF}`` carries the ensemble, the
 position (``rl_sizer``'s when one is active, else the plain rule's, which is
 always included as ``plain_position`` so position families can be scored
 against it), each family's contribution, the versions used, and the latency
-from bar arrival to signal. Pure: the caller measures the latency.
+from bar arrival to signal, with ``status`` ``live``.
+
+When no forecaster is active the signal says so (``flat_signal``): status
+``flat``, position 0, the reason, no view of its own (``mu`` 0, ``p_up``
+0.5), and the shadow ensemble's values (the candidates' pool) in separate
+``shadow_*`` fields, which is what ``rl_sizer`` learns from and the
+dashboard shows. Pure: the caller measures the latency.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from quantum_daemon.domain.families import SIZER_FAMILIES
 from quantum_daemon.domain.forecasting import Forecast
 
 PLAIN_RULE = "plain_rule"
+LIVE, FLAT = "live", "flat"  # a signal's status: an active ensemble, or none
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,16 @@ def plain_position(mu: float, p_up: float, threshold: float = DEFAULT_POSITION_T
 
 
 @dataclass(frozen=True)
+class ShadowView:
+    """What the candidates' pool said where nothing is active."""
+
+    mu: float
+    p_up: float
+    plain_position: float
+    versions: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class Signal:
     """One entry of ``quantum:signals:{SYMBOL}:{TF}``; ``ts`` is the bar's open time."""
 
@@ -118,6 +135,18 @@ class Signal:
     contributions: tuple[Contribution, ...]
     versions: Mapping[str, str]
     latency_ms: float
+    status: str = LIVE
+    reason: str = ""
+    shadow: ShadowView | None = None
+
+    def view(self) -> tuple[float, float, float] | None:
+        """(mu, p_up, plain position) of the forecast behind the signal: the
+        ensemble's, or where it is flat the shadow pool's (None: none)."""
+        if self.status == LIVE:
+            return self.mu, self.p_up, self.plain_position
+        if self.shadow is None:
+            return None
+        return self.shadow.mu, self.shadow.p_up, self.shadow.plain_position
 
 
 @dataclass(frozen=True)
@@ -151,8 +180,48 @@ def build_signal(
     )  # fmt: skip
 
 
+def flat_signal(
+    symbol: str,
+    tf: str,
+    ts: int,
+    reason: str,
+    shadow: EnsembleForecast | None,
+    latency_ms: float,
+    threshold: float = DEFAULT_POSITION_THRESHOLD,
+) -> Signal:
+    """The signal of a bar without an active forecaster: flat, with the reason
+    and the shadow pool's view (``shadow``: the candidates' pool, if any)."""
+    view = None
+    if shadow is not None:
+        view = ShadowView(
+            shadow.mu,
+            shadow.p_up,
+            plain_position(shadow.mu, shadow.p_up, threshold),
+            {c.family: c.version for c in shadow.contributions},
+        )
+    return Signal(
+        symbol, tf, ts, 0.0, 0.5, 0.0, FLAT, 0.0, (), {}, latency_ms, FLAT, reason, view
+    )
+
+
 def signal_fields(signal: Signal) -> dict[str, str]:
-    """Stream fields of a signal: numbers as decimal strings, nested parts as JSON."""
+    """Stream fields of a signal: numbers as decimal strings, nested parts as
+    JSON; the ``shadow_*`` fields only where the signal has a shadow view."""
+    return _base_fields(signal) | _shadow_fields(signal.shadow)
+
+
+def _shadow_fields(shadow: ShadowView | None) -> dict[str, str]:
+    if shadow is None:
+        return {}
+    return {
+        "shadow_mu": repr(shadow.mu),
+        "shadow_p_up": repr(shadow.p_up),
+        "shadow_plain_position": repr(shadow.plain_position),
+        "shadow_versions": json.dumps(dict(shadow.versions), sort_keys=True),
+    }
+
+
+def _base_fields(signal: Signal) -> dict[str, str]:
     return {
         "symbol": signal.symbol,
         "tf": signal.tf,
@@ -165,6 +234,8 @@ def signal_fields(signal: Signal) -> dict[str, str]:
         "contributions": json.dumps([_shallow(c) for c in signal.contributions]),
         "versions": json.dumps(dict(signal.versions), sort_keys=True),
         "latency_ms": repr(signal.latency_ms),
+        "status": signal.status,
+        "reason": signal.reason,
     }
 
 
@@ -183,18 +254,34 @@ def parse_signal(fields: Mapping[str, str] | Mapping[bytes, bytes]) -> Signal:
         contributions=tuple(Contribution(**c) for c in json.loads(f["contributions"])),
         versions=json.loads(f["versions"]),
         latency_ms=float(f["latency_ms"]),
+        status=f.get("status", LIVE),  # entries written before the field: live
+        reason=f.get("reason", ""),
+        shadow=_parse_shadow(f),
+    )
+
+
+def _parse_shadow(f: Mapping[str, str]) -> ShadowView | None:
+    if "shadow_mu" not in f:
+        return None
+    return ShadowView(
+        float(f["shadow_mu"]),
+        float(f["shadow_p_up"]),
+        float(f["shadow_plain_position"]),
+        json.loads(f["shadow_versions"]),
     )
 
 
 def signal_json(signal: Signal) -> dict[str, object]:
     """A signal as JSON-able data, for ``/api/signals``."""
+    shadow = signal.shadow
     return _shallow(signal) | {
         "contributions": [_shallow(c) for c in signal.contributions],
         "versions": dict(signal.versions),
+        "shadow": None if shadow is None else _shallow(shadow) | {"versions": {**shadow.versions}},
     }
 
 
-def _shallow(obj: Signal | Contribution) -> dict[str, object]:
+def _shallow(obj: Signal | Contribution | ShadowView) -> dict[str, object]:
     # dataclasses.asdict deep-copies every value: a third of simulate's
     # signal time went there, for fields that are numbers and strings.
     return {f.name: getattr(obj, f.name) for f in fields(obj)}

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from quantum_daemon.core.ensemble import (
+    EnsembleForecast,
     MemberForecast,
     Signal,
     SizerDecision,
     build_signal,
     combine,
+    flat_signal,
 )
 from quantum_daemon.domain.families import SIZER_FAMILIES
 from quantum_daemon.domain.stages import Stage
@@ -35,20 +37,35 @@ def sizer_at(models: Sequence[ModelAnswer], k: int) -> SizerDecision | None:
     return None
 
 
+def shadow_members_at(models: Sequence[ModelAnswer], k: int) -> list[MemberForecast]:
+    """The newest candidate forecaster of each family on the ``k``-th bar:
+    the shadow pool, where nothing is active."""
+    newest: dict[str, ModelAnswer] = {}
+    for m in models:
+        if m.stage == Stage.CANDIDATE and m.family not in SIZER_FAMILIES:
+            if m.family not in newest or m.version > newest[m.family].version:
+                newest[m.family] = m
+    return [
+        MemberForecast(m.family, m.model_id, m.version, m.mu[k], m.p_up[k])
+        for m in newest.values()
+    ]
+
+
 def signals_of(
     answer: PredictAnswer,
     weights: Sequence[Mapping[str, float]],
     latency_ms: float,
     threshold: float,
 ) -> list[Signal]:
-    """One signal per answered bar that has at least one active forecaster,
-    pooled under that bar's trust ``weights`` (one mapping per bar of
-    ``answer.ts``); ``threshold`` is the plain rule's (``[evaluation]
-    position_threshold``)."""
+    """One signal per answered bar, pooled under that bar's trust ``weights``
+    (one mapping per bar of ``answer.ts``); ``threshold`` is the plain
+    rule's (``[evaluation] position_threshold``). A bar without an active
+    forecaster gets a flat signal with the reason and the shadow pool."""
     signals: list[Signal] = []
     for k, ts in enumerate(answer.ts):
         members = members_at(answer.models, k)
         if not members:
+            signals.append(_flat(answer, k, ts, weights[k], latency_ms, threshold))
             continue
         ensemble = combine(members, weights[k])
         sizer = sizer_at(answer.models, k)
@@ -56,6 +73,25 @@ def signals_of(
             build_signal(answer.symbol, answer.tf, ts, ensemble, sizer, latency_ms, threshold)
         )
     return signals
+
+
+def _flat(
+    answer: PredictAnswer,
+    k: int,
+    ts: int,
+    weights: Mapping[str, float],
+    latency_ms: float,
+    threshold: float,
+) -> Signal:
+    shadow_members = shadow_members_at(answer.models, k)
+    shadow: EnsembleForecast | None = None
+    if shadow_members:
+        shadow = combine(shadow_members, weights)
+        families = ", ".join(sorted(m.family for m in shadow_members))
+        reason = f"no active model: the record rule has not passed; in shadow: {families}"
+    else:
+        reason = "no active model and no candidate"
+    return flat_signal(answer.symbol, answer.tf, ts, reason, shadow, latency_ms, threshold)
 
 
 def prediction_rows(answer: PredictAnswer, step_ms: int) -> list[PredictionRow]:
@@ -82,7 +118,10 @@ def prediction_rows(answer: PredictAnswer, step_ms: int) -> list[PredictionRow]:
 
 
 def decision_rows(signals: Sequence[Signal]) -> list[DecisionRow]:
-    return [
-        DecisionRow(s.symbol, s.tf, s.ts, s.mu, s.p_up, s.position, s.plain_position, s.latency_ms)
-        for s in signals
-    ]
+    """The published signals as records; a flat one with its shadow pool's
+    view (what position families are scored against), or no view at all."""
+    rows = []
+    for s in signals:
+        mu, p_up, plain = s.view() or (0.0, 0.5, 0.0)
+        rows.append(DecisionRow(s.symbol, s.tf, s.ts, mu, p_up, s.position, plain, s.latency_ms))
+    return rows

@@ -33,9 +33,11 @@ from typing import Any
 from quantum_daemon.core.ensemble import (
     EnsembleForecast,
     MemberForecast,
+    Signal,
     SizerDecision,
     build_signal,
     combine,
+    flat_signal,
     signal_json,
 )
 from quantum_daemon.core.evaluation.backtest import cost_rate
@@ -277,13 +279,12 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk):
                 record.live_bars += 1
                 if stage == ACTIVE and record.family in SIZER_FAMILIES and p.position is not None:
                     sizer = sizer or SizerDecision(p.position, record.model_id, record.version)
-        signal = None
+        threshold = self.cfg.evaluation.position_threshold
         if pooled is not None:
-            built = build_signal(
-                key[0], key[1], int(bars.ts[i]), pooled, sizer, 0.0,
-                self.cfg.evaluation.position_threshold,
-            )  # fmt: skip
-            signal = {k: v for k, v in signal_json(built).items() if k != "latency_ms"}
+            built = build_signal(key[0], key[1], int(bars.ts[i]), pooled, sizer, 0.0, threshold)
+        else:
+            built = self._flat(key, i, threshold)
+        signal = {k: v for k, v in signal_json(built).items() if k != "latency_ms"}
         newest = {
             k.model_id: self.newest[k.model_id]
             for k in self.keys
@@ -300,6 +301,27 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk):
                 signal=signal,
             )
         )
+
+    def _flat(self, key: tuple[str, str], i: int, threshold: float) -> Signal:
+        """No active forecaster: the flat signal with the shadow pool (the
+        newest candidate of each family), as ``inference.signals`` builds it."""
+        newest: dict[str, MemberForecast] = {}
+        for stage, r in self.live_versions(key[0]):
+            p = r.predictions.get(i)
+            if stage != CANDIDATE or r.family in SIZER_FAMILIES or p is None or not _finite(p):
+                continue
+            if r.family not in newest or r.version > newest[r.family].version:
+                newest[r.family] = MemberForecast(r.family, r.model_id, r.version, p.mu, p.p_up)
+        members = list(newest.values())
+        shadow = combine(members, self.weights) if members else None
+        families = ", ".join(sorted(newest))
+        reason = (
+            f"no active model: the record rule has not passed; in shadow: {families}"
+            if members
+            else "no active model and no candidate"
+        )
+        ts = int(self.series[key].bars.ts[i])
+        return flat_signal(key[0], key[1], ts, reason, shadow, 0.0, threshold)
 
     async def _run_all(self, specs: Sequence[Any], fn: Callable[[Any], Any]) -> list[JobOutcome]:
         return await run_all(self.executor, specs, fn, self.cfg.training.job_timeout_s)

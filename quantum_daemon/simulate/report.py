@@ -25,7 +25,7 @@ from quantum_daemon.simulate.variants import VariantResult
 
 SIGNAL_FIELDS = (
     "ts", "symbol", "tf", "mu", "p_up", "position", "position_source", "plain_position",
-    "contributions", "versions",
+    "contributions", "versions", "status", "reason", "shadow",
 )  # fmt: skip
 TIMELINE_FIELDS = ("time", "ts", "event", "model_id", "version", "detail")
 
@@ -119,6 +119,8 @@ def write_timeline(path: Path, sim: Simulation) -> None:
 
 
 def _cell(value: Any) -> str:
+    if value is None:
+        return ""
     if isinstance(value, dict | list):
         return json.dumps(value, sort_keys=True, separators=(",", ":"))
     if isinstance(value, float):

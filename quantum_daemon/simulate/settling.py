@@ -120,8 +120,15 @@ class SettlingDesk:
         is_position: bool,
     ) -> DuePrediction:
         def plain_at(k: int) -> float | None:
+            """The plain rule's position as recorded (``signals.decision_rows``):
+            the live pool's, or where the signal was flat the shadow pool's."""
             signal = history[k].signal if k >= 0 else None
-            return None if signal is None else float(signal["plain_position"])
+            if signal is None:
+                return None
+            if signal.get("status", "live") == "live":
+                return float(signal["plain_position"])
+            shadow = signal.get("shadow")
+            return 0.0 if shadow is None else float(shadow["plain_position"])
 
         mine = (record.model_id, record.version)
         previous = history[n - 1].forecasts.get(mine) if n > 0 else None

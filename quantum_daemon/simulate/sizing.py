@@ -93,9 +93,16 @@ class SizingDesk:
     def recorded_signals(self, key: tuple[str, str], last_ts: int) -> RecordedSignals:
         """The ensemble signals the simulated daemon published for the series
         up to ``last_ts``: what ``rl_sizer``'s training job reads live."""
-        rows = [
-            (r.ts, float(r.signal["mu"]), float(r.signal["p_up"]))
-            for r in self.bars[key]
-            if r.signal is not None
-        ]
+        rows = [(r.ts, *view) for r in self.bars[key] if (view := _view(r.signal)) is not None]
         return RecordedSignals.from_rows(rows).until(last_ts)
+
+
+def _view(signal: dict[str, Any] | None) -> tuple[float, float] | None:
+    """(mu, p_up) the sizer learns from: the live ensemble's, or where the
+    signal is flat the shadow pool's (``recorded_signals.signal_row``)."""
+    if signal is None:
+        return None
+    if signal.get("status", "live") == "live":
+        return float(signal["mu"]), float(signal["p_up"])
+    shadow = signal.get("shadow")
+    return None if shadow is None else (float(shadow["mu"]), float(shadow["p_up"]))
