@@ -7,7 +7,8 @@ whether the next close is. ``PlantedFamily`` reads it back: while it is the
 oracle (bars in ``[from_ts, until_ts)``) it forecasts ``p_up`` 0.95 on the
 side that will happen (and, as a position family, holds the position the
 next bar rewards); otherwise it guesses (``p_up`` in [0.4, 0.6], a random
-position), deterministically from the bar's time.
+position), deterministically from the bar's time. In ``[invert_from_ts,
+invert_until_ts)`` (if given) its oracle says the opposite: a planted break.
 
 The worker loads it through its test-only ``family_classes`` hook under a
 real family name (``xgb``, ``rl_sizer``, ...). ``install_version`` writes a
@@ -62,6 +63,10 @@ class PlantedFamily:
         oracle = (ts >= self.state.get("from_ts", 0)) & (ts < self.state.get("until_ts", 2**62))
         guess = _uniform(ts, int(self.state.get("seed", 0)))
         p_up = np.where(oracle, np.where(up_h, 0.95, 0.05), 0.4 + 0.2 * guess)
+        inverted = (ts >= self.state.get("invert_from_ts", 2**62)) & (
+            ts < self.state.get("invert_until_ts", 2**62)
+        )
+        p_up = np.where(inverted & oracle, 1.0 - p_up, p_up)
         mu = (p_up - 0.5) * 0.02
         position = None
         if self.state.get("positions"):

@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -43,7 +43,8 @@ from quantum_daemon.domain.families import SIZER_FAMILIES
 from quantum_daemon.domain.forecasting import Forecast
 
 PLAIN_RULE = "plain_rule"
-LIVE, FLAT = "live", "flat"  # a signal's status: an active ensemble, or none
+# a signal's status: an active ensemble, none, or one the kill switch holds flat
+LIVE, FLAT, KILLED = "live", "flat", "killed"
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ class Signal:
     def view(self) -> tuple[float, float, float] | None:
         """(mu, p_up, plain position) of the forecast behind the signal: the
         ensemble's, or where it is flat the shadow pool's (None: none)."""
-        if self.status == LIVE:
+        if self.status != FLAT:
             return self.mu, self.p_up, self.plain_position
         if self.shadow is None:
             return None
@@ -202,6 +203,12 @@ def flat_signal(
     return Signal(
         symbol, tf, ts, 0.0, 0.5, 0.0, FLAT, 0.0, (), {}, latency_ms, FLAT, reason, view
     )
+
+
+def held_flat(signal: Signal, reason: str) -> Signal:
+    """A live signal whose position the kill switch holds at 0 (the ensemble's
+    view and the plain rule's position stay, as recorded)."""
+    return replace(signal, position=0.0, position_source=KILLED, status=KILLED, reason=reason)
 
 
 def signal_fields(signal: Signal) -> dict[str, str]:

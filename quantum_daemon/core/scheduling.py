@@ -10,7 +10,9 @@ A model is one (family, symbol, timeframe) of ``[models]``; its id is
   (0 disables);
 - ``operator``: a command (``train --now``, the control stream);
 - ``retry``: its last job failed while it has no active version (after
-  ``failure_retry_s``, so that a failing job is not a tight loop).
+  ``failure_retry_s``, so that a failing job is not a tight loop);
+- ``drift``: a live version's loss drifted up (``core.drift``; at most once
+  per ``[promotion] drift_cooldown_bars``).
 
 One job per model at a time: a trigger for a model that is already pending
 merges into that request (reasons are united, the earliest request time
@@ -40,6 +42,7 @@ class Trigger(StrEnum):
     INTERVAL = "interval"
     OPERATOR = "operator"
     RETRY = "retry"
+    DRIFT = "drift"
 
 
 @dataclass(frozen=True)

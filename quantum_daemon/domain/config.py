@@ -42,6 +42,7 @@ FAMILIES = ("xgb", "lgbm", "nhits", "patchtst", "evo_model", "rl_sizer")
 REDIS_URL = Check(lambda v: v.startswith(("redis://", "rediss://", "unix://")), "a redis:// URL")
 KEY_PREFIX = Check(lambda v: bool(v) and ":" not in v, "non-empty, without ':'")
 POSITION_THRESHOLD = Check(lambda v: 0 <= v < 0.5, "in [0, 0.5)")
+DRIFT_DELTA = Check(lambda v: 0 <= v < 1, "in [0, 1) (0: off)")
 DM_ALPHA = Check(lambda v: 0 < v <= 1, "in (0, 1] (1: off)")
 TRIAL_VARIANCE = Check(NON_NEGATIVE.test, ">= 0 (0: not known)")
 KNOWN_FAMILIES = one_of(FAMILIES, "families")
@@ -202,6 +203,14 @@ class PromotionConfig:
     # 0: a version that beats the active one is promoted at once.
     shadow_min_bars: NonNegativeInt = 120
     shadow_max_bars: PositiveInt = 720
+    # -- decay: drift, age, the kill switch --
+    drift_delta: Annotated[float, DRIFT_DELTA] = 0.002  # ADWIN's confidence; 0: off
+    drift_cooldown_bars: NonNegativeInt = 168  # a model's drifts retrain it once per this
+    # an active version whose model has not trained successfully for this many
+    # bars is stale and leaves the ensemble; 0: off
+    max_age_bars: NonNegativeInt = 720
+    kill_window: NonNegativeInt = 168  # the ensemble's rolling loss window (bars); 0: off
+    kill_margin: NonNegativeFloat = 0.02  # flat when its Brier exceeds the naive 0.25 by this
 
     def __post_init__(self) -> None:
         if self.shadow_max_bars < self.shadow_min_bars:

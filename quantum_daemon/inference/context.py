@@ -42,6 +42,9 @@ class Lifecycle(Protocol):
     async def refresh_models(self) -> None:
         """Re-read the registry after a transition made elsewhere."""
 
+    def request_retrain(self, model_id: str, trigger: str) -> None:
+        """Queue a training of the model (``drift``)."""
+
 
 @dataclass(frozen=True)
 class Answered:
@@ -59,6 +62,8 @@ class InferenceTotals:
     predictions: int = 0
     scored: int = 0
     void: int = 0
+    drifts: int = 0
+    stale: int = 0
     rounds: int = 0
     promotions: int = 0
     shadow_retired: int = 0  # record ran out without beating the active version
@@ -79,6 +84,7 @@ class InferenceState:
     totals: InferenceTotals = field(default_factory=InferenceTotals)
     # each judged model's record rule and evidence, for the status and dashboard
     records: dict[str, tuple[GateResult, RecordEvidence | None]] = field(default_factory=dict)
+    killed: dict[Series, str] = field(default_factory=dict)  # kill switch on: why
 
     def round_ts(self) -> int | None:
         """Close time of the newest bar answered."""

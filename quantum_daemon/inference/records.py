@@ -49,6 +49,7 @@ _SCHEMA = (
         symbol TEXT NOT NULL, tf TEXT NOT NULL, ts INTEGER NOT NULL,
         mu REAL NOT NULL, p_up REAL NOT NULL, position REAL NOT NULL,
         plain_position REAL NOT NULL, latency_ms REAL NOT NULL,
+        status TEXT NOT NULL DEFAULT 'live',
         PRIMARY KEY (symbol, tf, ts)
     ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS model_record (
@@ -125,6 +126,7 @@ class DecisionRow:
     position: float
     plain_position: float
     latency_ms: float
+    status: str = "live"  # the signal's: live, flat (nothing active) or killed
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,7 @@ class PredictionRecords:
             conn.execute("PRAGMA synchronous = NORMAL")
             for statement in _SCHEMA:
                 conn.execute(statement)
+            _add_missing_columns(conn)
             self._conn = conn
         return self._conn
 
@@ -206,10 +209,11 @@ class PredictionRecords:
                 ],
             )  # fmt: skip
             conn.executemany(
-                "INSERT OR IGNORE INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO decisions (symbol, tf, ts, mu, p_up, position, "
+                "plain_position, latency_ms, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (d.symbol, d.tf, d.ts, d.mu, d.p_up, d.position, d.plain_position,
-                     d.latency_ms)
+                     d.latency_ms, d.status)
                     for d in decisions
                 ],
             )  # fmt: skip
@@ -304,6 +308,18 @@ class PredictionRecords:
                 ).rowcount
             )
 
+    def ensemble_forecasts(
+        self, symbol: str, tf: str, after_ts: int, upto_ts: int
+    ) -> list[tuple[int, float]]:
+        """(ts, p_up) of the series' published signals with an active ensemble
+        (live or killed, not flat) in (``after_ts``, ``upto_ts``]."""
+        rows = self.connection().execute(
+            "SELECT ts, p_up FROM decisions WHERE symbol = ? AND tf = ? AND ts > ? AND ts <= ? "
+            "AND status != 'flat' ORDER BY ts",
+            (symbol, tf, after_ts, upto_ts),
+        )
+        return [(int(ts), float(p_up)) for ts, p_up in rows]
+
     def last_decisions(self) -> dict[tuple[str, str], int]:
         """Open time of the newest signal of every series."""
         rows = self.connection().execute("SELECT symbol, tf, MAX(ts) FROM decisions GROUP BY 1, 2")
@@ -322,6 +338,13 @@ class PredictionRecords:
             ).rowcount
             conn.execute("DELETE FROM decisions WHERE ts < ?", (before_ts,))
         return int(gone)
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """A file written before a column existed gets it, with its default."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
+    if "status" not in columns:
+        conn.execute("ALTER TABLE decisions ADD COLUMN status TEXT NOT NULL DEFAULT 'live'")
 
 
 class _transaction:

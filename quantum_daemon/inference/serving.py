@@ -126,7 +126,8 @@ class Server:
         latency_ms = (self.clock() - stored_at) * 1000.0
         threshold = self.cfg.evaluation.position_threshold
         weights = request.bar_weights(answer.ts)
-        signals = signals_of(answer, weights, latency_ms, threshold)
+        killed = self.state.killed.get(series)
+        signals = signals_of(answer, weights, latency_ms, threshold, killed)
         if signals:
             await self._publish(signals, stored_at)
         if answer.ts:

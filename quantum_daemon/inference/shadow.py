@@ -36,6 +36,7 @@ from quantum_daemon.core.promotion import (
 from quantum_daemon.domain.config import Config
 from quantum_daemon.domain.families import POSITION_FAMILIES
 from quantum_daemon.domain.stages import Stage
+from quantum_daemon.domain.timeframes import timeframe_ms
 from quantum_daemon.inference.context import InferenceState, IoThread, Transitions
 from quantum_daemon.inference.messages import LoadedModel
 from quantum_daemon.inference.metrics import InferenceMetrics
@@ -47,6 +48,8 @@ log = get_logger()
 
 SHADOW_REASON = "shadow"
 RECORD_REASON = "record"
+STALE_REASON = "stale"
+STALE_CHECK_BARS = 10  # a series' active versions' age is checked every this many bars
 
 
 class ShadowReferee:
@@ -68,6 +71,7 @@ class ShadowReferee:
         self.transitions = transitions
         self.registry = transitions.registry
         self.metrics = metrics
+        self._age_checked: dict[tuple[str, str], int] = {}  # series -> bar last checked
 
     def models_to_judge(self) -> list[str]:
         """The models with a loaded candidate."""
@@ -212,6 +216,46 @@ class ShadowReferee:
             detail=detail,
         )
         await self.transitions.transitioned(model_id, events)
+
+    async def retire_stale(self, symbol: str, tf: str, upto_ts: int) -> None:
+        """Retire the series' active versions whose model has not trained
+        successfully (a new version, whatever its verdict) for more than
+        ``[promotion] max_age_bars`` bars: they leave the ensemble, and the
+        model, now without an active version, trains first."""
+        max_age, step = self.cfg.promotion.max_age_bars, timeframe_ms(tf)
+        checked = self._age_checked.get((symbol, tf))
+        if max_age == 0 or (checked is not None and upto_ts < checked + STALE_CHECK_BARS * step):
+            return
+        self._age_checked[(symbol, tf)] = upto_ts
+        for m in self.state.loaded:
+            if m.stage != Stage.ACTIVE or (m.symbol, m.tf) != (symbol, tf):
+                continue
+            newest = await self.io.run(self.registry.newest, m.model_id)
+            if newest is None or not newest[1]:  # no data window recorded: age unknown
+                continue
+            age = (upto_ts - newest[1]) // step
+            if age > max_age:
+                await self._retire_stale(m, age)
+
+    async def _retire_stale(self, model: LoadedModel, age: int) -> None:
+        detail = (
+            f"no successful training for {age} bars "
+            f"(max_age_bars {self.cfg.promotion.max_age_bars})"
+        )
+        try:
+            events = await self.io.run(
+                self.registry.retire, model.model_id, model.version, f"{STALE_REASON}: {detail}"
+            )
+        except RegistryError as exc:
+            log.warning(
+                "inference.stale_retirement_refused", model_id=model.model_id, error=str(exc)
+            )
+            return
+        self.state.loaded = tuple(m for m in self.state.loaded if m != model)
+        self.state.totals.stale += 1
+        self.metrics.retirements.labels(STALE_REASON).inc()
+        log.warning("model.stale", model_id=model.model_id, version=model.version, detail=detail)
+        await self.transitions.transitioned(model.model_id, events)
 
     async def retire_superseded(self) -> None:
         """Retire every model's candidates beyond its ``max_candidates`` newest."""

@@ -12,6 +12,7 @@ from quantum_daemon.core.ensemble import (
     build_signal,
     combine,
     flat_signal,
+    held_flat,
 )
 from quantum_daemon.domain.families import SIZER_FAMILIES
 from quantum_daemon.domain.stages import Stage
@@ -56,11 +57,13 @@ def signals_of(
     weights: Sequence[Mapping[str, float]],
     latency_ms: float,
     threshold: float,
+    killed: str | None = None,
 ) -> list[Signal]:
     """One signal per answered bar, pooled under that bar's trust ``weights``
     (one mapping per bar of ``answer.ts``); ``threshold`` is the plain
     rule's (``[evaluation] position_threshold``). A bar without an active
-    forecaster gets a flat signal with the reason and the shadow pool."""
+    forecaster gets a flat signal with the reason and the shadow pool; with
+    the series' kill switch on (``killed``: why), a live one is held flat."""
     signals: list[Signal] = []
     for k, ts in enumerate(answer.ts):
         members = members_at(answer.models, k)
@@ -69,9 +72,8 @@ def signals_of(
             continue
         ensemble = combine(members, weights[k])
         sizer = sizer_at(answer.models, k)
-        signals.append(
-            build_signal(answer.symbol, answer.tf, ts, ensemble, sizer, latency_ms, threshold)
-        )
+        signal = build_signal(answer.symbol, answer.tf, ts, ensemble, sizer, latency_ms, threshold)
+        signals.append(signal if killed is None else held_flat(signal, killed))
     return signals
 
 
@@ -123,5 +125,7 @@ def decision_rows(signals: Sequence[Signal]) -> list[DecisionRow]:
     rows = []
     for s in signals:
         mu, p_up, plain = s.view() or (0.0, 0.5, 0.0)
-        rows.append(DecisionRow(s.symbol, s.tf, s.ts, mu, p_up, s.position, plain, s.latency_ms))
+        rows.append(
+            DecisionRow(s.symbol, s.tf, s.ts, mu, p_up, s.position, plain, s.latency_ms, s.status)
+        )
     return rows

@@ -29,7 +29,13 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from quantum_daemon.core.scheduling import ModelStart, Scheduler, SchedulerPolicy, TrainRequest
+from quantum_daemon.core.scheduling import (
+    ModelStart,
+    Scheduler,
+    SchedulerPolicy,
+    TrainRequest,
+    Trigger,
+)
 from quantum_daemon.domain.config import Config
 from quantum_daemon.domain.ids import ModelKey, model_keys
 from quantum_daemon.domain.keys import Keys
@@ -230,6 +236,10 @@ class LifecycleService:
         await self._after_change(command.model_id)
         return [e.type for e in events]
 
+    def request_retrain(self, model_id: str, trigger: str) -> None:
+        """Inference saw the model's loss drift: queue a training."""
+        self.loop.request(model_id, Trigger(trigger))
+
     async def report_refused(self, model_id: str, version: str, reason: str) -> None:
         """An artifact failed its integrity check at load (here or in a worker)."""
         log.error("model.load_refused", model_id=model_id, version=version, reason=reason)
@@ -264,6 +274,8 @@ class LifecycleService:
         """Re-read the registry (in a thread) for ``/api/models`` and metrics."""
         self.models = await asyncio.to_thread(models_view, self.registry)
         self.metrics.set_stages(self.models)
+        for model in self.models:  # a transition elsewhere may have left it without one
+            self.scheduler.set_active(model["model_id"], model["active"] is not None)
 
     def jobs_view(self) -> dict[str, Any]:
         return jobs_view(

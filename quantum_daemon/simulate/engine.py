@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from quantum_daemon.core.drift import DriftWatch
 from quantum_daemon.core.ensemble import (
     EnsembleForecast,
     MemberForecast,
@@ -38,9 +39,11 @@ from quantum_daemon.core.ensemble import (
     build_signal,
     combine,
     flat_signal,
+    held_flat,
     signal_json,
 )
 from quantum_daemon.core.evaluation.backtest import cost_rate
+from quantum_daemon.core.kill_switch import KillSwitch
 from quantum_daemon.core.scheduling import Scheduler, SchedulerPolicy
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import Config
@@ -48,6 +51,7 @@ from quantum_daemon.domain.families import SIZER_FAMILIES
 from quantum_daemon.domain.ids import model_keys
 from quantum_daemon.domain.timeframes import timeframe_ms
 from quantum_daemon.models.sizer_book import SizerBook
+from quantum_daemon.simulate.decay import DecayDesk
 from quantum_daemon.simulate.dispatch import run_all
 from quantum_daemon.simulate.inputs import SimulationSeries
 from quantum_daemon.simulate.predict_job import PredictResult, PredictSpec, predict_span
@@ -69,7 +73,7 @@ from quantum_daemon.training.executor import Executor, JobOutcome
 PREDICT_CHUNK = 256  # bars forecast per batch call
 
 
-class Simulation(TrainingDesk, SettlingDesk, SizingDesk):
+class Simulation(TrainingDesk, SettlingDesk, SizingDesk, DecayDesk):
     """See the module docstring; ``run`` returns when the span is done or
     ``stop`` is set (then ``partial`` is true)."""
 
@@ -121,6 +125,13 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk):
         self.job_seconds: dict[str, float] = {}  # family -> training seconds in workers
         self.model_records: dict[str, dict[int, tuple[str, float]]] = {}
         self._trials: dict[str, int] = {}
+        promotion = cfg.promotion
+        self.drift = (
+            DriftWatch(promotion.drift_delta, promotion.drift_cooldown_bars)
+            if promotion.drift_delta > 0
+            else None
+        )
+        self.kill = KillSwitch(promotion.kill_window, promotion.kill_margin)
 
     # -- the clock -----------------------------------------------------------
     def bar_times(self) -> list[int]:
@@ -173,6 +184,8 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk):
             self._signal(key, i, pooled[key])
         for key, i in index.items():
             await self._settle(key, i)
+            self._score_ensemble(key, i)
+            self._retire_stale(key, i)
         await self._train_ready(close_ms, index)
 
     # -- forecasts and the signal -------------------------------------------------
@@ -282,6 +295,8 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk):
         threshold = self.cfg.evaluation.position_threshold
         if pooled is not None:
             built = build_signal(key[0], key[1], int(bars.ts[i]), pooled, sizer, 0.0, threshold)
+            if key in self.kill.killed:
+                built = held_flat(built, self.kill.killed[key])
         else:
             built = self._flat(key, i, threshold)
         signal = {k: v for k, v in signal_json(built).items() if k != "latency_ms"}

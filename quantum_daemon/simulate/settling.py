@@ -56,6 +56,7 @@ class SettlingDesk:
     model_records: dict[str, dict[int, tuple[str, float]]]  # model -> bar -> (version, net)
     _trials: dict[str, int]  # the ledger's n_trials per model, until a version registers
     _loaded: Callable[[str], list[tuple[str, str]]]
+    _watch_drift: Callable[[str, str, int, float], None]
     _note: Callable[[Sequence[Any], str], None]
     _refresh_live: Callable[[], None]
 
@@ -78,6 +79,8 @@ class SettlingDesk:
                 self.versions[(d.model_id, d.version)].losses[d.ts] = s.loss
             if s.net is not None:
                 self._add_to_record(d.model_id, d.ts, d.version, s.net)
+            if s.loss is not None:
+                self._watch_drift(d.model_id, d.version, d.ts, s.loss)
         for round_ts, scores in trust_rounds(due, settled, self.step):
             state = StoredState(self.weights, frozenset(), None)
             plan = plan_round(state, scores, self.live_families, round_ts, self.cfg.trust)
@@ -125,7 +128,7 @@ class SettlingDesk:
             signal = history[k].signal if k >= 0 else None
             if signal is None:
                 return None
-            if signal.get("status", "live") == "live":
+            if signal.get("status", "live") != "flat":
                 return float(signal["plain_position"])
             shadow = signal.get("shadow")
             return 0.0 if shadow is None else float(shadow["plain_position"])

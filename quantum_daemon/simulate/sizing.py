@@ -102,7 +102,7 @@ def _view(signal: dict[str, Any] | None) -> tuple[float, float] | None:
     signal is flat the shadow pool's (``recorded_signals.signal_row``)."""
     if signal is None:
         return None
-    if signal.get("status", "live") == "live":
+    if signal.get("status", "live") != "flat":
         return float(signal["mu"]), float(signal["p_up"])
     shadow = signal.get("shadow")
     return None if shadow is None else (float(shadow["mu"]), float(shadow["p_up"]))

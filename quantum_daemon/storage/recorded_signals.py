@@ -61,7 +61,7 @@ def signal_row(fields: Mapping[Any, Any]) -> tuple[int, float, float] | None:
     None when one is missing or does not parse, ``ts`` is not an epoch-ms
     time an int64 holds, ``mu`` is not finite or ``p_up`` is outside [0, 1]."""
     text = {field_text(k): v for k, v in fields.items()}
-    flat = "status" in text and field_text(text["status"]) != "live"
+    flat = "status" in text and field_text(text["status"]) == "flat"
     mu_key, p_up_key = ("shadow_mu", "shadow_p_up") if flat else ("mu", "p_up")
     try:
         ts = int(field_text(text["ts"]))
