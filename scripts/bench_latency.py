@@ -373,8 +373,8 @@ def _forget_live_bars(data_dir: Path, last_history_ts: int) -> None:
     part, so the same bars arrive as new again."""
     import sqlite3
 
-    from quantum_daemon.inference.records import RECORDS_FILE
     from quantum_daemon.storage.bar_store import DB_FILENAME
+    from quantum_daemon.storage.prediction_records import RECORDS_FILE
 
     with sqlite3.connect(data_dir / DB_FILENAME) as conn:
         conn.execute("DELETE FROM bars WHERE ts > ?", (last_history_ts,))

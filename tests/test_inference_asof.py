@@ -21,9 +21,9 @@ from quantum_daemon.domain.keys import Keys
 from quantum_daemon.domain.timeframes import DAY_MS, HOUR_MS
 from quantum_daemon.inference import InferenceService
 from quantum_daemon.inference.messages import PredictRequest
-from quantum_daemon.inference.records import RECORDS_FILE
 from quantum_daemon.inference.timeline import WeightTimeline, rounds_in_history
 from quantum_daemon.storage.bar_store import BarStore
+from quantum_daemon.storage.prediction_records import RECORDS_FILE
 from tests.inference_helpers import Feeder, bar_at, inference, make_config
 from tests.planted_family import install_version, planted_market
 

@@ -13,9 +13,9 @@ import pytest
 from quantum_daemon.core.evaluation.backtest import cost_rate
 from quantum_daemon.core.scoring import return_scale, score_forecast, score_position
 from quantum_daemon.inference.messages import ModelAnswer, PredictAnswer
-from quantum_daemon.inference.records import DuePrediction, PredictionRecords, Settled
 from quantum_daemon.inference.rounds import bars_needed, due_ts, settle, trust_rounds
 from quantum_daemon.inference.signals import decision_rows, prediction_rows, signals_of
+from quantum_daemon.storage.prediction_records import DuePrediction, PredictionRecords, Settled
 from tests.conftest import make_bars
 
 H = 3_600_000

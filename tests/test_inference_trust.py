@@ -18,7 +18,7 @@ from quantum_daemon.core.ensemble import parse_signal
 from quantum_daemon.core.trust import recovery_rounds
 from quantum_daemon.domain.config import TrustConfig
 from quantum_daemon.domain.keys import Keys
-from quantum_daemon.inference.records import RECORDS_FILE
+from quantum_daemon.storage.prediction_records import RECORDS_FILE
 from tests.inference_helpers import FAMILIES, Feeder, inference, make_config
 from tests.planted_family import brier_gap, install_version, planted_market
 

@@ -20,11 +20,11 @@ from quantum_daemon.core.promotion import Verdict
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import EvaluationConfig, InferenceConfig
 from quantum_daemon.domain.keys import Keys
-from quantum_daemon.inference.records import RECORDS_FILE, PredictionRecords
 from quantum_daemon.inference.worker import BarWindows
 from quantum_daemon.models.families import load_model
 from quantum_daemon.storage.bar_store import BarStore
 from quantum_daemon.storage.events import parse_entry
+from quantum_daemon.storage.prediction_records import RECORDS_FILE, PredictionRecords
 from quantum_daemon.storage.registry.registry import Registry
 from quantum_daemon.training.offline import OfflineSpec, train_offline
 from tests.conftest import make_bars

@@ -18,9 +18,9 @@ import redis
 from quantum_daemon.core.ensemble import parse_signal
 from quantum_daemon.domain.config import Config, PromotionConfig
 from quantum_daemon.domain.keys import Keys
-from quantum_daemon.inference.records import RECORDS_FILE, PredictionRecords
 from quantum_daemon.storage import artifacts
 from quantum_daemon.storage.events import parse_entry
+from quantum_daemon.storage.prediction_records import RECORDS_FILE, PredictionRecords
 from quantum_daemon.storage.recorded_signals import signal_row
 from quantum_daemon.storage.registry.registry import Registry
 from tests.inference_helpers import Feeder, inference, make_config
@@ -117,7 +117,7 @@ def test_a_model_goes_live_only_when_its_record_is_significant_and_the_record_su
 
 
 def test_the_record_keeps_the_newest_version_per_bar_and_is_a_window(tmp_path: Path) -> None:
-    from quantum_daemon.inference.records import RecordRow
+    from quantum_daemon.storage.prediction_records import RecordRow
 
     records = PredictionRecords(tmp_path / RECORDS_FILE)
     hour = 3_600_000

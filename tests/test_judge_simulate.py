@@ -68,3 +68,35 @@ def test_on_a_planted_edge_the_model_goes_live_once_its_record_is_significant(
     off = run_sim(judged(tmp_path / "off", min_dsr=0.0), [market], tmp_path / "off")
     bars_off = first_activation_bar(off)
     assert bars_off is not None and bars_off < bars
+
+
+def test_seed_live_hands_the_records_signals_and_trials_to_the_daemon(tmp_path: Path) -> None:
+    from quantum_daemon.core.promotion import evidence_of
+    from quantum_daemon.domain.config import load
+    from quantum_daemon.storage.prediction_records import RECORDS_FILE, PredictionRecords
+    from quantum_daemon.storage.registry.registry import Registry
+    from tests.test_simulate import cli, write_config, write_feather
+
+    data = write_feather(walk(400 + 300, seed=9, trend=0.002), tmp_path / "bars")
+    config_path = write_config(tmp_path)
+    out = tmp_path / "sim"
+    done = cli("--config", str(config_path), "simulate", "--data", str(data), "--out", str(out),
+               "--seed-live")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "seeded " in done.stderr
+    cfg = load(config_path, env={})
+    model = "lgbm_BTCUSDT_1h"
+    records = PredictionRecords(cfg.storage.data_dir / RECORDS_FILE)
+    try:
+        returns = records.record_returns(model, 5000)
+        history = records.signal_history("BTCUSDT", "1h")
+    finally:
+        records.close()
+    assert returns.size > 200  # the simulated record, ready for the record rule
+    assert len(history) > 200 and history == sorted(history)
+    registry = Registry(cfg.storage.data_dir)
+    trained = __import__("json").loads((out / "summary.json").read_text())["models"][model]
+    assert registry.ledger(model)["simulated"] == trained["trained"]
+    assert registry.zoo_trials() == trained["trained"] + 4  # and the 4 variants judged
+    evidence = evidence_of(returns, registry.n_trials(model, "zoo", 1))
+    assert evidence.bars == returns.size and evidence.n_trials == registry.zoo_trials()

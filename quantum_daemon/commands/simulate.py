@@ -26,6 +26,11 @@ def register(sub: Any) -> None:
         help="bar files (CSV, Freqtrade JSON / feather); default: the bar store",
     )
     parser.add_argument("--out", type=Path, default=Path("simulation"), help="report folder")
+    parser.add_argument(
+        "--seed-live",
+        action="store_true",
+        help="write the models' records, the signal history and the trials into storage.data_dir",
+    )
     parser.set_defaults(func=simulate)
 
 
@@ -43,5 +48,6 @@ def simulate(args: argparse.Namespace) -> int:
         tf=args.tf,
         start=args.start,
         end=args.end,
+        seed_live=args.seed_live,
     )
     return run_simulation(cfg, request)

@@ -48,6 +48,15 @@ class RecordedSignals:
         last_of_ts = np.append(ts[1:] != ts[:-1], True)
         return cls(ts[last_of_ts], values[last_of_ts, 0], values[last_of_ts, 1], skipped)
 
+    def merged_after(self, earlier: list[tuple[int, float, float]]) -> RecordedSignals:
+        """``earlier`` rows (ts, mu, p_up) with these signals; where both have
+        a bar, these win."""
+        mine = [
+            (int(t), float(m), float(p))
+            for t, m, p in zip(self.ts, self.mu, self.p_up, strict=True)
+        ]
+        return RecordedSignals.from_rows([*earlier, *mine], self.skipped)
+
     def until(self, last_ts: int | None) -> RecordedSignals:
         """The signals of bars up to ``last_ts`` (none for None): what a job
         whose last bar opened at ``last_ts`` may see."""

@@ -45,13 +45,13 @@ from quantum_daemon.domain.timeframes import DAY_MS, timeframe_ms
 from quantum_daemon.inference.context import Answered, InferenceState, IoThread, Transitions
 from quantum_daemon.inference.messages import LoadProblem, LoadReport
 from quantum_daemon.inference.metrics import InferenceMetrics
-from quantum_daemon.inference.records import PredictionRecords
 from quantum_daemon.inference.rounds import bars_needed, settle, trust_rounds
 from quantum_daemon.inference.shadow import ShadowReferee
 from quantum_daemon.inference.signals import decision_rows, prediction_rows
 from quantum_daemon.runtime.aio import next_until_stopped, sleep_or_stop, wait_first
 from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.storage.bar_store import BarStore
+from quantum_daemon.storage.prediction_records import PredictionRecords
 from quantum_daemon.storage.trust_store import TrustStore
 
 log = get_logger()

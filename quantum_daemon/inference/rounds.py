@@ -33,7 +33,7 @@ from quantum_daemon.core.scoring import (
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.stages import Stage
 from quantum_daemon.domain.timeframes import timeframe_ms
-from quantum_daemon.inference.records import DuePrediction, Settled
+from quantum_daemon.storage.prediction_records import DuePrediction, Settled
 from quantum_daemon.storage.trust_store import Score
 
 SCALE_WINDOW = 96  # one-bar returns behind the decision that set a position score's scale

@@ -70,7 +70,6 @@ from quantum_daemon.inference.context import (
 from quantum_daemon.inference.messages import InferenceWorkerSettings, LoadedModel, PredictRequest
 from quantum_daemon.inference.metrics import InferenceMetrics
 from quantum_daemon.inference.process import WorkerDied, WorkerLink
-from quantum_daemon.inference.records import RECORDS_FILE, PredictionRecords
 from quantum_daemon.inference.recovery import Recovery
 from quantum_daemon.inference.serving import Server
 from quantum_daemon.inference.timeline import WeightTimeline
@@ -80,6 +79,7 @@ from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.runtime.restarts import RestartBudget
 from quantum_daemon.storage.bar_store import BarStore
 from quantum_daemon.storage.events import EventPublisher
+from quantum_daemon.storage.prediction_records import RECORDS_FILE, PredictionRecords
 from quantum_daemon.storage.registry.registry import Registry
 from quantum_daemon.storage.trust_store import TrustStore
 

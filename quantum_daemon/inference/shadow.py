@@ -40,8 +40,8 @@ from quantum_daemon.domain.timeframes import timeframe_ms
 from quantum_daemon.inference.context import InferenceState, IoThread, Transitions
 from quantum_daemon.inference.messages import LoadedModel
 from quantum_daemon.inference.metrics import InferenceMetrics
-from quantum_daemon.inference.records import PredictionRecords
 from quantum_daemon.runtime.logs import get_logger
+from quantum_daemon.storage.prediction_records import PredictionRecords
 from quantum_daemon.storage.registry.registry import SUPERSEDED, RegistryError
 
 log = get_logger()

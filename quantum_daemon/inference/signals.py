@@ -17,8 +17,8 @@ from quantum_daemon.core.ensemble import (
 from quantum_daemon.domain.families import SIZER_FAMILIES
 from quantum_daemon.domain.stages import Stage
 from quantum_daemon.inference.messages import ModelAnswer, PredictAnswer
-from quantum_daemon.inference.records import DecisionRow, PredictionRow
 from quantum_daemon.inference.rounds import due_ts
+from quantum_daemon.storage.prediction_records import NO_VIEW, DecisionRow, PredictionRow
 
 
 def members_at(models: Sequence[ModelAnswer], k: int) -> list[MemberForecast]:
@@ -124,8 +124,10 @@ def decision_rows(signals: Sequence[Signal]) -> list[DecisionRow]:
     view (what position families are scored against), or no view at all."""
     rows = []
     for s in signals:
-        mu, p_up, plain = s.view() or (0.0, 0.5, 0.0)
+        view = s.view()
+        mu, p_up, plain = view or (0.0, 0.5, 0.0)
+        status = NO_VIEW if view is None else s.status
         rows.append(
-            DecisionRow(s.symbol, s.tf, s.ts, mu, p_up, s.position, plain, s.latency_ms, s.status)
+            DecisionRow(s.symbol, s.tf, s.ts, mu, p_up, s.position, plain, s.latency_ms, status)
         )
     return rows

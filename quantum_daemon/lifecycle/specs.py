@@ -25,6 +25,7 @@ from quantum_daemon.domain.keys import Keys
 from quantum_daemon.domain.signals import RecordedSignals
 from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.storage import artifacts
+from quantum_daemon.storage.prediction_records import RECORDS_FILE, PredictionRecords
 from quantum_daemon.storage.recorded_signals import read_recorded_signals
 from quantum_daemon.storage.registry.registry import Registry
 from quantum_daemon.training.jobs import ActiveRef, TrainJobSpec
@@ -96,7 +97,22 @@ class JobSpecs:
         signals = await read_recorded_signals(self.client, self.keys, key.symbol, key.tf)
         if signals.skipped:
             log.warning("signals.unreadable", model_id=key.model_id, skipped=signals.skipped)
+        recorded = await asyncio.to_thread(self._signal_history, key.symbol, key.tf)
+        if recorded:  # the stream's own entries win where both have a bar
+            signals = signals.merged_after(recorded)
         return signals.until(last_ts)
+
+    def _signal_history(self, symbol: str, tf: str) -> list[tuple[int, float, float]]:
+        """The signals recorded in ``predictions.sqlite3`` (live and seeded by
+        ``simulate --seed-live``): the stream keeps only its newest entries."""
+        path = self.cfg.storage.data_dir / RECORDS_FILE
+        if not path.is_file():
+            return []
+        records = PredictionRecords(path)
+        try:
+            return records.signal_history(symbol, tf)
+        finally:
+            records.close()
 
     def version_time(self, model_id: str) -> datetime:
         """Now, or one second past the model's newest version name."""

@@ -37,6 +37,7 @@ class SimulateRequest:
     start: str | None = None
     end: str | None = None
     progress: bool | None = None  # None: a bar on a terminal, JSON lines otherwise
+    seed_live: bool = False  # write the records, signals and trials into storage.data_dir
 
 
 def check_families(cfg: Config, asked: Sequence[str]) -> list[str]:
@@ -110,6 +111,11 @@ async def _simulate(
         err.write("\n")
     print_table(document, err)
     print(f"report: {out / 'report.html'}", file=err)
+    if request.seed_live and not sim.partial:
+        from quantum_daemon.simulate.seed import seed_live
+
+        seeded = seed_live(sim, cfg.storage.data_dir, int(summary["n_trials"]))
+        print(seeded.describe(cfg.storage.data_dir), file=err)
     return EX_INTERRUPTED if sim.partial else EX_OK
 
 

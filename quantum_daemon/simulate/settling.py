@@ -24,10 +24,10 @@ from quantum_daemon.core.promotion import (
 from quantum_daemon.domain.config import Config
 from quantum_daemon.domain.families import POSITION_FAMILIES
 from quantum_daemon.domain.ids import ModelKey
-from quantum_daemon.inference.records import DuePrediction
 from quantum_daemon.inference.rounds import SCALE_WINDOW, due_ts, settle, trust_rounds
 from quantum_daemon.simulate.inputs import SimulationSeries
 from quantum_daemon.simulate.records import ACTIVE, CANDIDATE, BarRecord, Prediction, VersionRecord
+from quantum_daemon.storage.prediction_records import DuePrediction
 from quantum_daemon.storage.registry.registry import Registry
 from quantum_daemon.storage.trust_store import StoredState, plan_round
 

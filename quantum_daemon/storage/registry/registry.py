@@ -37,6 +37,7 @@ side), ``transitions`` (the moves within one write), ``recovery``, ``state``
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,10 +55,10 @@ from quantum_daemon.domain.stages import Stage
 from quantum_daemon.storage import artifacts
 from quantum_daemon.storage.registry import recovery
 from quantum_daemon.storage.registry.errors import RegistryError, StateCorrupt
-from quantum_daemon.storage.registry.files import STATE_FILE
+from quantum_daemon.storage.registry.files import STATE_FILE, locked, write_text_atomic
 from quantum_daemon.storage.registry.state import VersionRecord
 from quantum_daemon.storage.registry.transitions import Clock, Transition
-from quantum_daemon.storage.registry.views import RegistryViews, VersionInfo
+from quantum_daemon.storage.registry.views import ZOO_TRIALS_FILE, RegistryViews, VersionInfo
 
 __all__ = ["STATE_FILE", "SUPERSEDED", "Registry", "RegistryError", "StateCorrupt", "VersionInfo"]
 
@@ -240,6 +241,16 @@ class Registry(RegistryViews):
         """Add ``n`` trials of ``kind`` (``state.TRIAL_KINDS``) to the model's ledger."""
         with self.files.edit(model_id) as state:
             state.count_trials(kind, n)
+
+    def count_zoo_trials(self, kind: str, n: int) -> None:
+        """Add ``n`` trials of the whole zoo (simulated variants) to ``models/trials.json``."""
+        if n < 0:
+            raise RegistryError(f"a trial count is >= 0, got {n}")
+        self.root.mkdir(parents=True, exist_ok=True)
+        with locked(self.root / ".trials.lock"):
+            ledger = self.zoo_ledger()
+            ledger[kind] = ledger.get(kind, 0) + n
+            write_text_atomic(self.root / ZOO_TRIALS_FILE, json.dumps(ledger, sort_keys=True))
 
     # -- the outbox ----------------------------------------------------------
     def add_events(self, model_id: str, events: Sequence[Event]) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +16,8 @@ from quantum_daemon.storage import artifacts
 from quantum_daemon.storage.registry.errors import RegistryError
 from quantum_daemon.storage.registry.files import StateFiles, is_model_id
 from quantum_daemon.storage.registry.state import ModelState
+
+ZOO_TRIALS_FILE = "trials.json"  # under models/: trials of the zoo as a whole
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,25 @@ class RegistryViews:
         return {**state.trials, "total": state.n_trials}
 
     def zoo_trials(self) -> int:
-        """Every model's trials so far: the zoo's ledger."""
-        return sum(self.files.read(mid).n_trials for mid in self.model_ids())
+        """Every model's trials so far and the zoo's own (``trials.json``:
+        simulated variants): the zoo's ledger."""
+        own = sum(self.files.read(mid).n_trials for mid in self.model_ids())
+        return own + sum(self.zoo_ledger().values())
+
+    def zoo_ledger(self) -> dict[str, int]:
+        """Trials that belong to no one model (``models/trials.json``)."""
+        try:
+            raw = json.loads((self.root / ZOO_TRIALS_FILE).read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise RegistryError(f"{self.root / ZOO_TRIALS_FILE}: unreadable ({exc})") from None
+        if not isinstance(raw, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+            for k, v in raw.items()
+        ):
+            raise RegistryError(f"{self.root / ZOO_TRIALS_FILE}: not a trial ledger")
+        return raw
 
     def n_trials(self, model_id: str, scope: str, floor: int) -> int:
         """The ``n_trials`` that deflates the model's record: its own trials

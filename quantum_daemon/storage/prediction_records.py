@@ -84,6 +84,7 @@ ORDER BY p.due_ts, p.model_id, p.version
 
 
 LIVE, SIMULATED = "live", "simulated"  # where a record row came from
+NO_VIEW = "none"  # a decision's status: flat, and no candidate had a view either
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,9 @@ class DecisionRow:
     position: float
     plain_position: float
     latency_ms: float
-    status: str = "live"  # the signal's: live, flat (nothing active) or killed
+    # the signal's: live, killed, flat (nothing active; the shadow pool's view)
+    # or none (flat, and no view at all)
+    status: str = "live"
 
 
 @dataclass(frozen=True)
@@ -315,10 +318,21 @@ class PredictionRecords:
         (live or killed, not flat) in (``after_ts``, ``upto_ts``]."""
         rows = self.connection().execute(
             "SELECT ts, p_up FROM decisions WHERE symbol = ? AND tf = ? AND ts > ? AND ts <= ? "
-            "AND status != 'flat' ORDER BY ts",
+            "AND status IN ('live', 'killed') ORDER BY ts",
             (symbol, tf, after_ts, upto_ts),
         )
         return [(int(ts), float(p_up)) for ts, p_up in rows]
+
+    def signal_history(self, symbol: str, tf: str) -> list[tuple[int, float, float]]:
+        """(ts, mu, p_up) of every recorded signal of the series with a view
+        (the ensemble's, or a flat signal's shadow pool), in ``ts`` order:
+        what ``rl_sizer`` learns from beside the stream (seeded signals too)."""
+        rows = self.connection().execute(
+            "SELECT ts, mu, p_up FROM decisions WHERE symbol = ? AND tf = ? AND status != ? "
+            "ORDER BY ts",
+            (symbol, tf, NO_VIEW),
+        )
+        return [(int(ts), float(mu), float(p_up)) for ts, mu, p_up in rows]
 
     def last_decisions(self) -> dict[tuple[str, str], int]:
         """Open time of the newest signal of every series."""
