@@ -30,6 +30,7 @@ from quantum_daemon.domain.config import (
 from quantum_daemon.simulate.engine import Simulation
 from quantum_daemon.simulate.inputs import plan_series
 from quantum_daemon.training.pool import PoolSettings, ProcessPool
+from quantum_daemon_dev.markets import garch_walk
 
 HOUR_MS = 3_600_000
 START_MS = 1_704_067_200_000  # 2024-01-01
@@ -65,36 +66,9 @@ def config(tmp: Path) -> Config:
 
 
 def walk(n: int, seed: int, symbol: str = "BTCUSDT", trend: float = 0.0) -> Bars:
-    """A random walk with GARCH-like volatility clustering; with ``trend``, a
-    planted time-series momentum edge: a drift of ``trend`` per bar whose
-    sign flips every 120 bars (so buy-and-hold gains nothing from it)."""
-    rng = np.random.default_rng(seed)
-    r = np.empty(n)
-    v, prev = 0.005, 0.0
-    sign = rng.choice([-1.0, 1.0])
-    for k in range(n):
-        v = np.sqrt(1e-6 + 0.1 * prev**2 + 0.85 * v**2)
-        drift = trend * sign * (1 if (k // 120) % 2 == 0 else -1)
-        r[k] = drift + v * rng.standard_normal()
-        prev = r[k] - drift
-    close = 100.0 * np.exp(np.cumsum(r))
-    return _bars(symbol, close, rng)
-
-
-def _bars(symbol: str, close: np.ndarray, rng: np.random.Generator) -> Bars:
-    n = len(close)
-    open_ = np.concatenate([[close[0]], close[:-1]])
-    spread = np.abs(rng.normal(0, 0.002, n)) * close
-    return Bars(
-        symbol=symbol,
-        tf="1h",
-        ts=START_MS + HOUR_MS * np.arange(n, dtype=np.int64),
-        open=open_,
-        high=np.maximum(open_, close) + spread,
-        low=np.minimum(open_, close) - spread,
-        close=close,
-        volume=rng.uniform(10, 20, n),
-    )
+    """A random walk with volatility clustering; with ``trend``, a planted
+    momentum edge whose sign flips every 120 bars (``markets.garch_walk``)."""
+    return garch_walk(n, seed, symbol, trend)
 
 
 def run_sim(cfg: Config, bars: list[Bars], out: Path, end_ms: int | None = None) -> Simulation:
