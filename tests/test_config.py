@@ -30,6 +30,17 @@ BAD_CONFIGS = {
     "no candidate in shadow": ("[inference]\nmax_candidates = 0\n", "inference.max_candidates"),
     "bad inference value": ("[inference]\nrequest_timeout_s = -1\n", "inference.request_timeout_s"),
     "inference wrong type": ('[inference]\nsignals_maxlen = "many"\n', "inference.signals_maxlen"),
+    # the judge's knobs (docs/judge.md)
+    "record rule above 1": ("[promotion]\nmin_dsr = 1.5\n", "promotion.min_dsr"),
+    "no test level": ("[promotion]\ndm_alpha = 0.0\n", "promotion.dm_alpha"),
+    "unknown trial scope": ('[promotion]\ntrial_scope = "galaxy"\n', "promotion.trial_scope"),
+    "record window short": (
+        "[promotion]\nmin_record_bars = 500\nrecord_bars = 100\n",
+        "promotion.record_bars",
+    ),
+    "drift confidence": ("[promotion]\ndrift_delta = 1.0\n", "promotion.drift_delta"),
+    "negative kill margin": ("[promotion]\nkill_margin = -0.1\n", "promotion.kill_margin"),
+    "calibration bound": ("[promotion]\nmax_ece = 2\n", "promotion.max_ece"),
 }
 
 

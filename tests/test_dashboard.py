@@ -268,6 +268,24 @@ def test_the_page_is_html_and_polls_every_json_route(tmp_path: Path) -> None:
         assert "http://" not in html and "https://" not in html  # no external assets
 
 
+FLAT_SIGNAL = {
+    "symbol": "TESTUSDT",
+    "tf": "1h",
+    "ts": 1_704_070_800_000,
+    "mu": 0.0,
+    "p_up": 0.5,
+    "position": 0.0,
+    "position_source": "flat",
+    "plain_position": 0.0,
+    "contributions": [],
+    "versions": {},
+    "latency_ms": 1.0,
+    "status": "flat",
+    "reason": "no active model: the record rule has not passed; in shadow: xgb",
+    "shadow": {"mu": 0.001, "p_up": 0.61, "plain_position": 1.0, "versions": {"xgb": "v1"}},
+}
+
+
 def canned_routes() -> list[web.RouteDef]:
     """What the lifecycle and inference services answer, in their JSON shapes."""
     metrics = {"sharpe": 1.2, "dsr": 0.91, "trades": 42, "total_return": 0.1}
@@ -281,6 +299,7 @@ def canned_routes() -> list[web.RouteDef]:
                     "symbol": "TESTUSDT",
                     "tf": "1h",
                     "active": version["version"],
+                    "trials": {"trained": 17, "total": 17},
                     "versions": [version],
                 }
             ]
@@ -300,7 +319,13 @@ def canned_routes() -> list[web.RouteDef]:
                 "evo_model": [[1_704_067_200_000, 0.5], [1_704_070_800_000, 0.4]],
             },
         },
-        "/api/signals": {"n": 1, "signals": {"TESTUSDT:1h": {"latest": None, "recent": []}}},
+        "/api/signals": {
+            "n": 1,
+            "signals": {
+                "TESTUSDT:1h": {"latest": FLAT_SIGNAL, "recent": [FLAT_SIGNAL]},
+                "OTHERUSDT:1h": {"latest": None, "recent": []},
+            },
+        },
     }
 
     def route(path: str, body: Any) -> web.RouteDef:
@@ -350,3 +375,6 @@ def test_the_page_renders_in_headless_chromium_without_script_errors(
     assert f'data-model="{MODEL}"' in dom and "0.910" in dom  # the models table
     assert "model.evaluated" in dom  # the events table
     assert "<path d=" in dom  # trust and equity lines drawn
+    # why nothing trades: the flat signal's status, reason and shadow pool; the trials
+    assert "the record rule has not passed" in dom and "shadow p_up 0.610" in dom
+    assert ">17<" in dom
