@@ -95,6 +95,8 @@ def model_stats(sim: Simulation) -> dict[str, Any]:
             "retired": events[mid]["retired"],
             "bars_active": active_bars[mid],
             "bars_in_shadow": shadow_bars[mid],
+            "drifts": events[mid]["drift_detected"],
+            "record_rule": sim.record_rule(mid).detail,  # at the end of the span
         }
     return out
 
@@ -260,7 +262,8 @@ def _trust_svg(sim: Simulation) -> str:
 
 def _timeline_svg(sim: Simulation) -> str:
     kinds = {"trained": "#7f7f7f", "promoted": "#2ca02c", "rejected": "#d62728",
-             "retired": "#ff7f0e", "training_failed": "#000000"}  # fmt: skip
+             "retired": "#ff7f0e", "training_failed": "#000000",
+             "drift_detected": "#9467bd"}  # fmt: skip
     events = [e for e in sim.timeline if e.kind in kinds]
     models = [k.model_id for k in sim.keys]
     if not events or not models:
