@@ -23,6 +23,7 @@ from quantum_daemon.domain.config import (
 )
 from quantum_daemon.inference import InferenceService
 from quantum_daemon.storage.bar_store import Bar, BarStore
+from tests.judge_rules import OLD_RULES
 from tests.planted_family import PLANTED
 
 FAMILIES = ("xgb", "lgbm", "nhits", "patchtst", "evo_model", "rl_sizer")
@@ -43,7 +44,7 @@ def make_config(
         promotion=PromotionConfig(
             shadow_min_bars=shadow_min_bars,
             shadow_max_bars=shadow_max_bars,
-            min_dsr=0.0, beat_baselines=False, max_ece=1.0, dm_alpha=1.0,
+            **OLD_RULES,
         ),
         inference=InferenceConfig(max_candidates=max_candidates),
     )

@@ -31,6 +31,7 @@ from quantum_daemon.storage.events import parse_entry
 from quantum_daemon.training.executor import JobFn
 from tests import jobs_for_tests
 from tests.conftest import make_bars
+from tests.judge_rules import OLD_RULES
 
 KEYS = Keys("quantum")
 GOOD = {"trades": 20, "dsr": 0.7, "profit_factor": 1.3, "sharpe": 1.0}
@@ -47,14 +48,7 @@ def make_config(data_dir: Path, redis_url: str, families: tuple[str, ...] = ("xg
         models=ModelsConfig(
             families=families, symbols=("BTCUSDT",), timeframes=("1h",), retrain_every_bars=100
         ),
-        promotion=PromotionConfig(
-            min_trades=5,
-            min_dsr=0.0,
-            min_profit_factor=1.0,
-            beat_baselines=False,
-            max_ece=1.0,
-            dm_alpha=1.0,
-        ),
+        promotion=PromotionConfig(min_trades=5, min_profit_factor=1.0, **OLD_RULES),
     )
 
 

@@ -21,6 +21,7 @@ from quantum_daemon.storage.bar_store import BarStore
 from quantum_daemon.storage.registry.registry import Registry
 from quantum_daemon.training.executor import PoolCrashLoop
 from quantum_daemon.training.jobs import run_job
+from tests.judge_rules import OLD_RULES
 from tests.lifecycle_harness import (
     BAD,
     BETTER,
@@ -198,14 +199,7 @@ def test_the_real_training_job_trains_evaluates_and_compares_head_to_head(
     cfg = replace(
         cfg,
         training=replace(cfg.training, history_bars=900),
-        promotion=PromotionConfig(
-            min_trades=0,
-            min_dsr=0.0,
-            min_profit_factor=0.0,
-            beat_baselines=False,
-            max_ece=1.0,
-            dm_alpha=1.0,
-        ),
+        promotion=PromotionConfig(min_trades=0, min_profit_factor=0.0, **OLD_RULES),
     )
 
     async def retrain(svc: LifecycleService) -> None:

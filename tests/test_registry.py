@@ -18,25 +18,11 @@ from quantum_daemon.domain.config import PromotionConfig
 from quantum_daemon.domain.events import Event
 from quantum_daemon.storage import artifacts
 from quantum_daemon.storage.registry.registry import STATE_FILE, Registry, RegistryError
+from tests.judge_rules import OLD_RULES
 
 MODEL = "xgb_BTCUSDT_1h"
-GATES = PromotionConfig(
-    min_trades=5,
-    min_dsr=0.0,
-    min_profit_factor=1.0,
-    beat_baselines=False,
-    max_ece=1.0,
-    dm_alpha=1.0,
-)
-AT_ONCE = PromotionConfig(
-    min_trades=5,
-    min_dsr=0.0,
-    min_profit_factor=1.0,
-    shadow_min_bars=0,
-    beat_baselines=False,
-    max_ece=1.0,
-    dm_alpha=1.0,
-)
+GATES = PromotionConfig(min_trades=5, min_profit_factor=1.0, **OLD_RULES)
+AT_ONCE = PromotionConfig(min_trades=5, min_profit_factor=1.0, shadow_min_bars=0, **OLD_RULES)
 GOOD = {"trades": 20, "dsr": 0.7, "profit_factor": 1.3, "sharpe": 1.1}
 BAD = {"trades": 2, "dsr": 0.7, "profit_factor": 1.3, "sharpe": 1.1}
 

@@ -12,7 +12,6 @@ import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,17 +30,11 @@ from quantum_daemon.simulate.engine import Simulation
 from quantum_daemon.simulate.inputs import plan_series
 from quantum_daemon.training.pool import PoolSettings, ProcessPool
 from quantum_daemon_dev.markets import garch_walk
+from tests.judge_rules import OLD_RULES
 
 HOUR_MS = 3_600_000
 START_MS = 1_704_067_200_000  # 2024-01-01
 HISTORY = 400
-# the judge's rules of issue #13 switched off (each has its off value)
-OLD_RULES: dict[str, Any] = {
-    "min_dsr": 0.0,
-    "beat_baselines": False,
-    "max_ece": 1.0,
-    "dm_alpha": 1.0,
-}
 CHROMIUM = shutil.which("chromium") or (
     "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
 )

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from quantum_daemon.domain.config import PromotionConfig
+
 
 @dataclass(frozen=True)
 class Drift:
@@ -33,6 +35,13 @@ class Drift:
 
 class DriftWatch:
     """One detector per (model, version); see the module docstring."""
+
+    @classmethod
+    def from_config(cls, promotion: PromotionConfig) -> DriftWatch | None:
+        """The configured watch; None when ``drift_delta`` is 0 (off)."""
+        if promotion.drift_delta <= 0:
+            return None
+        return cls(promotion.drift_delta, promotion.drift_cooldown_bars)
 
     def __init__(self, delta: float, cooldown_bars: int) -> None:
         from river.drift import ADWIN  # ~1 s to import: only where drift is watched

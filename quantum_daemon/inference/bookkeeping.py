@@ -98,11 +98,7 @@ class Bookkeeper:
         self._handled_refusals: set[tuple[str, str]] = set()
         self._pruned_at = 0.0
         promotion = cfg.promotion
-        self.drift = (
-            DriftWatch(promotion.drift_delta, promotion.drift_cooldown_bars)
-            if promotion.drift_delta > 0
-            else None
-        )
+        self.drift = DriftWatch.from_config(promotion)
         self.kill = KillSwitch(promotion.kill_window, promotion.kill_margin)
         self.kill.killed = state.killed  # serving reads it from the shared state
         self._ensemble_scored: dict[tuple[str, str], int] = {}  # series -> last decision scored

@@ -126,11 +126,7 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk, DecayDesk):
         self.model_records: dict[str, dict[int, tuple[str, float]]] = {}
         self._trials: dict[str, int] = {}
         promotion = cfg.promotion
-        self.drift = (
-            DriftWatch(promotion.drift_delta, promotion.drift_cooldown_bars)
-            if promotion.drift_delta > 0
-            else None
-        )
+        self.drift = DriftWatch.from_config(promotion)
         self.kill = KillSwitch(promotion.kill_window, promotion.kill_margin)
 
     # -- the clock -----------------------------------------------------------
