@@ -22,6 +22,8 @@ only on versions still candidates, so a replayed round emits nothing twice.
 
 from __future__ import annotations
 
+import time
+
 from quantum_daemon.core.evaluation.diebold_mariano import overlap_lags
 from quantum_daemon.core.promotion import (
     GateResult,
@@ -50,6 +52,7 @@ SHADOW_REASON = "shadow"
 RECORD_REASON = "record"
 STALE_REASON = "stale"
 STALE_CHECK_BARS = 10  # a series' active versions' age is checked every this many bars
+TRIALS_FRESH_S = 30.0  # the ledger changes once per training: re-read it at most this often
 
 
 class ShadowReferee:
@@ -72,6 +75,7 @@ class ShadowReferee:
         self.registry = transitions.registry
         self.metrics = metrics
         self._age_checked: dict[tuple[str, str], int] = {}  # series -> bar last checked
+        self._trials: dict[str, tuple[float, int]] = {}  # model -> (read at, n_trials)
 
     def models_to_judge(self) -> list[str]:
         """The models with a loaded candidate."""
@@ -99,12 +103,23 @@ class ShadowReferee:
         if promotion.min_dsr == 0:
             return record_gate(None, promotion), None
         returns = self.records.record_returns(model_id, promotion.record_bars)
-        n_trials = self.registry.n_trials(
-            model_id, promotion.trial_scope, self.cfg.evaluation.n_trials
-        )
+        n_trials = self._n_trials(model_id)
         variance = self.cfg.evaluation.trial_sharpe_variance or None
         evidence = evidence_of(returns, n_trials, variance)
         return record_gate(evidence, promotion), evidence
+
+    def _n_trials(self, model_id: str) -> int:
+        """The ledger's count for the model's record (every state.json of
+        the zoo is read for it), at most ``TRIALS_FRESH_S`` old."""
+        now = time.monotonic()
+        read_at, n = self._trials.get(model_id, (-TRIALS_FRESH_S, 0))
+        if now - read_at >= TRIALS_FRESH_S:
+            promotion = self.cfg.promotion
+            n = self.registry.n_trials(
+                model_id, promotion.trial_scope, self.cfg.evaluation.n_trials
+            )
+            self._trials[model_id] = (now, n)
+        return n
 
     async def _promote_first(self, candidates: list[LoadedModel], record: GateResult) -> None:
         version = first_activation([c.version for c in candidates], record)
