@@ -110,8 +110,10 @@ def test_the_kill_switch_fires_and_recovers_live(
         async with inference(cfg, ("xgb",)) as (service, store):
             feeder = Feeder(service, store, bars)
             feeder.store_until(2)
+            await feeder.feed(30)
+            assert "kill switch" in service.status()["killed"]["TESTUSDT:1h"]
             await feeder.feed(80)
-            assert ("TESTUSDT", "1h") not in service.state.killed
+            assert service.status()["killed"] == {}
 
     asyncio.run(scenario())
     published = signals(redis_client)

@@ -64,6 +64,8 @@ class InferenceViews:
                 for (s, t), ts in state.last_ts.items()
             },
             "backlog": self.books.work.qsize(),
+            # series whose published position the kill switch holds at 0, and why
+            "killed": {f"{s}:{t}": reason for (s, t), reason in sorted(state.killed.items())},
             # why each model with candidates is or is not live: its record rule
             "records": {
                 model_id: {
