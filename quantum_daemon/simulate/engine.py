@@ -124,6 +124,7 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk, DecayDesk):
         self._lags: dict[str, set[int]] = {}  # symbol -> settling lags of its versions
         self.job_seconds: dict[str, float] = {}  # family -> training seconds in workers
         self.model_records: dict[str, dict[int, tuple[str, float]]] = {}
+        self._record_ts: dict[str, list[int]] = {}
         self._trials: dict[str, int] = {}
         promotion = cfg.promotion
         self.drift = DriftWatch.from_config(promotion)

@@ -7,6 +7,7 @@ does live."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,6 +55,7 @@ class SettlingDesk:
     _rank: dict[tuple[str, str], int]
     _lags: dict[str, set[int]]
     model_records: dict[str, dict[int, tuple[str, float]]]  # model -> bar -> (version, net)
+    _record_ts: dict[str, list[int]]  # model -> its record's bars, in order
     _trials: dict[str, int]  # the ledger's n_trials per model, until a version registers
     _loaded: Callable[[str], list[tuple[str, str]]]
     _watch_drift: Callable[[str, str, int, float], None]
@@ -161,6 +163,8 @@ class SettlingDesk:
         (``records.model_record``)."""
         record = self.model_records.setdefault(model_id, {})
         held = record.get(ts)
+        if held is None:
+            bisect.insort(self._record_ts.setdefault(model_id, []), ts)
         if held is None or version > held[0]:
             record[ts] = (version, net)
 
@@ -169,7 +173,7 @@ class SettlingDesk:
         if promotion.min_dsr == 0:
             return record_gate(None, promotion)
         record = self.model_records.get(model_id, {})
-        recent = sorted(record)[-promotion.record_bars :]
+        recent = self._record_ts.get(model_id, [])[-promotion.record_bars :]
         returns = np.array([record[t][1] for t in recent], dtype=np.float64)
         if model_id not in self._trials:
             self._trials[model_id] = self.registry.n_trials(
