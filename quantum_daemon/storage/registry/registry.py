@@ -202,7 +202,11 @@ class Registry(RegistryViews):
 
     def retire_superseded(self, model_id: str, keep: int) -> list[Event]:
         """Retire the model's candidates older than its ``keep`` newest
-        (reason ``superseded``): one write."""
+        (reason ``superseded``): one write, and none (no lock, no parse and
+        encode of the whole state) when there are no more candidates than
+        that, the common case: it runs on every worker load report."""
+        if len(self.files.read(model_id).versions_at(Stage.CANDIDATE)) <= keep:
+            return []
         with self._transition(model_id) as change:
             candidates = change.state.versions_at(Stage.CANDIDATE)
             detail = f"{keep} newer candidates are in shadow"
