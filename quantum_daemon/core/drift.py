@@ -16,7 +16,11 @@ No I/O, no clock: bar times are passed in.
 
 from __future__ import annotations
 
+import importlib
+import sys
+import types
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from quantum_daemon.domain.config import PromotionConfig
@@ -44,9 +48,8 @@ class DriftWatch:
         return cls(promotion.drift_delta, promotion.drift_cooldown_bars)
 
     def __init__(self, delta: float, cooldown_bars: int) -> None:
-        from river.drift import ADWIN  # ~1 s to import: only where drift is watched
-
-        self._new_detector = lambda: ADWIN(delta=delta)
+        adwin = adwin_class()
+        self._new_detector = lambda: adwin(delta=delta)
         self.cooldown_bars = cooldown_bars
         self._detectors: dict[tuple[str, str], Any] = {}
         self._fired_at: dict[str, int] = {}  # model -> bar time of its last drift
@@ -76,3 +79,26 @@ class DriftWatch:
     def watched(self) -> int:
         """How many versions have a detector."""
         return len(self._detectors)
+
+
+def adwin_class() -> Any:
+    """``river.drift.ADWIN``, without running ``river.drift``'s package
+    import: that imports ``river.datasets``, which pulls in pandas, scipy and
+    scikit-learn (1,600 modules and a second in the daemon process, which
+    keeps model libraries out; tests/test_daemon_system.py). The ADWIN
+    module itself needs only ``river.base`` and river's compiled core."""
+    if "river.drift" in sys.modules:  # already imported the usual way
+        from river.drift import ADWIN
+
+        return ADWIN
+    import river
+
+    stub = types.ModuleType("river.drift")
+    stub.__path__ = [str(Path(river.__file__).parent / "drift")]
+    sys.modules["river.drift"] = stub
+    try:
+        module = importlib.import_module("river.drift.adwin")
+    finally:  # a later ``import river.drift`` runs the real package
+        sys.modules.pop("river.drift", None)
+        sys.modules.pop("river.drift.adwin", None)
+    return module.ADWIN

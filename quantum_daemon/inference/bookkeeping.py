@@ -20,6 +20,7 @@ the daemon's memory climb by 780 MB/h that way).
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -127,7 +128,10 @@ class Bookkeeper:
                 await self._models_changed(item)
             else:
                 await self._book(item)
-        except (RedisError, OSError) as exc:  # what was not scored now is scored next time
+        except (RedisError, OSError, sqlite3.OperationalError) as exc:
+            # what was not scored now is scored next time; an answer whose
+            # records could not be written (a full or failing disk under
+            # predictions.sqlite3) is not recorded: those bars are not scored
             log.warning("inference.bookkeeping_failed", error=f"{type(exc).__name__}: {exc}")
         finally:
             if isinstance(item, Answered):
