@@ -111,9 +111,17 @@ def test_a_model_goes_live_only_when_its_record_is_significant_and_the_record_su
         oracle_record = records.record_returns(ORACLE, 500)
         assert oracle_record.size >= evidence.bars  # type: ignore[attr-defined]
         assert float(np.mean(oracle_record)) > 0.0
-        assert records.record_counts()[GUESSER] > 100
+        guesser_bars = records.record_counts()[GUESSER]
+        assert guesser_bars > 100
     finally:
         records.close()
+
+    async def restarted() -> None:  # a new service on the same data dir judges the same record
+        async with inference(cfg, ("xgb", "lgbm")) as (service, _):
+            _, again = await service.io.run(service.books.shadow.record_rule, GUESSER)
+            assert again is not None and again.bars == guesser_bars
+
+    asyncio.run(restarted())
 
 
 def test_the_record_keeps_the_newest_version_per_bar_and_is_a_window(tmp_path: Path) -> None:
