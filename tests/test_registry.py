@@ -332,3 +332,43 @@ def test_model_ids_are_checked(registry: Registry) -> None:
         registry.show("../../etc")
     with pytest.raises(RegistryError, match="unknown model"):
         registry.show(MODEL)
+
+
+def test_finished_versions_beyond_the_newest_fifty_go_to_the_archive(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """state.json is read whole by every view and transition: it stays
+    bounded (the soak's memory grew with it, issue #16). Rejected versions
+    beyond the newest KEEP_FINISHED move to archive.jsonl; the active
+    version, and retired ones that were active, stay; recovery does not
+    register the archived folders again."""
+    from datetime import timedelta
+
+    from quantum_daemon.storage.registry.files import ARCHIVE_FILE
+    from quantum_daemon.storage.registry.state import KEEP_FINISHED
+
+    first = trained(registry, tmp_path, 1)
+    evaluate(registry, first)  # active
+    start = datetime(2024, 8, 2, tzinfo=UTC)
+    losing = {**GOOD, "trades": 1}
+    rejected = []
+    for k in range(KEEP_FINISHED + 20):
+        version = write_version(tmp_path, start + timedelta(hours=k), losing)
+        registry.register(MODEL, version)
+        assert types(evaluate(registry, version)) == ["model.evaluated", "model.rejected"]
+        rejected.append(version)
+    state = registry.files.read(MODEL)
+    archived = registry.files.archived_versions(MODEL)
+    assert first in state.versions and state.active == first
+    assert len(state.finished()) <= KEEP_FINISHED + 1
+    assert archived and archived == set(rejected[: len(archived)])  # the oldest went
+    assert (
+        state.archived
+        == len(archived)
+        == (tmp_path / "models" / MODEL / ARCHIVE_FILE).read_text().count("\n")
+    )
+    assert rejected[-1] in state.versions
+    assert registry.show(MODEL)["archived"] == len(archived)
+    assert registry.ledger(MODEL)["trained"] == KEEP_FINISHED + 21  # every trial still counted
+    assert Registry(tmp_path).recover() == []  # nothing archived comes back
+    assert set(registry.files.read(MODEL).versions).isdisjoint(archived)

@@ -22,10 +22,11 @@ from typing import Any
 from quantum_daemon.domain import ids
 from quantum_daemon.storage import artifacts
 from quantum_daemon.storage.registry.errors import RegistryError, StateCorrupt
-from quantum_daemon.storage.registry.state import Mirrored, ModelState
+from quantum_daemon.storage.registry.state import KEEP_FINISHED, Mirrored, ModelState
 
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
+ARCHIVE_FILE = "archive.jsonl"  # finished versions beyond the newest KEEP_FINISHED, one a line
 
 
 class StateFiles:
@@ -46,6 +47,7 @@ class StateFiles:
             before = text if text is not None else encode_state(state)
             mirrored = state.mirrored()
             yield state
+            self._archive(folder, state, mirrored)
             after = encode_state(state)
             if after != before:
                 write_text_atomic(folder / STATE_FILE, after)
@@ -72,6 +74,45 @@ class StateFiles:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             problem = _describe(exc)
             raise StateCorrupt(f"{self._shown(path)} is not a registry state: {problem}") from None
+
+    def _archive(self, folder: Path, state: ModelState, mirrored: Mirrored) -> None:
+        """Move the oldest finished versions beyond the newest
+        ``KEEP_FINISHED`` to ``archive.jsonl`` (appended and synced before
+        the state that drops them is written: a crash between leaves a
+        version in both, and the state wins), so that ``state.json``, read
+        whole by every view and transition, stays bounded. Only versions
+        finished before this edit go: their metadata mirror is up to date."""
+        finished = [v for v in state.finished() if v in mirrored]
+        old = finished[: max(0, len(finished) - KEEP_FINISHED)]
+        if not old:
+            return
+        lines = "".join(
+            json.dumps({"version": v, **state.versions[v].to_json()}, sort_keys=True, default=str)
+            + "\n"
+            for v in old
+        )
+        with (folder / ARCHIVE_FILE).open("a") as fh:
+            fh.write(lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+        for version in old:
+            del state.versions[version]
+        state.archived += len(old)
+
+    def archived_versions(self, model_id: str) -> set[str]:
+        """The names of the model's archived versions (read at start-up only)."""
+        path = artifacts.model_dir(self.data_dir, model_id) / ARCHIVE_FILE
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return set()
+        names = set()
+        for line in text.splitlines():
+            try:
+                names.add(str(json.loads(line)["version"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line a crash cut short: its version is still in the state
+        return names
 
     def _shown(self, path: Path) -> str:
         """``path`` for an error message: from the data dir on, which stays unnamed."""

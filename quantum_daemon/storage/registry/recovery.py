@@ -28,8 +28,11 @@ def recover(registry: Registry) -> list[tuple[str, str]]:
     waiting: list[tuple[str, str]] = []
     for model_id in registry.model_ids():
         remove_stale_tmp(artifacts.model_dir(registry.data_dir, model_id))
+        known = set(registry.files.read(model_id).versions)
+        known |= registry.files.archived_versions(model_id)
         for version in artifacts.list_versions(registry.data_dir, model_id):
-            adopt(registry, model_id, version)
+            if version not in known:  # one read per model, not one per version
+                adopt(registry, model_id, version)
         state = registry.files.read(model_id)
         registry.files.mirror(model_id, state, only_changed_from=None)
         waiting += [(model_id, v) for v in state.versions_at(Stage.TRAINED)]

@@ -28,6 +28,9 @@ T = TypeVar("T")
 Mirrored = dict[str, tuple[Stage, tuple["HistoryEntry", ...]]]  # version -> (stage, history)
 KEEP_COMMAND_IDS = 200  # applied control command ids remembered against redelivery
 TRIAL_KINDS = ("trained", "tuning", "simulated")  # the ledger's kinds of trial
+# finished versions (rejected, or retired without ever being active) kept in
+# state.json; older ones go to the model's archive (``files.ARCHIVE_FILE``)
+KEEP_FINISHED = 50
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,17 @@ class ModelState:
     # the trial ledger: versions trained, extra hyper-parameter sets tried,
     # versions trained by ``simulate --seed-live``; all deflate the record's Sharpe
     trials: dict[str, int] = field(default_factory=dict)
+    archived: int = 0  # finished versions moved to the archive
+
+    def finished(self) -> list[str]:
+        """Versions no transition can start from but an operator's promotion
+        of a retired one: rejected, or retired without ever being active
+        (rollback targets, retired versions once active, are not finished)."""
+        return sorted(
+            v
+            for v, r in self.versions.items()
+            if r.stage is Stage.REJECTED or (r.stage is Stage.RETIRED and not r.was_active())
+        )
 
     def count_trials(self, kind: str, n: int) -> None:
         if kind not in TRIAL_KINDS:
@@ -205,6 +219,7 @@ class ModelState:
             trials={
                 _checked(k, str): _checked(n, int) for k, n in raw.get("trials", {}).items()
             },
+            archived=_checked(raw.get("archived", 0), int),
         )
 
     def to_json(self) -> JsonObject:
@@ -220,6 +235,8 @@ class ModelState:
         }
         if self.trials:  # a state written before the ledger reads back as it was
             out["trials"] = dict(self.trials)
+        if self.archived:
+            out["archived"] = self.archived
         return out
 
 

@@ -85,6 +85,7 @@ class RegistryViews:
             "tf": state.tf,
             "active": state.active,
             "pending_events": len(state.outbox),
+            "archived": state.archived,  # finished versions in archive.jsonl, not listed
             "trials": {**state.trials, "total": state.n_trials, "zoo": self.zoo_trials()},
             "versions": [
                 {"version": v, **record.to_json(), "path": str(folder / v)}
