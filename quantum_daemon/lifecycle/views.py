@@ -34,9 +34,9 @@ def models_view(registry: Registry) -> list[dict[str, Any]]:
     call it in a thread)."""
     by_model: dict[str, dict[str, Any]] = {}
     for info in registry.versions():
-        model = by_model.setdefault(
-            info.model_id,
-            {
+        model = by_model.get(info.model_id)
+        if model is None:  # once per model: the ledger reads its state.json
+            model = by_model[info.model_id] = {
                 "model_id": info.model_id,
                 "family": info.family,
                 "symbol": info.symbol,
@@ -44,8 +44,7 @@ def models_view(registry: Registry) -> list[dict[str, Any]]:
                 "active": None,
                 "trials": registry.ledger(info.model_id),
                 "versions": [],
-            },
-        )
+            }
         model["versions"].append(info.to_json())
         if info.stage == Stage.ACTIVE:
             model["active"] = info.version
