@@ -19,7 +19,15 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+from quantum_daemon.core.scoring import realized_log_return, score_forecast
+
 NAIVE_BRIER = 0.25  # the Brier score of p_up = 0.5, whatever happens
+
+
+def ensemble_loss(p_up: float, close_at_decision: float, close_at_horizon: float) -> float:
+    """The Brier score of a published ``p_up`` once its horizon has elapsed."""
+    realized = realized_log_return(close_at_decision, close_at_horizon)
+    return score_forecast(0.0, p_up, realized).brier
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,7 @@ from redis.exceptions import RedisError
 
 from quantum_daemon.core.drift import Drift, DriftWatch
 from quantum_daemon.core.evaluation.backtest import cost_rate
-from quantum_daemon.core.kill_switch import KillChange, KillSwitch
-from quantum_daemon.core.scoring import realized_log_return, score_forecast
+from quantum_daemon.core.kill_switch import NAIVE_BRIER, KillChange, KillSwitch, ensemble_loss
 from quantum_daemon.domain.config import Config
 from quantum_daemon.domain.events import (
     ENSEMBLE_KILLED,
@@ -207,8 +206,7 @@ class Bookkeeper:
             start, end = close.get(ts), close.get(ts + horizon * step)
             if start is None or end is None:
                 continue  # a gap: never scored
-            loss = score_forecast(0.0, p_up, realized_log_return(start, end)).brier
-            change = self.kill.observe((symbol, tf), loss)
+            change = self.kill.observe((symbol, tf), ensemble_loss(p_up, start, end))
             if change is not None:
                 await self._kill_switched(symbol, tf, ts, change)
 
@@ -222,7 +220,7 @@ class Bookkeeper:
             "timestamp": datetime.now(UTC).isoformat(),
             "rolling_brier": round(change.rolling_brier, 6),
             "bars": change.bars,
-            "naive_brier": 0.25,
+            "naive_brier": NAIVE_BRIER,
             "reason": change.reason,
         }
         (log.warning if change.killed else log.info)(

@@ -18,9 +18,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from quantum_daemon.core.drift import DriftWatch
-from quantum_daemon.core.kill_switch import KillSwitch
+from quantum_daemon.core.kill_switch import KillSwitch, ensemble_loss
 from quantum_daemon.core.scheduling import Scheduler, Trigger
-from quantum_daemon.core.scoring import realized_log_return, score_forecast
 from quantum_daemon.domain.config import Config
 from quantum_daemon.domain.ids import ModelKey
 from quantum_daemon.inference.shadow import STALE_CHECK_BARS, STALE_REASON
@@ -71,8 +70,7 @@ class DecayDesk:
         if signal is None or signal.get("status", "live") == "flat":
             return
         close = self.series[key].bars.close
-        realized = realized_log_return(made.close, float(close[i]))
-        loss = score_forecast(0.0, float(signal["p_up"]), realized).brier
+        loss = ensemble_loss(float(signal["p_up"]), made.close, float(close[i]))
         change = self.kill.observe(key, loss) if math.isfinite(loss) else None
         if change is not None:
             kind = "kill_switch" if change.killed else "kill_released"

@@ -58,3 +58,17 @@ class BarRecord:
 
 
 Progress = Callable[[dict[str, Any]], None]
+
+
+def signal_view(signal: dict[str, Any] | None) -> tuple[float, float, float] | None:
+    """(mu, p_up, plain position) behind a simulated signal, as
+    ``core.ensemble.Signal.view`` gives them live: the ensemble's, or where
+    the signal is flat the shadow pool's (None: no signal, or no view)."""
+    if signal is None:
+        return None
+    if signal.get("status", "live") != "flat":
+        return float(signal["mu"]), float(signal["p_up"]), float(signal["plain_position"])
+    shadow = signal.get("shadow")
+    if shadow is None:
+        return None
+    return float(shadow["mu"]), float(shadow["p_up"]), float(shadow["plain_position"])

@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from quantum_daemon.domain.ids import ModelKey
 from quantum_daemon.simulate.engine import Simulation
+from quantum_daemon.simulate.records import signal_view
 from quantum_daemon.storage.prediction_records import (
     NO_VIEW,
     RECORDS_FILE,
@@ -85,24 +85,12 @@ def _decision_rows(sim: Simulation) -> list[DecisionRow]:
         for bar in bars:
             if bar.signal is None:
                 continue
-            view = _view(bar.signal)
+            view = signal_view(bar.signal)
             mu, p_up, plain = view or (0.0, 0.5, 0.0)
             status = NO_VIEW if view is None else str(bar.signal.get("status", "live"))
             position = float(bar.signal["position"])
             rows.append(DecisionRow(symbol, tf, bar.ts, mu, p_up, position, plain, 0.0, status))
     return rows
-
-
-def _view(signal: dict[str, Any] | None) -> tuple[float, float, float] | None:
-    """(mu, p_up, plain position) behind a simulated signal (``Signal.view``)."""
-    if signal is None:
-        return None
-    if signal.get("status", "live") != "flat":
-        return float(signal["mu"]), float(signal["p_up"]), float(signal["plain_position"])
-    shadow = signal.get("shadow")
-    if shadow is None:
-        return None
-    return float(shadow["mu"]), float(shadow["p_up"]), float(shadow["plain_position"])
 
 
 def _versions_per_model(sim: Simulation) -> dict[str, int]:

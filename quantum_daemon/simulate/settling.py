@@ -27,7 +27,14 @@ from quantum_daemon.domain.families import POSITION_FAMILIES
 from quantum_daemon.domain.ids import ModelKey
 from quantum_daemon.inference.rounds import SCALE_WINDOW, due_ts, settle, trust_rounds
 from quantum_daemon.simulate.inputs import SimulationSeries
-from quantum_daemon.simulate.records import ACTIVE, CANDIDATE, BarRecord, Prediction, VersionRecord
+from quantum_daemon.simulate.records import (
+    ACTIVE,
+    CANDIDATE,
+    BarRecord,
+    Prediction,
+    VersionRecord,
+    signal_view,
+)
 from quantum_daemon.storage.prediction_records import DuePrediction
 from quantum_daemon.storage.registry.registry import Registry
 from quantum_daemon.storage.trust_store import StoredState, plan_round
@@ -130,10 +137,8 @@ class SettlingDesk:
             signal = history[k].signal if k >= 0 else None
             if signal is None:
                 return None
-            if signal.get("status", "live") != "flat":
-                return float(signal["plain_position"])
-            shadow = signal.get("shadow")
-            return 0.0 if shadow is None else float(shadow["plain_position"])
+            view = signal_view(signal)
+            return 0.0 if view is None else view[2]
 
         mine = (record.model_id, record.version)
         previous = history[n - 1].forecasts.get(mine) if n > 0 else None

@@ -22,7 +22,13 @@ from quantum_daemon.domain.signals import RecordedSignals
 from quantum_daemon.models.sizer_book import SizerBook
 from quantum_daemon.simulate.inputs import SimulationSeries
 from quantum_daemon.simulate.predict_job import SizeRequest, SizeSpec, size_bar
-from quantum_daemon.simulate.records import BarRecord, Prediction, TimelineEntry, VersionRecord
+from quantum_daemon.simulate.records import (
+    BarRecord,
+    Prediction,
+    TimelineEntry,
+    VersionRecord,
+    signal_view,
+)
 from quantum_daemon.training.executor import JobOutcome
 
 BookKey = tuple[str, str, str]  # model_id, version, symbol
@@ -93,16 +99,10 @@ class SizingDesk:
     def recorded_signals(self, key: tuple[str, str], last_ts: int) -> RecordedSignals:
         """The ensemble signals the simulated daemon published for the series
         up to ``last_ts``: what ``rl_sizer``'s training job reads live."""
-        rows = [(r.ts, *view) for r in self.bars[key] if (view := _view(r.signal)) is not None]
+        rows = [
+            (r.ts, view[0], view[1])
+            for r in self.bars[key]
+            if (view := signal_view(r.signal)) is not None
+        ]
         return RecordedSignals.from_rows(rows).until(last_ts)
 
-
-def _view(signal: dict[str, Any] | None) -> tuple[float, float] | None:
-    """(mu, p_up) the sizer learns from: the live ensemble's, or where the
-    signal is flat the shadow pool's (``recorded_signals.signal_row``)."""
-    if signal is None:
-        return None
-    if signal.get("status", "live") != "flat":
-        return float(signal["mu"]), float(signal["p_up"])
-    shadow = signal.get("shadow")
-    return None if shadow is None else (float(shadow["mu"]), float(shadow["p_up"]))
