@@ -142,6 +142,39 @@ def test_a_cancel_swallowed_on_the_way_lands_at_the_next_wait() -> None:
     assert asyncio.run(scenario()) == (True, 1)
 
 
+def test_a_cancel_swallowed_while_draining_after_stop_ends_the_drain() -> None:
+    """Once stopped, ``next_until_stopped`` hands out what is queued without
+    awaiting; a cancel lost in the handling must still end the drain (the soak
+    found the daemon busy with its bookkeeping backlog long after SIGTERM)."""
+
+    async def scenario() -> tuple[bool, int]:
+        handled = 0
+        stop = asyncio.Event()
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(1000):
+            queue.put_nowait(i)
+        stop.set()
+
+        async def drain_that_lost_its_cancel() -> None:
+            nonlocal handled
+            while await next_until_stopped(queue, stop) is not None:
+                handled += 1
+                try:
+                    await asyncio.sleep(0.01)
+                except asyncio.CancelledError:
+                    pass  # what the racing wait_for does: the cancel is gone
+
+        task = asyncio.create_task(drain_that_lost_its_cancel())
+        await asyncio.sleep(0.035)
+        task.cancel()
+        await asyncio.wait({task}, timeout=2)
+        return task.cancelled(), handled
+
+    cancelled, handled = asyncio.run(scenario())
+    assert cancelled
+    assert handled < 10
+
+
 # -- real daemons ----------------------------------------------------------------
 def _faulty(
     tmp_path: Path, redis_url: str, kind: str, extra: str = ""

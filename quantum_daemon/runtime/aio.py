@@ -29,6 +29,7 @@ async def next_until_stopped(queue: asyncio.Queue[T], stop: asyncio.Event) -> T 
     stopped, what is still queued, then None. Beats on every item: a loop kept
     busy by a queue that is never empty is making progress, not stalled."""
     beat()
+    raise_if_cancel_was_lost()  # draining after stop never awaits: check here
     if queue.empty() and not stop.is_set():
         getter = asyncio.ensure_future(queue.get())
         await wait_first(getter, stop)
