@@ -24,25 +24,15 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import UTC, datetime
 
 from redis.exceptions import RedisError
 
-from quantum_daemon.core.drift import Drift, DriftWatch
 from quantum_daemon.core.evaluation.backtest import cost_rate
-from quantum_daemon.core.kill_switch import NAIVE_BRIER, KillChange, KillSwitch, ensemble_loss
 from quantum_daemon.domain.config import Config
-from quantum_daemon.domain.events import (
-    ENSEMBLE_KILLED,
-    ENSEMBLE_RELEASED,
-    MODEL_DRIFT_DETECTED,
-    Event,
-    make_event,
-)
-from quantum_daemon.domain.ids import ModelKey
 from quantum_daemon.domain.stages import Stage
 from quantum_daemon.domain.timeframes import DAY_MS, timeframe_ms
 from quantum_daemon.inference.context import Answered, InferenceState, IoThread, Transitions
+from quantum_daemon.inference.decay import DecayWatch
 from quantum_daemon.inference.messages import LoadProblem, LoadReport
 from quantum_daemon.inference.metrics import InferenceMetrics
 from quantum_daemon.inference.rounds import bars_needed, settle, trust_rounds
@@ -97,11 +87,7 @@ class Bookkeeper:
         self._live_changed = False
         self._handled_refusals: set[tuple[str, str]] = set()
         self._pruned_at = 0.0
-        promotion = cfg.promotion
-        self.drift = DriftWatch.from_config(promotion)
-        self.kill = KillSwitch(promotion.kill_window, promotion.kill_margin)
-        self.kill.killed = state.killed  # serving reads it from the shared state
-        self._ensemble_scored: dict[tuple[str, str], int] = {}  # series -> last decision scored
+        self.decay = DecayWatch(cfg, state, store, records, io, transitions)
 
     # -- the queue ---------------------------------------------------------------
     def put(self, item: LoadReport) -> None:
@@ -174,99 +160,15 @@ class Bookkeeper:
                 continue
             self.metrics.scored.labels(p.family, p.stage).inc()
             totals.scored += 1
-            drift = self.drift
-            found = drift.observe(p.model_id, p.version, p.ts, s.loss, step) if drift else None
-            if found is not None:
-                await self._drifted(found)
+            await self.decay.observe_loss(p, s.loss, step)
         await self.shadow.judge(self.shadow.models_to_judge())
         await self.shadow.retire_stale(symbol, tf, upto_ts)
-        await self.score_ensemble(symbol, tf, upto_ts)
-
-    async def score_ensemble(self, symbol: str, tf: str, upto_ts: int) -> None:
-        """The Brier score of each published ensemble forecast whose horizon
-        has elapsed by bar ``upto_ts``, into the series' kill switch (after a
-        restart its window is rebuilt from the records)."""
-        window = self.cfg.promotion.kill_window
-        if window == 0:
-            return
-        step, horizon = timeframe_ms(tf), self.cfg.evaluation.horizon
-        settled_upto = upto_ts - horizon * step
-        after = self._ensemble_scored.get((symbol, tf), settled_upto - (window + 1) * step)
-        if settled_upto <= after:
-            return
-        forecasts = await self.io.run(
-            self.records.ensemble_forecasts, symbol, tf, after, settled_upto
-        )
-        self._ensemble_scored[(symbol, tf)] = settled_upto
-        if not forecasts:
-            return
-        bars = await self.io.run(self.store.read_bars, symbol, tf, forecasts[0][0], upto_ts + 1)
-        close = dict(zip((int(t) for t in bars.ts), (float(c) for c in bars.close), strict=True))
-        for ts, p_up in forecasts:
-            start, end = close.get(ts), close.get(ts + horizon * step)
-            if start is None or end is None:
-                continue  # a gap: never scored
-            change = self.kill.observe((symbol, tf), ensemble_loss(p_up, start, end))
-            if change is not None:
-                await self._kill_switched(symbol, tf, ts, change)
-
-    async def _kill_switched(self, symbol: str, tf: str, ts: int, change: KillChange) -> None:
-        kind = ENSEMBLE_KILLED if change.killed else ENSEMBLE_RELEASED
-        data = {
-            "event_id": f"{kind}|{symbol}|{tf}|{ts}",
-            "symbol": symbol,
-            "tf": tf,
-            "bar_ts": ts,
-            "timestamp": datetime.now(UTC).isoformat(),
-            "rolling_brier": round(change.rolling_brier, 6),
-            "bars": change.bars,
-            "naive_brier": NAIVE_BRIER,
-            "reason": change.reason,
-        }
-        (log.warning if change.killed else log.info)(
-            kind, symbol=symbol, tf=tf, bar_ts=ts, reason=change.reason
-        )
-        try:
-            await self.transitions.publisher.publish(Event(kind, data))
-        except (RedisError, OSError) as exc:
-            log.warning("events.publish_failed", type=kind, error=str(exc))
-
-    async def _drifted(self, drift: Drift) -> None:
-        """A live version's loss drifted up: an event, and a retraining
-        (through the lifecycle, when there is one)."""
-        key = ModelKey.parse(drift.model_id)
-        event = make_event(
-            MODEL_DRIFT_DETECTED,
-            model_id=drift.model_id,
-            family=key.family,
-            symbol=key.symbol,
-            tf=key.tf,
-            version=drift.version,
-            at=datetime.now(UTC),
-            transition=f"drift@{drift.ts}",
-            bar_ts=drift.ts,
-            mean_loss_before=round(drift.mean_before, 6),
-            mean_loss_after=round(drift.mean_after, 6),
-        )
-        self.state.totals.drifts += 1
-        log.warning(
-            MODEL_DRIFT_DETECTED,
-            model_id=drift.model_id,
-            version=drift.version,
-            bar_ts=drift.ts,
-            mean_loss_before=round(drift.mean_before, 6),
-            mean_loss_after=round(drift.mean_after, 6),
-        )
-        await self.io.run(self.transitions.registry.add_events, drift.model_id, [event])
-        await self.transitions.publish(drift.model_id, [event])
-        if self.transitions.lifecycle is not None:
-            self.transitions.lifecycle.request_retrain(drift.model_id, "drift")
+        await self.decay.score_ensemble(symbol, tf, upto_ts)
 
     # -- load reports ----------------------------------------------------------------
     async def _models_changed(self, report: LoadReport) -> None:
         self.state.loaded = report.loaded
-        if self.drift is not None:
-            self.drift.keep_only({(m.model_id, m.version) for m in report.loaded})
+        self.decay.keep_only({(m.model_id, m.version) for m in report.loaded})
         for stage in (Stage.ACTIVE, Stage.CANDIDATE):
             self.metrics.models_loaded.labels(stage).set(
                 sum(1 for m in report.loaded if m.stage == stage)
