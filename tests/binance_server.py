@@ -105,6 +105,7 @@ class FakeBinance:
         self.data = data
         self.as_of_ms = as_of_ms
         self.faults: deque[int | str] = deque()
+        self.planned: dict[int, int | str] = {}  # kline request number (from 1) -> fault
         self.requests: list[Request] = []
         self.lock = threading.Lock()
         self.exchange_info = json.loads((FIXTURES / "exchangeInfo.json").read_text())
@@ -114,6 +115,11 @@ class FakeBinance:
         with self.lock:
             self.faults.extend(faults)
 
+    def fail_requests(self, plan: dict[int, int | str]) -> None:
+        """Faults for given kline requests, by number (the first is 1)."""
+        with self.lock:
+            self.planned.update(plan)
+
     def kline_requests(self) -> list[Request]:
         with self.lock:
             return [r for r in self.requests if r.path == "/api/v3/klines"]
@@ -122,14 +128,22 @@ class FakeBinance:
         """(status, JSON body), or "close" to drop the connection."""
         with self.lock:
             self.requests.append(Request(path, params))
-            if path == "/api/v3/klines" and self.faults:
-                fault = self.faults.popleft()
+            fault = self._fault(path)
+            if fault is not None:
                 return fault if isinstance(fault, str) else (fault, ERROR_BODIES[fault])
         if path == "/api/v3/exchangeInfo":
             return 200, {**self.exchange_info, "serverTime": self.as_of_ms}
         if path == "/api/v3/klines":
             return self._klines(params)
         return 404, {"code": -1, "msg": f"no route {path} in the fake server"}
+
+    def _fault(self, path: str) -> int | str | None:
+        if path != "/api/v3/klines":
+            return None
+        number = sum(1 for r in self.requests if r.path == path)
+        if number in self.planned:
+            return self.planned[number]
+        return self.faults.popleft() if self.faults else None
 
     def _klines(self, params: dict[str, str]) -> tuple[int, Any]:
         symbol = params.get("symbol", "")
