@@ -29,11 +29,14 @@ class FeedSeries:
 
 
 def closed_rows(rows: Iterable[Row], since_ms: int, tf_ms: int, now_ms: int) -> list[Row]:
-    """The rows to publish from one answer: on the timeframe's grid, at or
-    after ``since_ms``, closed by ``now_ms``, in time order, each ts once."""
+    """The rows to publish from one answer: complete (six values, none
+    missing), on the timeframe's grid, at or after ``since_ms``, closed by
+    ``now_ms``, in time order, each ts once."""
     seen: set[int] = set()
     kept: list[Row] = []
     for row in rows:
+        if len(row) < 6 or any(value is None for value in row[:6]):
+            continue
         ts = int(row[0])
         if ts < since_ms or ts % tf_ms or ts + tf_ms > now_ms or ts in seen:
             continue
