@@ -32,6 +32,7 @@ INTERVAL_MS = {"1h": HOUR_MS}
 
 # Binance's error bodies for the faults (docs: "Error codes for Binance").
 ERROR_BODIES = {
+    401: {"code": -2015, "msg": "Invalid API-key, IP, or permissions for action."},
     429: {
         "code": -1003,
         "msg": "Too many requests; current limit of IP is 6000 requests "
@@ -106,6 +107,7 @@ class FakeBinance:
         self.as_of_ms = as_of_ms
         self.faults: deque[int | str] = deque()
         self.planned: dict[int, int | str] = {}  # kline request number (from 1) -> fault
+        self.markets_refused = False  # exchangeInfo answers 401, as for a refused API key
         self.requests: list[Request] = []
         self.lock = threading.Lock()
         self.exchange_info = json.loads((FIXTURES / "exchangeInfo.json").read_text())
@@ -131,6 +133,8 @@ class FakeBinance:
             fault = self._fault(path)
             if fault is not None:
                 return fault if isinstance(fault, str) else (fault, ERROR_BODIES[fault])
+        if path == "/api/v3/exchangeInfo" and self.markets_refused:
+            return 401, ERROR_BODIES[401]
         if path == "/api/v3/exchangeInfo":
             return 200, {**self.exchange_info, "serverTime": self.as_of_ms}
         if path == "/api/v3/klines":

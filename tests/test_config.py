@@ -48,6 +48,10 @@ BAD_CONFIGS = {
     "feed since not a time": ('[feed]\nsince = "yesterday"\n', "feed.since"),
     "feed exchange id": ('[feed]\nexchange = "Bin ance"\n', "feed.exchange"),
     "feed retries upside down": ("[feed]\nretry_base_s = 5\nretry_max_s = 1\n", "feed.retry_max_s"),
+    "feed request longer than a stall": (
+        "[feed]\nenabled = true\nrequest_timeout_s = 90\n",
+        "feed.request_timeout_s",
+    ),
     "feed series not ingested": (
         '[feed]\nenabled = true\nsymbols = ["SOL/USDT"]\n',
         "feed.symbols",

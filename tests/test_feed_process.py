@@ -125,12 +125,14 @@ def test_the_standalone_feed_publishes_stops_on_sigterm_and_resumes_without_repu
     [
         (("--symbols", "DOGE/USDT"), "does not list 'DOGE/USDT'"),
         (("--tf", "7m"), "feed.timeframes"),
+        ((), "refused at start (AuthenticationError)"),
     ],
 )
-def test_a_pair_or_timeframe_it_cannot_feed_exits_78(
-    redis_url: str, tmp_path: Path, option: tuple[str, str], needle: str
+def test_a_pair_timeframe_or_login_it_cannot_feed_exits_78(
+    redis_url: str, tmp_path: Path, option: tuple[str, ...], needle: str
 ) -> None:
     with running_binance(NOW) as fake:
+        fake.markets_refused = not option
         extra = feed_section(fake.url, enabled="false")
         config = write_config(tmp_path / "config.toml", redis_url, tmp_path / "data", 0, extra)
         feed = DaemonProcess(config, args=("feed", *option)).start()

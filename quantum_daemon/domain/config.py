@@ -332,8 +332,15 @@ class Config:
     feed: FeedConfig = field(default_factory=FeedConfig)
 
     def __post_init__(self) -> None:
-        if self.feed.enabled and not self.ingest.discover:
+        if not self.feed.enabled:
+            return
+        if not self.ingest.discover:
             _check_feed_is_ingested(self.feed, self.ingest)
+        if self.feed.request_timeout_s >= self.daemon.stall_s:
+            raise ConfigError(
+                "config key 'feed.request_timeout_s' must be < daemon.stall_s "
+                f"({self.daemon.stall_s}): a request that long would look like a stalled loop"
+            )
 
 
 def _check_feed_is_ingested(feed: FeedConfig, ingest: IngestConfig) -> None:

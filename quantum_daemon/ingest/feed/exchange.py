@@ -4,6 +4,7 @@ ccxt's sync API runs in one worker thread of its own, so nothing it does
 (HTTP, JSON of a market list, the rate limiter's sleeps: ``enableRateLimit``)
 blocks the event loop; the loop awaits each call and stops waiting at once
 when the feed stops (a call in flight ends within ``request_timeout_s``).
+Waiting on a call is not idling: a call that hangs makes the loop stalled.
 
 Errors, by what the feed should do (``Failure``):
 
@@ -32,7 +33,6 @@ import ccxt
 from quantum_daemon.domain.config import FeedConfig
 from quantum_daemon.domain.errors import ConfigError
 from quantum_daemon.ingest.feed.plan import FeedSeries, Row
-from quantum_daemon.runtime.aio import wait_first
 
 T = TypeVar("T")
 
@@ -143,12 +143,23 @@ class ExchangeClient:
         return rows
 
     async def _call(self, stop: asyncio.Event, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the exchange's thread. The wait does not beat the
+        loop's pulse: a call hung past ``[daemon] stall_s`` shows as a stall
+        (ccxt ends a request after ``request_timeout_s``)."""
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._thread, functools.partial(fn, *args))
-        await wait_first(future, stop)  # cancels the future when stop came first
-        if future.cancelled() or not future.done():
+        future: asyncio.Future[Any] = loop.run_in_executor(
+            self._thread, functools.partial(fn, *args)
+        )
+        stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait([future, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not future.done():
+            future.cancel()  # the thread finishes its request; nobody reads it
             raise Stopped()
-        return future.result()
+        result: T = future.result()
+        return result
 
     def close(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)

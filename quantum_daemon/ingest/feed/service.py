@@ -273,6 +273,7 @@ class FeedService:
     def status(self) -> dict[str, Any]:
         return {
             "exchange": self.feed.exchange,
+            "rounds": self.rounds,
             "next_wake_ms": self.next_wake_ms,
             "series": {
                 one.name: {
