@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train",
     "models",
     "replay",
+    "feed",
     "simulate",
     "bars",
     "version",

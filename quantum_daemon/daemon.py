@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvloop
 
@@ -39,6 +39,9 @@ from quantum_daemon.runtime.telemetry import DaemonMetrics
 from quantum_daemon.storage.bar_store import BarStore
 from quantum_daemon.web.api import ApiServer
 from quantum_daemon.web.dashboard import Dashboard
+
+if TYPE_CHECKING:  # at run time imported only with [feed] enabled (it loads ccxt)
+    from quantum_daemon.ingest.feed.service import FeedService
 
 log = get_logger()
 
@@ -83,6 +86,7 @@ class Daemon:
         self.link: RedisLink | None = None
         self.store: BarStore | None = None
         self.ingest: IngestService | None = None
+        self.feed: FeedService | None = None
         self.lifecycle: LifecycleService | None = None
         self.inference: InferenceService | None = None
         self.api: ApiServer | None = None
@@ -97,6 +101,8 @@ class Daemon:
             self.link = await stack.enter_async_context(RedisLink(self.cfg.redis, self.metrics))
             self.store = stack.enter_context(BarStore.in_dir(self.cfg.storage.data_dir))
             self.ingest = await stack.enter_async_context(self._ingest_service())
+            if self.cfg.feed.enabled:
+                self.feed = await stack.enter_async_context(self._feed_service())
             self.lifecycle = await stack.enter_async_context(self._lifecycle_service())
             self.inference = await stack.enter_async_context(self._inference_service())
             self.api = await stack.enter_async_context(
@@ -151,6 +157,16 @@ class Daemon:
         )
         self.loops["ingest"] = service.run
         self.status_sections["ingest"] = service.status
+        return service
+
+    def _feed_service(self) -> FeedService:
+        # Imported here: ccxt (the feed extra) loads only when the feed is on.
+        from quantum_daemon.ingest.feed.service import FeedService
+
+        assert self.link is not None and self.store is not None
+        service = FeedService(self.cfg, self.link.client, self.store.last_ts, self.metrics.registry)
+        self.loops["feed"] = service.run
+        self.status_sections["feed"] = service.status
         return service
 
     def _lifecycle_service(self) -> LifecycleService:

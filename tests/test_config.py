@@ -41,6 +41,21 @@ BAD_CONFIGS = {
     "drift confidence": ("[promotion]\ndrift_delta = 1.0\n", "promotion.drift_delta"),
     "negative kill margin": ("[promotion]\nkill_margin = -0.1\n", "promotion.kill_margin"),
     "calibration bound": ("[promotion]\nmax_ece = 2\n", "promotion.max_ece"),
+    # the exchange feed (docs/feed.md)
+    "unknown feed key": ("[feed]\nspeed = 2\n", "feed.speed"),
+    "feed pair without quote": ('[feed]\nsymbols = ["BTCUSDT"]\n', "feed.symbols"),
+    "feed without pairs": ("[feed]\nsymbols = []\n", "feed.symbols"),
+    "feed since not a time": ('[feed]\nsince = "yesterday"\n', "feed.since"),
+    "feed exchange id": ('[feed]\nexchange = "Bin ance"\n', "feed.exchange"),
+    "feed retries upside down": ("[feed]\nretry_base_s = 5\nretry_max_s = 1\n", "feed.retry_max_s"),
+    "feed request longer than a stall": (
+        "[feed]\nenabled = true\nrequest_timeout_s = 90\n",
+        "feed.request_timeout_s",
+    ),
+    "feed series not ingested": (
+        '[feed]\nenabled = true\nsymbols = ["SOL/USDT"]\n',
+        "feed.symbols",
+    ),
 }
 
 
@@ -84,7 +99,7 @@ def test_a_shadow_period_of_zero_bars_is_allowed(tmp_path: Path) -> None:
     assert cfg.promotion.shadow_min_bars == 0 and cfg.inference.max_candidates == 1
 
 
-@pytest.mark.parametrize("command", ["run", "check-config"])
+@pytest.mark.parametrize("command", ["run", "check-config", "feed"])
 @pytest.mark.parametrize(
     "name", ["unknown key", "wrong type", "bad value", "shadow period upside down", "missing file"]
 )
@@ -163,3 +178,20 @@ def test_every_section_has_a_documented_example() -> None:
     text = (REPO / "config.toml").read_text()
     for section in dataclasses.fields(config_mod.Config):
         assert f"[{section.name}]" in text
+
+
+def test_the_feed_is_off_by_default_and_maps_pairs_to_stream_symbols(tmp_path: Path) -> None:
+    assert load(None, env={}).feed.enabled is False
+    path = tmp_path / "feed.toml"
+    path.write_text(
+        '[ingest]\ndiscover = true\n[feed]\nenabled = true\nsince = "2024-08-21T08:00:00Z"\n'
+        'symbols = ["BTC/USDT", "ETH/USDT:USDT"]\ntimeframes = ["5m", "1h"]\n'
+    )
+    feed = load(path, env={}).feed
+    assert feed.series() == [
+        ("BTC/USDT", "BTCUSDT", "5m"),
+        ("BTC/USDT", "BTCUSDT", "1h"),
+        ("ETH/USDT:USDT", "ETHUSDT", "5m"),
+        ("ETH/USDT:USDT", "ETHUSDT", "1h"),
+    ]
+    assert feed.since_ms() == 1_724_227_200_000

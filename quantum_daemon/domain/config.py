@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,7 +36,7 @@ from quantum_daemon.domain.config_schema import (
 )
 from quantum_daemon.domain.errors import EX_CONFIG as EX_CONFIG  # re-exported
 from quantum_daemon.domain.errors import ConfigError
-from quantum_daemon.domain.ids import RULES, BadIdentifier, check_symbol
+from quantum_daemon.domain.ids import RULES, BadIdentifier, check_symbol, symbol_of_pair
 from quantum_daemon.domain.secrets import Redactor, url_secrets
 
 FAMILIES = ("xgb", "lgbm", "nhits", "patchtst", "evo_model", "rl_sizer")
@@ -61,6 +63,39 @@ SYMBOLS = Check(
     _symbols_valid,
     f"symbols of {RULES['symbol'].allowed}, at most {RULES['symbol'].max_len} characters",
 )
+
+
+def _pairs_valid(pairs: tuple[str, ...]) -> bool:
+    try:
+        for pair in pairs:
+            symbol_of_pair(pair)
+    except BadIdentifier:
+        return False
+    return bool(pairs)
+
+
+def parse_utc(text: str) -> datetime:
+    """An ISO 8601 time; without an offset it is taken as UTC."""
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _iso_time_valid(text: str) -> bool:
+    if not text:
+        return True
+    try:
+        parse_utc(text)
+    except ValueError:
+        return False
+    return True
+
+
+PAIRS = Check(_pairs_valid, "a non-empty list of pairs BASE/QUOTE (ccxt's form, e.g. 'BTC/USDT')")
+EXCHANGE_ID = Check(
+    lambda v: re.fullmatch(r"[a-z][a-z0-9]*", v) is not None, "a ccxt exchange id (e.g. 'binance')"
+)
+ISO_TIME = Check(_iso_time_valid, "an ISO 8601 time such as '2024-08-01T00:00:00Z', or ''")
+HTTP_URL = Check(lambda v: v == "" or v.startswith(("http://", "https://")), "an http(s):// URL")
 
 
 @dataclass(frozen=True)
@@ -244,6 +279,43 @@ class TrustConfig:
 
 
 @dataclass(frozen=True)
+class FeedConfig:
+    """The exchange bar feed (docs/feed.md): closed bars of ``symbols`` x
+    ``timeframes`` from a ccxt exchange onto the bar streams. The daemon runs
+    it as one of its loops when ``enabled``; ``quantum-daemon feed`` runs it alone."""
+
+    enabled: bool = False
+    exchange: Annotated[str, EXCHANGE_ID] = "binance"
+    symbols: Annotated[tuple[str, ...], PAIRS] = ("BTC/USDT", "ETH/USDT")
+    timeframes: Timeframes = ("1h",)
+    # Asked this long after a bar's close: the exchange needs a moment to close it.
+    poll_delay_s: NonNegativeFloat = 5.0
+    page_limit: PositiveInt = 1000  # bars per request (Binance spot answers at most 1000)
+    # Where an empty series starts: ``since`` if set, else this many bars before now.
+    backfill_bars: PositiveInt = 1000
+    since: Annotated[str, ISO_TIME] = ""
+    request_timeout_s: PositiveFloat = 10.0
+    retry_base_s: PositiveFloat = 1.0  # backoff on exchange and Redis errors: first delay
+    retry_max_s: PositiveFloat = 60.0  # and its cap
+    # Replaces scheme and host of every exchange API URL (a local mirror; the tests).
+    api_url: Annotated[str, HTTP_URL] = ""
+
+    def __post_init__(self) -> None:
+        if self.retry_max_s < self.retry_base_s:
+            raise ConfigError(
+                f"config key 'feed.retry_max_s' must be >= feed.retry_base_s "
+                f"({self.retry_base_s}), got {self.retry_max_s}"
+            )
+
+    def series(self) -> list[tuple[str, str, str]]:
+        """(pair, stream symbol, timeframe) of every series fed, in order."""
+        return [(p, symbol_of_pair(p), tf) for p in self.symbols for tf in self.timeframes]
+
+    def since_ms(self) -> int | None:
+        return int(parse_utc(self.since).timestamp() * 1000) if self.since else None
+
+
+@dataclass(frozen=True)
 class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -257,6 +329,29 @@ class Config:
     promotion: PromotionConfig = field(default_factory=PromotionConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
+    feed: FeedConfig = field(default_factory=FeedConfig)
+
+    def __post_init__(self) -> None:
+        if not self.feed.enabled:
+            return
+        if not self.ingest.discover:
+            _check_feed_is_ingested(self.feed, self.ingest)
+        if self.feed.request_timeout_s >= self.daemon.stall_s:
+            raise ConfigError(
+                "config key 'feed.request_timeout_s' must be < daemon.stall_s "
+                f"({self.daemon.stall_s}): a request that long would look like a stalled loop"
+            )
+
+
+def _check_feed_is_ingested(feed: FeedConfig, ingest: IngestConfig) -> None:
+    """The daemon's own feed must publish only streams its ingest reads."""
+    for pair, symbol, tf in feed.series():
+        if symbol not in ingest.symbols or tf not in ingest.timeframes:
+            raise ConfigError(
+                f"config key 'feed.symbols': {pair} {tf} goes to stream {symbol}:{tf}, which "
+                "ingest does not read; add it to ingest.symbols and ingest.timeframes, "
+                "or set ingest.discover = true"
+            )
 
 
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
@@ -322,6 +417,26 @@ def _apply_credentials(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         file = Path(directory) / name
         if file.is_file():
             raw.setdefault(section, {})[key] = file.read_text().strip()
+
+
+def with_keys(cfg: Config, section: str, **values: Any) -> Config:
+    """``cfg`` with some keys of one section replaced (values as TOML gives
+    them: lists, strings), checked as ``load`` checks them (command-line
+    overrides). Raises ``ConfigError``."""
+    current = getattr(cfg, section)
+    raw = {f.name: _as_toml(getattr(current, f.name)) for f in dataclasses.fields(current)}
+    raw.update(values)
+    return dataclasses.replace(cfg, **{section: build(type(current), raw, section)})
+
+
+def _as_toml(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_as_toml(v) for v in value]
+    if isinstance(value, Secret):
+        return value.reveal()
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def secrets_of(cfg: Config) -> tuple[str, ...]:

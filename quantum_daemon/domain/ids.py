@@ -91,6 +91,18 @@ def check_symbol(symbol: object) -> str:
     return _check("symbol", symbol)
 
 
+def symbol_of_pair(pair: object) -> str:
+    """The bar-stream symbol of an exchange pair in ccxt's unified form:
+    ``BTC/USDT`` -> ``BTCUSDT``; a derivative's settle currency is dropped
+    (``BTC/USDT:USDT`` -> ``BTCUSDT``), as replay does for Freqtrade's futures files."""
+    if not isinstance(pair, str) or pair.count("/") != 1:
+        raise BadIdentifier(f"pair {shown(pair)} is not BASE/QUOTE (ccxt's form, e.g. 'BTC/USDT')")
+    base, quote = pair.split(":", 1)[0].split("/")
+    if not base or not quote:
+        raise BadIdentifier(f"pair {shown(pair)} is not BASE/QUOTE (ccxt's form, e.g. 'BTC/USDT')")
+    return check_symbol(base + quote)
+
+
 def check_timeframe(tf: object) -> str:
     if not isinstance(tf, str) or tf not in TIMEFRAME_MS:
         raise BadIdentifier(f"timeframe {shown(tf)} is not one of {list(TIMEFRAME_MS)}")

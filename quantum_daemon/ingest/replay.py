@@ -117,6 +117,14 @@ def encode_rows(frame: pd.DataFrame) -> Iterator[tuple[str, ...]]:
     """Each bar's field values as decimal strings: ts, open, high, low, close, volume."""
     stamps = frame["ts"].astype("int64").tolist()
     values = frame[["open", "high", "low", "close", "volume"]].to_numpy(dtype="float64").tolist()
+    return encode_values(stamps, values)
+
+
+def encode_values(
+    stamps: Iterable[int], values: Iterable[Sequence[float]]
+) -> Iterator[tuple[str, ...]]:
+    """The contract's field values of bars given as open times and
+    (open, high, low, close, volume) floats (the feed's exchange rows)."""
     for ts, (o, h, lo, c, v) in zip(stamps, values, strict=True):
         yield str(ts), repr(o), repr(h), repr(lo), repr(c), repr(v)
 
