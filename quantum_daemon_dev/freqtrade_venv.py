@@ -1,0 +1,102 @@
+"""A Freqtrade virtual environment of its own, built once from PyPI and reused.
+
+Freqtrade's venv never has quantum_daemon in it, as a user's would not: the
+integration (``integrations/freqtrade``) is tested by running the real
+``freqtrade`` from this venv. It lives under ``~/.cache/quantum_daemon``
+(``QUANTUM_FREQTRADE_VENV`` overrides), keyed by the pinned version, and is
+only marked ready once the install finished, so an interrupted build is
+started over rather than used half-made.
+
+    python -m quantum_daemon_dev.freqtrade_venv          # build (if needed), print its path
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+FREQTRADE_VERSION = "2026.9"
+READY_MARK = ".quantum-ready"
+PYPI_PROBE = "https://pypi.org/simple/freqtrade/"
+
+
+class PypiUnreachable(RuntimeError):
+    """PyPI cannot be reached, so the venv cannot be built here."""
+
+
+def venv_dir(version: str = FREQTRADE_VERSION) -> Path:
+    override = os.environ.get("QUANTUM_FREQTRADE_VENV")
+    if override:
+        return Path(override)
+    return Path.home() / ".cache" / "quantum_daemon" / f"freqtrade-{version}-venv"
+
+
+def freqtrade_bin(venv: Path) -> Path:
+    return venv / "bin" / "freqtrade"
+
+
+def is_ready(venv: Path) -> bool:
+    return (venv / READY_MARK).exists() and freqtrade_bin(venv).exists()
+
+
+def pypi_reachable(timeout_s: float = 10.0) -> bool:
+    try:
+        with urllib.request.urlopen(PYPI_PROBE, timeout=timeout_s) as answer:
+            return bool(answer.status == 200)
+    except (urllib.error.URLError, socket.timeout, OSError):
+        return False
+
+
+def ensure_venv(version: str = FREQTRADE_VERSION) -> Path:
+    """The venv's path, building it first where it is not ready.
+
+    Raises ``PypiUnreachable`` only when a build is needed and PyPI does not
+    answer; any failure of the install itself raises ``CalledProcessError``."""
+    venv = venv_dir(version)
+    if is_ready(venv):
+        return venv
+    if not pypi_reachable():
+        raise PypiUnreachable(f"PyPI does not answer; cannot build {venv}")
+    _build(venv, version)
+    return venv
+
+
+def _build(venv: Path, version: str) -> None:
+    if venv.exists():
+        shutil.rmtree(venv)  # a build that did not finish
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    subprocess.run([_python(), "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, f"freqtrade=={version}"], check=True)
+    (venv / READY_MARK).write_text(f"freqtrade {version} built in {time.monotonic() - started:.0f} s\n")
+
+
+def _python() -> str:
+    """The interpreter to build with: this one (Freqtrade needs Python 3.11+)."""
+    if sys.version_info < (3, 11):
+        raise RuntimeError("Freqtrade needs Python 3.11 or newer")
+    return sys.executable
+
+
+def main() -> int:
+    started = time.monotonic()
+    try:
+        venv = ensure_venv()
+    except PypiUnreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{venv} (ready after {time.monotonic() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
