@@ -23,6 +23,8 @@ import urllib.request
 from pathlib import Path
 
 FREQTRADE_VERSION = "2026.9"
+# hyperopt's extra (optuna, scikit-learn) so that the tests can run a hyperopt too
+REQUIREMENT = "freqtrade[hyperopt]=={version}"
 READY_MARK = ".quantum-ready"
 PYPI_PROBE = "https://pypi.org/simple/freqtrade/"
 
@@ -42,8 +44,12 @@ def freqtrade_bin(venv: Path) -> Path:
     return venv / "bin" / "freqtrade"
 
 
-def is_ready(venv: Path) -> bool:
-    return (venv / READY_MARK).exists() and freqtrade_bin(venv).exists()
+def is_ready(venv: Path, version: str = FREQTRADE_VERSION) -> bool:
+    """Built to the end, with this requirement (the mark holds it)."""
+    mark = venv / READY_MARK
+    if not (mark.exists() and freqtrade_bin(venv).exists()):
+        return False
+    return mark.read_text().split("\n")[0] == REQUIREMENT.format(version=version)
 
 
 def pypi_reachable(timeout_s: float = 10.0) -> bool:
@@ -60,7 +66,7 @@ def ensure_venv(version: str = FREQTRADE_VERSION) -> Path:
     Raises ``PypiUnreachable`` only when a build is needed and PyPI does not
     answer; any failure of the install itself raises ``CalledProcessError``."""
     venv = venv_dir(version)
-    if is_ready(venv):
+    if is_ready(venv, version):
         return venv
     if not pypi_reachable():
         raise PypiUnreachable(f"PyPI does not answer; cannot build {venv}")
@@ -76,8 +82,10 @@ def _build(venv: Path, version: str) -> None:
     subprocess.run([_python(), "-m", "venv", str(venv)], check=True)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, f"freqtrade=={version}"], check=True)
-    (venv / READY_MARK).write_text(f"freqtrade {version} built in {time.monotonic() - started:.0f} s\n")
+    requirement = REQUIREMENT.format(version=version)
+    subprocess.run([*pip, requirement], check=True)
+    seconds = time.monotonic() - started
+    (venv / READY_MARK).write_text(f"{requirement}\nbuilt in {seconds:.0f} s\n")
 
 
 def _python() -> str:

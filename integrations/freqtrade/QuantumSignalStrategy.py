@@ -188,6 +188,9 @@ class RedisSignalReader:
         )
         return cls(client, prefix, policy)
 
+    def close(self) -> None:
+        self.client.close()
+
     def key(self, symbol: str, tf: str) -> str:
         return f"{self.prefix}:signals:{symbol}:{tf}"
 
