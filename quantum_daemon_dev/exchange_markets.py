@@ -26,7 +26,7 @@ class _Handler(BaseHTTPRequestHandler):
     body: bytes = b""
     requests: list[str]
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         self.requests.append(self.path)
         if self.path.split("?")[0] != "/api/v3/exchangeInfo":
             self.send_error(404, "only exchangeInfo is served here")
@@ -37,7 +37,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(self.body)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: the requests are kept in ``requests``
 
 
@@ -45,7 +45,9 @@ class _Handler(BaseHTTPRequestHandler):
 def binance_markets_server() -> Iterator[tuple[str, list[str]]]:
     """(base URL of the served ``/api/v3``, the paths requested so far)."""
     requests: list[str] = []
-    handler = type("Handler", (_Handler,), {"body": EXCHANGE_INFO.read_bytes(), "requests": requests})
+    handler = type(
+        "Handler", (_Handler,), {"body": EXCHANGE_INFO.read_bytes(), "requests": requests}
+    )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, name="binance-markets", daemon=True)
     thread.start()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -56,7 +55,7 @@ def pypi_reachable(timeout_s: float = 10.0) -> bool:
     try:
         with urllib.request.urlopen(PYPI_PROBE, timeout=timeout_s) as answer:
             return bool(answer.status == 200)
-    except (urllib.error.URLError, socket.timeout, OSError):
+    except (TimeoutError, urllib.error.URLError, OSError):
         return False
 
 
@@ -90,8 +89,6 @@ def _build(venv: Path, version: str) -> None:
 
 def _python() -> str:
     """The interpreter to build with: this one (Freqtrade needs Python 3.11+)."""
-    if sys.version_info < (3, 11):
-        raise RuntimeError("Freqtrade needs Python 3.11 or newer")
     return sys.executable
 
 

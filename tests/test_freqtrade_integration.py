@@ -106,10 +106,24 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = tmp / "config.toml"
     config.write_text(f'[storage]\ndata_dir = "{tmp / "data"}"\n{SIMULATE_CONFIG}')
     done = subprocess.run(
-        [sys.executable, "-m", "quantum_daemon", "--config", str(config), "simulate",
-         "--data", str(BARS), "--from", FROM, "--out", str(tmp / "out")],
-        capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "quantum_daemon",
+            "--config",
+            str(config),
+            "simulate",
+            "--data",
+            str(BARS),
+            "--from",
+            FROM,
+            "--out",
+            str(tmp / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return tmp / "out" / "signals.csv"
 
@@ -126,7 +140,9 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def expected_trades(rows: list[dict[str, str]], last_open_ms: int, threshold: float = 0.0) -> list[Trade]:
+def expected_trades(
+    rows: list[dict[str, str]], last_open_ms: int, threshold: float = 0.0
+) -> list[Trade]:
     """The long trades the file's positions call for, long-only: the signal
     of bar ``ts`` acts at the open of ``ts + 1h``; a row that cannot be
     acted on (``None`` position) changes nothing."""
@@ -163,8 +179,17 @@ def run_backtest(
     user_data = make_user_data(tmp)
     with binance_markets_server() as (api_url, requests):
         config = freqtrade_config(user_data, api_url, signals, quantum)
-        done = run_freqtrade(freqtrade, user_data, config, "backtesting", *extra,
-                             "--timerange", FROM.replace("-", "") + "-", "--export", "trades")  # fmt: skip
+        done = run_freqtrade(
+            freqtrade,
+            user_data,
+            config,
+            "backtesting",
+            *extra,
+            "--timerange",
+            FROM.replace("-", "") + "-",
+            "--export",
+            "trades",
+        )
     assert requests == ["/api/v3/exchangeInfo"], requests
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     log = (user_data / "freqtrade.log").read_text()  # one line per record, unlike the console
@@ -207,15 +232,31 @@ def run_freqtrade(
     # Freqtrade's venv as a user has it: nothing of this checkout importable; and
     # no PYTEST_* variable, under which Freqtrade leaves its logging unconfigured
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if k not in ("PYTHONPATH", "VIRTUAL_ENV") and not k.startswith("PYTEST_")
-    }  # fmt: skip
+    }
     return subprocess.run(
-        [str(freqtrade), command, "--config", str(config), "--userdir", str(user_data),
-         "--strategy", "QuantumSignalStrategy", "--fee", "0.001",
-         "--logfile", str(user_data / "freqtrade.log"), *args],
-        capture_output=True, text=True, timeout=240, env=env,
-    )  # fmt: skip
+        [
+            str(freqtrade),
+            command,
+            "--config",
+            str(config),
+            "--userdir",
+            str(user_data),
+            "--strategy",
+            "QuantumSignalStrategy",
+            "--fee",
+            "0.001",
+            "--logfile",
+            str(user_data / "freqtrade.log"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
 
 
 def exported_trades(results: Path) -> list[dict[str, Any]]:
@@ -270,24 +311,36 @@ def test_a_backtest_refuses_bad_rows_and_scales_the_stake(
     traded on (one log line per kind), and each stake is |position| of the
     full one."""
     rows = [r for r in read_rows(simulated) if r["symbol"] == "BTCUSDT"]
-    entries = [i for i, r in enumerate(rows) if float(r["position"]) > 0 and
-               (i == 0 or float(rows[i - 1]["position"]) <= 0)]  # fmt: skip
+    entries = [
+        i
+        for i, r in enumerate(rows)
+        if float(r["position"]) > 0 and (i == 0 or float(rows[i - 1]["position"]) <= 0)
+    ]
     assert len(entries) >= 4
     for k, r in enumerate(rows):
         if r["status"] == "live" and float(r["position"]) != 0:
             r["position"] = repr(float(r["position"]) * (0.3 + 0.7 * ((k * 7) % 10) / 10))
     rows[entries[0]]["position"] = "nan"
     rows[entries[1]]["contributions"] = json.dumps(
-        [{"family": "lgbm", "model": "lgbm_ROGUE_1h", "version": "v1", "weight": 1.0,
-          "mu": 0.01, "p_up": 0.7}]  # fmt: skip
+        [
+            {
+                "family": "lgbm",
+                "model": "lgbm_ROGUE_1h",
+                "version": "v1",
+                "weight": 1.0,
+                "mu": 0.01,
+                "p_up": 0.7,
+            }
+        ]
     )
     rows[entries[2]]["ts"] = str(int(rows[entries[2]]["ts"]) + 1)  # off the grid
     for i in entries[:3]:
         rows[i]["refuse"] = "yes"  # for expected_trades only
     broken = tmp_path / "signals.csv"
     with broken.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[c for c in rows[0] if c != "refuse"],
-                                extrasaction="ignore")  # fmt: skip
+        writer = csv.DictWriter(
+            f, fieldnames=[c for c in rows[0] if c != "refuse"], extrasaction="ignore"
+        )
         writer.writeheader()
         writer.writerows(rows)
     expected = expected_trades(rows, last_bar_open_ms())
@@ -303,7 +356,9 @@ def test_a_backtest_refuses_bad_rows_and_scales_the_stake(
     refusals = [line for line in log.splitlines() if "quantum signals refused" in line]
     assert len(refusals) == 2, refusals  # malformed (nan, off-grid) and unknown_model
     assert any("2 rows malformed" in line for line in refusals)
-    assert any("1 rows unknown_model" in line and "lgbm_ROGUE_1h@v1" in line for line in refusals), refusals
+    assert any(
+        "1 rows unknown_model" in line and "lgbm_ROGUE_1h@v1" in line for line in refusals
+    ), refusals
 
 
 def test_a_hyperopt_reads_the_signal_file(freqtrade: Path, simulated: Path, tmp_path: Path) -> None:
@@ -313,10 +368,23 @@ def test_a_hyperopt_reads_the_signal_file(freqtrade: Path, simulated: Path, tmp_
     with binance_markets_server() as (api_url, _):
         config = freqtrade_config(user_data, api_url, simulated, {})
         done = run_freqtrade(
-            freqtrade, user_data, config, "hyperopt", "--timerange", FROM.replace("-", "") + "-",
-            "--spaces", "buy", "--epochs", "4", "-j", "1", "--hyperopt-loss", "SharpeHyperOptLoss",
-            "--random-state", "1",
-        )  # fmt: skip
+            freqtrade,
+            user_data,
+            config,
+            "hyperopt",
+            "--timerange",
+            FROM.replace("-", "") + "-",
+            "--spaces",
+            "buy",
+            "--epochs",
+            "4",
+            "-j",
+            "1",
+            "--hyperopt-loss",
+            "SharpeHyperOptLoss",
+            "--random-state",
+            "1",
+        )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "entry_threshold" in done.stdout
     bars = sum(r["symbol"] == "BTCUSDT" for r in read_rows(simulated))
@@ -357,7 +425,8 @@ def published(redis_url: str, tmp_path: Path) -> Iterator[Any]:
 
 @pytest.fixture
 def open_reader(strategy: ModuleType, redis_url: str) -> Iterator[Any]:
-    """``open_reader(url=..., policy=...)``: a reader on the private Redis, closed after the test."""
+    """``open_reader(url=..., policy=...)``: a reader (the private Redis by
+    default), closed after the test."""
     readers: list[Any] = []
 
     def open_one(url: str = redis_url, policy: Any = None) -> Any:
@@ -393,9 +462,12 @@ def test_the_reader_gives_the_daemons_position_for_the_last_closed_candle(
 
 
 def test_the_reader_refuses_stale_malformed_and_unknown_signals(
-    strategy: ModuleType, published: Any, open_reader: Any, redis_client: redis.Redis,
+    strategy: ModuleType,
+    published: Any,
+    open_reader: Any,
+    redis_client: redis.Redis,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     bars = published
     last = int(bars.ts[-1])
     reader = open_reader()
@@ -419,7 +491,9 @@ def test_the_reader_refuses_stale_malformed_and_unknown_signals(
 
     fields = dict(redis_client.xrevrange(KEYS.signals("TESTUSDT", "1h"), count=1)[0][1])
     next_bar = last + HOUR_MS
-    redis_client.xadd(KEYS.signals("TESTUSDT", "1h"), {**fields, "ts": str(next_bar), "position": "nan"})
+    redis_client.xadd(
+        KEYS.signals("TESTUSDT", "1h"), {**fields, "ts": str(next_bar), "position": "nan"}
+    )
     with pytest.raises(refused) as malformed:
         reader.read("TEST/USDT", "1h", next_bar)
     assert malformed.value.kind == "malformed" and "position is nan" in malformed.value.reason

@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 logger = logging.getLogger(__name__)
@@ -42,8 +42,14 @@ logger = logging.getLogger(__name__)
 STATUSES = ("live", "flat", "killed")  # core.ensemble: LIVE, FLAT, KILLED
 SIZER = "rl_sizer"  # the sizer's version rides in ``versions``, not in ``contributions``
 RECENT_ENTRIES = 16  # stream entries looked at for the last closed candle
-TF_MS = {"1m": 60_000, "5m": 300_000, "15m": 900_000, "1h": 3_600_000,
-         "4h": 14_400_000, "1d": 86_400_000}  # fmt: skip
+TF_MS = {
+    "1m": 60_000,
+    "5m": 300_000,
+    "15m": 900_000,
+    "1h": 3_600_000,
+    "4h": 14_400_000,
+    "1d": 86_400_000,
+}
 
 
 # -- the signal and why one is refused ------------------------------------------------
@@ -84,7 +90,7 @@ class SignalPolicy:
 
 
 def pair_symbol(pair: str) -> str:
-    """Freqtrade's pair as the daemon's symbol: ``BTC/USDT`` (and ``BTC/USDT:USDT``) -> ``BTCUSDT``."""
+    """Freqtrade's pair as the daemon's symbol: ``BTC/USDT``, ``BTC/USDT:USDT`` -> ``BTCUSDT``."""
     return pair.split(":")[0].replace("/", "").upper()
 
 
@@ -314,7 +320,7 @@ if IStrategy is not None:
     BACKTEST_MODES = (RunMode.BACKTEST, RunMode.HYPEROPT, RunMode.PLOT)
     POSITION, REFUSED = "quantum_position", "quantum_refused"
 
-    class QuantumSignalStrategy(IStrategy):  # type: ignore[misc,valid-type]
+    class QuantumSignalStrategy(IStrategy):
         """Long while the daemon's position is above ``entry_threshold``, out
         when it is at or below 0; short the mirror image where ``can_short``
         (futures) is set. The stake is Freqtrade's stake times |position|."""
@@ -323,7 +329,7 @@ if IStrategy is not None:
         timeframe = "1h"
         can_short = False
         # exits come from the signal: no ROI table, no stop unless the config sets one
-        minimal_roi = {"0": 100.0}
+        minimal_roi: ClassVar[dict[str, float]] = {"0": 100.0}
         stoploss = -0.99
         use_exit_signal = True
         exit_profit_only = False
@@ -355,7 +361,9 @@ if IStrategy is not None:
             self.reader: RedisSignalReader | None = None
             if self.dp.runmode in BACKTEST_MODES:
                 if not self.signals_file:
-                    raise ValueError("backtesting needs quantum.signals_file (simulate's signals.csv)")
+                    raise ValueError(
+                        "backtesting needs quantum.signals_file (simulate's signals.csv)"
+                    )
             else:
                 url = options.get("redis_url", self.quantum_redis_url)
                 prefix = options.get("prefix", self.quantum_prefix)
@@ -386,10 +394,16 @@ if IStrategy is not None:
                 for kind, count in signals.refused.items():
                     logger.warning(
                         "quantum signals refused for %s: %d rows %s (first: %s)",
-                        pair, count, kind, signals.first_refusal[kind],
-                    )  # fmt: skip
-                logger.info("quantum signals for %s: %d bars from %s",
-                            pair, len(signals.positions), path)  # fmt: skip
+                        pair,
+                        count,
+                        kind,
+                        signals.first_refusal[kind],
+                    )
+                logger.info(
+                    "quantum signals for %s: %d bars from %s", pair, len(signals.positions), path
+                )
+                if not signals.positions and not signals.refused:
+                    logger.warning("no signal of %s %s in %s", symbol, self.timeframe, path)
                 self.files[pair] = signals
             return self.files[pair]
 
@@ -420,7 +434,10 @@ if IStrategy is not None:
             refused = dataframe[REFUSED] & self.exit_on_refusal
             dataframe.loc[(position <= 0) | refused, ["exit_long", "exit_tag"]] = (1, "quantum")
             if self.can_short:
-                dataframe.loc[(position >= 0) | refused, ["exit_short", "exit_tag"]] = (1, "quantum")
+                dataframe.loc[(position >= 0) | refused, ["exit_short", "exit_tag"]] = (
+                    1,
+                    "quantum",
+                )
             return dataframe
 
         def custom_stake_amount(
