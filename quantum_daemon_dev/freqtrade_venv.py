@@ -87,6 +87,28 @@ def _build(venv: Path, version: str) -> None:
     (venv / READY_MARK).write_text(f"{requirement}\nbuilt in {seconds:.0f} s\n")
 
 
+def ensure_redis_py(venv: Path) -> Path:
+    """redis-py for Freqtrade's live mode, installed beside the venv (put it
+    on ``PYTHONPATH``), so the venv itself stays as a backtesting user's:
+    without it."""
+    target = venv / "redis-py"
+    if not (target / "redis").is_dir():
+        subprocess.run(
+            [
+                str(venv / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--target",
+                str(target),
+                "redis",
+            ],
+            check=True,
+        )
+    return target
+
+
 def _python() -> str:
     """The interpreter to build with: this one (Freqtrade needs Python 3.11+)."""
     return sys.executable

@@ -39,10 +39,16 @@ import redis
 from quantum_daemon.core.ensemble import parse_signal
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon_dev.exchange_markets import binance_markets_server, freqtrade_exchange
-from quantum_daemon_dev.freqtrade_venv import PypiUnreachable, ensure_venv, freqtrade_bin
+from quantum_daemon_dev.freqtrade_venv import (
+    PypiUnreachable,
+    ensure_redis_py,
+    ensure_venv,
+    freqtrade_bin,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 STRATEGY = REPO / "integrations" / "freqtrade" / "QuantumSignalStrategy.py"
+LIVE_PROBE = Path(__file__).with_name("freqtrade_live_probe.py")
 BARS = REPO / "quantum_daemon" / "data" / "BTC_USDT-1h.feather"  # 2024-05-25 .. 2024-09-06 03:00
 HOUR_MS = 3_600_000
 FROM = "2024-08-10"
@@ -519,6 +525,45 @@ def test_the_reader_refuses_stale_malformed_and_unknown_signals(
     assert sum("stale" in m for m in messages) == 2  # once, and once more after recovering
     assert sum("malformed" in m for m in messages) == 1
     assert sum("accepted again" in m for m in messages) == 1
+
+
+def probe_live(freqtrade: Path, redis_url: str, first_ms: int, *candles: int) -> Any:
+    """The strategy inside Freqtrade, dry-run, on candles from ``first_ms``
+    (each count in ``candles`` in turn, the last one closed): one answer per
+    count, and the log (tests/freqtrade_live_probe.py)."""
+    redis_py = ensure_redis_py(freqtrade.parents[1])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["PYTHONPATH"] = str(redis_py)
+    done = subprocess.run(
+        [str(freqtrade.parent / "python"), str(LIVE_PROBE), str(STRATEGY), redis_url,
+         str(first_ms), *map(str, candles)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    answers = [json.loads(line) for line in done.stdout.strip().splitlines()]
+    return answers, done.stderr
+
+
+def test_inside_freqtrade_the_strategy_trades_the_live_signal(
+    freqtrade: Path, published: Any, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Dry-run: the last closed candle gets the published position, its entry
+    or exit, and the stake |position| of Freqtrade's; two bars after the
+    daemon's last signal, nothing, and one warning for two looks."""
+    bars = published
+    signals = stream_signals(redis_client)
+    first, last = int(bars.ts[0]), int(bars.ts[-1])
+    (fresh, stale, again), log = probe_live(
+        freqtrade, redis_url, first, len(bars), len(bars) + 2, len(bars) + 2
+    )
+    position = signals[last].position
+    assert fresh["position"] == position
+    assert (fresh["enter_long"], fresh["exit_long"]) == (position > 0, position <= 0)
+    assert fresh["stake"] == pytest.approx(100.0 * abs(position))
+    for refused in (stale, again):
+        assert refused["position"] is None and not refused["enter_long"]
+        assert not refused["exit_long"] and refused["stake"] == 0.0
+    assert log.count("quantum signal refused for TEST/USDT: stale") == 1, log
 
 
 def test_the_strategy_file_imports_without_freqtrade_or_quantum_daemon() -> None:
