@@ -33,6 +33,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
@@ -257,9 +258,18 @@ def read_signal_file(path: Path, symbol: str, tf: str, policy: SignalPolicy) -> 
             except SignalRefused as refused:
                 out.refused[refused.kind] += 1
                 out.first_refusal.setdefault(refused.kind, f"row ts={row.get('ts')}: {refused}")
+                _forget(out.positions, row.get("ts"))
                 continue
             out.positions[signal.ts] = signal.position
     return out
+
+
+def _forget(positions: dict[int, float], ts: str | None) -> None:
+    """A refused later row of a bar leaves the bar without a signal."""
+    try:
+        positions.pop(int(ts or ""), None)
+    except ValueError:
+        pass
 
 
 # -- logging a refusal once -------------------------------------------------------------
@@ -293,8 +303,6 @@ def redacted(url: str) -> str:
 
 
 def _iso(ts_ms: int) -> str:
-    from datetime import UTC, datetime
-
     return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
