@@ -12,7 +12,7 @@ ensure_systemd_analyze
 
 export PYTHONDONTWRITEBYTECODE=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 echo "==> ruff"
-"$VENV/bin/ruff" check quantum_daemon quantum_daemon_dev tests scripts
+"$VENV/bin/ruff" check quantum_daemon quantum_daemon_dev tests scripts integrations
 echo "==> mypy"
 "$VENV/bin/mypy"
 echo "==> pytest"
