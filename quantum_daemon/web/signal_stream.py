@@ -50,7 +50,7 @@ from quantum_daemon.web.stream_cursor import (
 
 log = get_logger()
 
-POLL_MS = 1000  # one XREAD's BLOCK: how soon a gone client or a shutdown is seen
+POLL_MS = 500  # one XREAD's BLOCK: how soon a gone client or a shutdown is seen
 RESCAN_S = 5.0  # how often a connection looks for signal streams created since
 BATCH = 100  # entries per stream and read
 RETRY_MS = 2000  # the client's reconnect delay after the stream ended
@@ -119,10 +119,10 @@ class SignalStream:
         await response.write(f"retry: {RETRY_MS}\nid: {reader.cursor()}\n\n".encode())
         try:
             await self._pump(request, response, reader)
-        except (RedisError, OSError) as exc:
-            log.warning("sse.redis_error", error=str(exc))
         except (ConnectionResetError, RuntimeError):
             pass  # the client went away while we wrote
+        except (RedisError, OSError) as exc:
+            log.warning("sse.redis_error", error=str(exc))
         finally:
             response.stop_streaming()
         return response
@@ -166,6 +166,10 @@ class Reader:
         order kept); empty after ``POLL_MS`` without any."""
         await self._rescan()
         streams: dict[Any, Any] = {self.keys.signals(*s): p for s, p in self.positions.items()}
+        if not streams:  # no signal stream yet: look again after a poll's time
+            self._rescan_at = 0.0
+            await asyncio.sleep(POLL_MS / 1000)
+            return []
         reply: Any = await self.conn.xread(streams, count=BATCH, block=POLL_MS)
         entries: list[Entry] = []
         for stream, items in reply or []:
