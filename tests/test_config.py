@@ -41,6 +41,21 @@ BAD_CONFIGS = {
     "drift confidence": ("[promotion]\ndrift_delta = 1.0\n", "promotion.drift_delta"),
     "negative kill margin": ("[promotion]\nkill_margin = -0.1\n", "promotion.kill_margin"),
     "calibration bound": ("[promotion]\nmax_ece = 2\n", "promotion.max_ece"),
+    # webhooks (docs/push.md)
+    "webhooks unknown key": ('[webhooks]\nurl = "http://h/x"\n', "webhooks.url"),
+    "webhook not http": ('[webhooks]\nurls = ["ftp://h/x"]\n', "webhooks.urls"),
+    "webhook twice": ('[webhooks]\nurls = ["http://h/x", "http://h/x"]\n', "webhooks.urls"),
+    "webhooks without url": ("[webhooks]\nenabled = true\n", "webhooks.urls"),
+    "webhooks without secret": (
+        '[webhooks]\nenabled = true\nurls = ["http://127.0.0.1:9/x"]\n',
+        "webhooks.secret",
+    ),
+    "webhook secret file missing": (
+        '[webhooks]\nsecret_file = "/nonexistent/secret"\n',
+        "webhooks.secret_file",
+    ),
+    "webhook timeout": ("[webhooks]\ntimeout_s = 0\n", "webhooks.timeout_s"),
+    "sse bound": ("[api]\nsse_max_clients = 0\n", "api.sse_max_clients"),
 }
 
 
@@ -163,3 +178,18 @@ def test_every_section_has_a_documented_example() -> None:
     text = (REPO / "config.toml").read_text()
     for section in dataclasses.fields(config_mod.Config):
         assert f"[{section.name}]" in text
+
+
+def test_webhook_secret_from_env_credential_or_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[webhooks]\nenabled = true\nurls = ["https://hooks.example.org/q"]\n')
+    assert load(path, env={"QUANTUM_WEBHOOK_SECRET": "from-env"}).webhooks.secret == "from-env"
+    (tmp_path / "webhook_secret").write_text("from-credential\n")
+    credential = load(path, env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert credential.webhooks.secret.reveal() == "from-credential"
+    (tmp_path / "file").write_text("from-file\n")
+    path.write_text(path.read_text() + f'secret_file = "{tmp_path / "file"}"\n')
+    cfg = load(path, env={})
+    assert cfg.webhooks.secret.reveal() == "from-file"
+    assert "from-file" not in repr(cfg)
+    assert not load(None, env={}).webhooks.enabled  # off by default

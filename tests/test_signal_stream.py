@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,6 +26,9 @@ from quantum_daemon.domain.keys import Keys
 from quantum_daemon.domain.secrets import Redactor
 from quantum_daemon.web.api import ApiServer
 from quantum_daemon.web.signal_stream import SignalStream
+from tests.conftest import make_bars
+from tests.daemon_proc import DaemonProcess, api_port, write_config
+from tests.ingest_helpers import publish
 from tests.sse_client import SseReader
 
 KEYS = Keys()
@@ -274,3 +280,97 @@ def test_shutting_the_server_down_ends_an_open_stream(redis_url: str) -> None:
             return await asyncio.wait_for(response.content.read(), timeout=5)
 
     assert asyncio.run(scenario()) == b""  # the stream ended: EOF, nothing more
+
+
+DAEMON_CONFIG = """
+[ingest]
+symbols = ["SSEUSDT"]
+timeframes = ["1h"]
+block_ms = 50
+[models]
+symbols = ["BTCUSDT"]
+families = ["evo_model"]
+"""
+
+
+async def stream_clients_gone(http: aiohttp.ClientSession, port: int) -> None:
+    """Until the daemon's status counts no stream client (each handler sees
+    its client gone within a poll of Redis)."""
+    for _ in range(100):
+        status = await (await http.get(f"http://127.0.0.1:{port}/api/status")).json()
+        if status["signal_stream"]["clients"] == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("stream clients still counted")
+
+
+def daemon_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_the_daemon_streams_its_own_signals_and_leaks_nothing(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Bars published one by one become the daemon's (flat) signals, which
+    the stream delivers across a reconnect; 40 connections opened and
+    dropped leave the daemon's Redis connections and fds as they were."""
+    port = api_port()
+    config = write_config(tmp_path / "c.toml", redis_url, tmp_path / "data", port, DAEMON_CONFIG)
+    config.write_text(config.read_text().replace("[api]\n", "[api]\nsse_heartbeat_s = 0.5\n"))
+    bars = make_bars(6, symbol="SSEUSDT")
+    signals = KEYS.signals("SSEUSDT", "1h")
+    url = f"http://127.0.0.1:{port}/api/signals/stream?symbol=SSEUSDT&tf=1h"
+
+    async def publish_bar(k: int) -> None:
+        await asyncio.to_thread(publish, redis_client, bars.slice(k, k + 1))
+        for _ in range(400):
+            if redis_client.xlen(signals) == k + 1:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no signal for bar {k}")
+
+    async def scenario(pid: int) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        # no keep-alive: an idle connection of the test's would count as the daemon's fd
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            first = SseReader(await http.get(url))
+            for k in range(3):
+                await publish_bar(k)
+            head = await first.take(3)
+            first.response.close()
+            for k in range(3, 6):
+                await publish_bar(k)
+            again = SseReader(await http.get(url, headers={"Last-Event-ID": first.last_id}))
+            seen["events"] = head + await again.take(3)
+            seen["pings"] = (await again.response.content.read(100)).decode()
+            again.response.close()
+            await asyncio.sleep(1.0)
+            seen["before"] = (connection_count(redis_url), daemon_fds(pid))
+            for _ in range(5):
+                batch = [await http.get(url) for _ in range(8)]
+                for response in batch:
+                    assert response.status == 200
+                    await response.content.readuntil(b"\n\n")
+                    response.close()
+                await stream_clients_gone(http, port)
+            for _ in range(100):
+                seen["after"] = (connection_count(redis_url), daemon_fds(pid))
+                if seen["after"] == seen["before"]:
+                    break
+                await asyncio.sleep(0.1)
+        return seen
+
+    daemon = DaemonProcess(config).start()
+    try:
+        daemon.wait_for("daemon.ready", timeout=60)
+        assert daemon.proc is not None
+        seen = asyncio.run(scenario(daemon.proc.pid))
+        daemon.send(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+    finally:
+        daemon.kill()
+    ids = [i for i, _ in redis_client.xrange(signals)]
+    assert [e.id for e in seen["events"]] == [f"SSEUSDT:1h/{i}" for i in ids]
+    assert [e.json()["ts"] for e in seen["events"]] == [int(t) for t in bars.ts]
+    assert ": ping" in seen["pings"]
+    assert seen["after"] == seen["before"]

@@ -203,7 +203,8 @@ class Reader:
 
 
 def _series_filter(request: web.Request) -> tuple[str | None, str | None]:
-    symbol, tf = request.query.get("symbol"), request.query.get("tf")
+    # an empty parameter (``?symbol=&tf=1h``, a form left blank) filters nothing
+    symbol, tf = request.query.get("symbol") or None, request.query.get("tf") or None
     return (
         None if symbol is None else check_symbol(symbol),
         None if tf is None else check_timeframe(tf),
