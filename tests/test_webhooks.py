@@ -109,7 +109,8 @@ def test_a_retried_delivery_keeps_its_id_and_each_attempt_is_signed(
         async def scenario() -> dict[str, Any]:
             async with running_service(redis_url, urls=(receiver.url,), retries=3) as service:
                 publish_sync(redis.Redis.from_url(redis_url), KEYS, lifecycle_event(1))
-                await until(lambda: service.targets[0].totals.delivered == 1)
+                totals = service.targets[0].totals
+                await until(lambda: totals.delivered == 1 and totals.in_flight == 0)
                 return service.status()
 
         status = asyncio.run(scenario())
