@@ -28,6 +28,7 @@ from quantum_daemon.domain.keys import Keys
 from quantum_daemon.inference import InferenceService
 from quantum_daemon.ingest import IngestMetrics, IngestService
 from quantum_daemon.lifecycle.service import LifecycleService
+from quantum_daemon.push import WebhookService
 from quantum_daemon.runtime.failsafe import FailsafeExit
 from quantum_daemon.runtime.heartbeat import heartbeat_loop, loop_lag_monitor, watchdog_loop
 from quantum_daemon.runtime.instance_lock import InstanceLock, InstanceLocked
@@ -39,6 +40,7 @@ from quantum_daemon.runtime.telemetry import DaemonMetrics
 from quantum_daemon.storage.bar_store import BarStore
 from quantum_daemon.web.api import ApiServer
 from quantum_daemon.web.dashboard import Dashboard
+from quantum_daemon.web.signal_stream import SignalStream
 
 if TYPE_CHECKING:  # at run time imported only with [feed] enabled (it loads ccxt)
     from quantum_daemon.ingest.feed.service import FeedService
@@ -90,6 +92,8 @@ class Daemon:
         self.lifecycle: LifecycleService | None = None
         self.inference: InferenceService | None = None
         self.api: ApiServer | None = None
+        self.webhooks: WebhookService | None = None
+        self.signal_stream = SignalStream(cfg.redis, cfg.api, self.keys, redactor(cfg))
 
     # -- lifecycle -------------------------------------------------------
     async def run(self) -> int:
@@ -105,9 +109,9 @@ class Daemon:
                 self.feed = await stack.enter_async_context(self._feed_service())
             self.lifecycle = await stack.enter_async_context(self._lifecycle_service())
             self.inference = await stack.enter_async_context(self._inference_service())
-            self.api = await stack.enter_async_context(
-                ApiServer(self.cfg.api, self, self._extra_routes(), redactor(self.cfg))
-            )
+            if self.cfg.webhooks.enabled:
+                self.webhooks = await stack.enter_async_context(self._webhook_service())
+            self.api = await stack.enter_async_context(self._api_server())
             self._register_core_loops()
             async with asyncio.TaskGroup() as tg:
                 tasks = [
@@ -187,6 +191,25 @@ class Daemon:
         self.status_sections["inference"] = service.status
         return service
 
+    def _webhook_service(self) -> WebhookService:
+        assert self.link is not None
+        service = WebhookService(
+            self.cfg, self.link.client, self.metrics.registry, redactor(self.cfg)
+        )
+        self.loops.update(service.loops())
+        self.status_sections["webhooks"] = service.status
+        return service
+
+    def _api_server(self) -> ApiServer:
+        self.status_sections["signal_stream"] = self.signal_stream.status
+        return ApiServer(
+            self.cfg.api,
+            self,
+            self._extra_routes(),
+            redactor(self.cfg),
+            on_shutdown=[self.signal_stream.close],
+        )
+
     def _register_core_loops(self) -> None:
         assert self.link is not None
         link = self.link
@@ -209,7 +232,7 @@ class Daemon:
         )
 
     def _extra_routes(self) -> list[Any]:
-        routes: list[Any] = []
+        routes: list[Any] = self.signal_stream.routes()
         if self.lifecycle is not None:
             routes += self.lifecycle.routes()
         if self.inference is not None:

@@ -56,6 +56,21 @@ BAD_CONFIGS = {
         '[feed]\nenabled = true\nsymbols = ["SOL/USDT"]\n',
         "feed.symbols",
     ),
+    # webhooks (docs/push.md)
+    "webhooks unknown key": ('[webhooks]\nurl = "http://h/x"\n', "webhooks.url"),
+    "webhook not http": ('[webhooks]\nurls = ["ftp://h/x"]\n', "webhooks.urls"),
+    "webhook twice": ('[webhooks]\nurls = ["http://h/x", "http://h/x"]\n', "webhooks.urls"),
+    "webhooks without url": ("[webhooks]\nenabled = true\n", "webhooks.urls"),
+    "webhooks without secret": (
+        '[webhooks]\nenabled = true\nurls = ["http://127.0.0.1:9/x"]\n',
+        "webhooks.secret",
+    ),
+    "webhook secret file missing": (
+        '[webhooks]\nsecret_file = "/nonexistent/secret"\n',
+        "webhooks.secret_file",
+    ),
+    "webhook timeout": ("[webhooks]\ntimeout_s = 0\n", "webhooks.timeout_s"),
+    "sse bound": ("[api]\nsse_max_clients = 0\n", "api.sse_max_clients"),
 }
 
 
@@ -195,3 +210,18 @@ def test_the_feed_is_off_by_default_and_maps_pairs_to_stream_symbols(tmp_path: P
         ("ETH/USDT:USDT", "ETHUSDT", "1h"),
     ]
     assert feed.since_ms() == 1_724_227_200_000
+
+
+def test_webhook_secret_from_env_credential_or_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[webhooks]\nenabled = true\nurls = ["https://hooks.example.org/q"]\n')
+    assert load(path, env={"QUANTUM_WEBHOOK_SECRET": "from-env"}).webhooks.secret == "from-env"
+    (tmp_path / "webhook_secret").write_text("from-credential\n")
+    credential = load(path, env={"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert credential.webhooks.secret.reveal() == "from-credential"
+    (tmp_path / "file").write_text("from-file\n")
+    path.write_text(path.read_text() + f'secret_file = "{tmp_path / "file"}"\n')
+    cfg = load(path, env={})
+    assert cfg.webhooks.secret.reveal() == "from-file"
+    assert "from-file" not in repr(cfg)
+    assert not load(None, env={}).webhooks.enabled  # off by default

@@ -65,7 +65,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("web", frozenset({"web"})),
     ("models", frozenset({"models"})),
     ("training", frozenset({"training"})),
-    ("services", frozenset({"ingest", "lifecycle", "inference"})),
+    ("services", frozenset({"ingest", "lifecycle", "inference", "push"})),
     ("composition", frozenset({"daemon", "simulate"})),
     ("entry", frozenset({"cli", "commands", "__main__"})),
 )

@@ -9,6 +9,7 @@ SIGTERM once; every byte they wrote is searched for the secrets.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +30,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quantum_daemon.domain.config import load, secrets_of
+from quantum_daemon.domain.events import Event, make_event
+from quantum_daemon.domain.keys import Keys
 from quantum_daemon.domain.secrets import MASK, Redactor, url_secrets
 from quantum_daemon.ingest.replay import publish_frame
+from quantum_daemon.storage.events import publish_sync
 from tests.conftest import make_bars
 from tests.daemon_proc import DaemonProcess, api_port, write_config
 from tests.redis_secure import daemon_acl_rule, secure_redis
@@ -37,7 +43,9 @@ REPO = Path(__file__).resolve().parents[1]
 REDIS_PASSWORD = "Rp-7f3a9c1e5b"
 URL_PASSWORD = "Up-0d2b8e6a4c"
 API_TOKEN = "Tk-9e1c7a5f3b2d"
-SECRETS = (REDIS_PASSWORD, URL_PASSWORD, API_TOKEN)
+WEBHOOK_SECRET = "Wh-5c3e1a9d7f0b"
+HOOK_URL_PASSWORD = "Hp-8a6c4e2f0d1b"
+SECRETS = (REDIS_PASSWORD, URL_PASSWORD, API_TOKEN, WEBHOOK_SECRET, HOOK_URL_PASSWORD)
 
 # What a URL password may hold without percent-encoding (RFC 3986 userinfo).
 USERINFO = st.text(
@@ -113,12 +121,18 @@ def test_json_stays_json_after_redaction() -> None:
     assert json.loads(shown)["url"].startswith("redis://u:***@h/0?token=***")
 
 
-def test_secrets_of_the_config_cover_token_password_and_url() -> None:
+def test_secrets_of_the_config_cover_token_password_and_url(tmp_path: Path) -> None:
     env = {
         "QUANTUM_REDIS_URL": f"redis://u:{URL_PASSWORD}@h:1/0?password={REDIS_PASSWORD}",
         "QUANTUM_API_TOKEN": API_TOKEN,
+        "QUANTUM_WEBHOOK_SECRET": WEBHOOK_SECRET,
     }
-    assert set(SECRETS) <= set(secrets_of(load(None, env=env)))
+    hooks = tmp_path / "hooks.toml"
+    hooks.write_text(f'[webhooks]\nurls = ["https://u:{HOOK_URL_PASSWORD}@example.org/h"]\n')
+    assert set(SECRETS) <= set(secrets_of(load(hooks, env=env)))
+    (tmp_path / "secret").write_text(f"{WEBHOOK_SECRET}\n")
+    hooks.write_text(f'[webhooks]\nsecret_file = "{tmp_path / "secret"}"\n')
+    assert WEBHOOK_SECRET in secrets_of(load(hooks, env={}))
     assert url_secrets("redis://h/0?password=a%20b") == ("a b", "a%20b")
 
 
@@ -191,6 +205,16 @@ def readme_routes(model_id: str) -> list[str]:
     return [r.replace("=ID", f"={model_id}") for r in routes]
 
 
+def stream_head(url: str, seconds: float = 2.0) -> tuple[int, str]:
+    """What a streamed route (server-sent events) sends in its first ``seconds``."""
+    lines: list[bytes] = []
+    with urllib.request.urlopen(url, timeout=seconds) as resp:
+        with contextlib.suppress(TimeoutError):
+            while line := resp.readline():
+                lines.append(line)
+        return resp.status, b"".join(lines).decode(errors="replace")
+
+
 def http(method: str, url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
     request = urllib.request.Request(url, method=method, headers=headers or {})
     try:
@@ -211,9 +235,12 @@ def test_no_output_of_the_daemon_or_its_commands_shows_a_secret(tmp_path: Path) 
             tmp_path / "data",
             port,
             extra='[ingest]\nsymbols = ["BTCUSDT"]\n[models]\nsymbols = ["BTCUSDT"]\n'
-            'families = ["xgb"]\n',
+            'families = ["xgb"]\n'
+            # a webhook whose URL holds a password, to a closed port: its dead letter
+            f'[webhooks]\nenabled = true\nretries = 0\ntimeout_s = 1.0\nurls = '
+            f'["http://hook:{HOOK_URL_PASSWORD}@127.0.0.1:{api_port()}/hook"]\n',
         )
-        env = {"QUANTUM_API_TOKEN": API_TOKEN}
+        env = {"QUANTUM_API_TOKEN": API_TOKEN, "QUANTUM_WEBHOOK_SECRET": WEBHOOK_SECRET}
         outputs: dict[str, str] = {}
         daemon = DaemonProcess(config, env=env).start()
         try:
@@ -223,9 +250,12 @@ def test_no_output_of_the_daemon_or_its_commands_shows_a_secret(tmp_path: Path) 
                 admin, "quantum:bars:BTCUSDT:1h", make_bars(30, symbol="BTCUSDT").to_frame()
             )
             wait_stored(admin, "quantum:bars:BTCUSDT:1h", 30)
+            publish_sync(admin, Keys(), control_event())
+            outputs["webhook dead letter"] = repr(wait_dead_letter(admin))
             base = f"http://127.0.0.1:{port}"
             for route in readme_routes("xgb_BTCUSDT_1h"):
-                code, body = http("GET", base + route)
+                fetch = stream_head if "/stream" in route else partial(http, "GET")
+                code, body = fetch(base + route)
                 outputs[f"GET {route} ({code})"] = body
             outputs["404"] = http("GET", base + f"/nope?token={API_TOKEN}")[1]
             outputs["POST, wrong token"] = http("POST", base + "/api/status")[1]
@@ -249,6 +279,23 @@ def test_no_output_of_the_daemon_or_its_commands_shows_a_secret(tmp_path: Path) 
     found = {name: leaks(text) for name, text in outputs.items() if leaks(text)}
     assert found == {}
     assert len(outputs) >= 15
+
+
+def control_event() -> Event:
+    return make_event(
+        "control.applied", model_id="xgb_BTCUSDT_1h", family="xgb", symbol="BTCUSDT",
+        tf="1h", version=None, at=datetime.now(UTC), transition="secrets-test",
+    )  # fmt: skip
+
+
+def wait_dead_letter(admin: Any, timeout: float = 30.0) -> list[Any]:
+    """The webhook's dead letters, once there is one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if letters := admin.xrange("quantum:webhooks:dlq"):
+            return letters
+        time.sleep(0.1)
+    raise AssertionError(f"no webhook dead letter within {timeout}s")
 
 
 def wait_stored(admin: Any, stream: str, n: int, timeout: float = 30.0) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from quantum_daemon.domain.config_schema import (
     NON_NEGATIVE,
@@ -139,6 +140,9 @@ class ApiConfig:
     host: str = "127.0.0.1"
     port: Port = 8787
     token: Secret = field(default=Secret(""), repr=False)
+    # GET /api/signals/stream (docs/push.md): concurrent clients beyond this get 503
+    sse_max_clients: PositiveInt = 16
+    sse_heartbeat_s: PositiveFloat = 15.0  # a ": ping" comment this often keeps proxies open
 
 
 @dataclass(frozen=True)
@@ -278,6 +282,52 @@ class TrustConfig:
     history_len: PositiveInt = 500
 
 
+def _webhook_url_valid(urls: tuple[str, ...]) -> bool:
+    for url in urls:
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return False
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return False
+    return len(set(urls)) == len(urls)
+
+
+WEBHOOK_URLS = Check(_webhook_url_valid, "distinct http:// or https:// URLs with a host")
+EVENT_TYPE_PREFIXES = Check(lambda v: all(v), "non-empty event type prefixes")
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """HMAC-signed POSTs of the lifecycle events (docs/push.md); off by default."""
+
+    enabled: bool = False
+    urls: Annotated[tuple[str, ...], WEBHOOK_URLS] = ()
+    # the HMAC key: QUANTUM_WEBHOOK_SECRET, the webhook_secret credential, or secret_file
+    secret: Secret = field(default=Secret(""), repr=False)
+    secret_file: str = ""
+    event_types: Annotated[tuple[str, ...], EVENT_TYPE_PREFIXES] = ()  # prefixes; empty: all
+    timeout_s: PositiveFloat = 5.0  # per request
+    retries: NonNegativeInt = 5  # attempts after the first, then the dead-letter stream
+    backoff_base_s: PositiveFloat = 1.0
+    backoff_max_s: PositiveFloat = 60.0
+    max_in_flight: PositiveInt = 8  # deliveries under way per URL
+    dlq_maxlen: PositiveInt = 10_000
+
+    def __post_init__(self) -> None:
+        if not self.enabled:
+            return
+        if not self.urls:
+            raise ConfigError(
+                "config key 'webhooks.urls' must list a URL when webhooks are enabled"
+            )
+        if not self.secret:
+            raise ConfigError(
+                "config key 'webhooks.secret' is not set: give QUANTUM_WEBHOOK_SECRET, the "
+                "webhook_secret credential or webhooks.secret_file when webhooks are enabled"
+            )
+
+
 @dataclass(frozen=True)
 class FeedConfig:
     """The exchange bar feed (docs/feed.md): closed bars of ``symbols`` x
@@ -330,6 +380,7 @@ class Config:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
     feed: FeedConfig = field(default_factory=FeedConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
 
     def __post_init__(self) -> None:
         if not self.feed.enabled:
@@ -362,12 +413,14 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "QUANTUM_API_PORT": ("api", "port"),
     "QUANTUM_API_TOKEN": ("api", "token"),
     "QUANTUM_LOG_LEVEL": ("logging", "level"),
+    "QUANTUM_WEBHOOK_SECRET": ("webhooks", "secret"),
 }
 
 # systemd LoadCredential= puts secrets in files under $CREDENTIALS_DIRECTORY.
 CREDENTIAL_FILES: dict[str, tuple[str, str]] = {
     "redis_password": ("redis", "password"),
     "api_token": ("api", "token"),
+    "webhook_secret": ("webhooks", "secret"),
 }
 
 
@@ -380,6 +433,7 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Confi
         raw = _read_toml(Path(path))
     _apply_credentials(raw, env)
     _apply_env(raw, env)
+    _apply_secret_file(raw)
     return build(Config, raw, "")
 
 
@@ -439,14 +493,34 @@ def _as_toml(value: Any) -> Any:
     return value
 
 
+def _apply_secret_file(raw: dict[str, Any]) -> None:
+    """``[webhooks] secret_file``: the secret read from that file, unless the
+    environment or a credential gave one."""
+    section = raw.get("webhooks")
+    if not isinstance(section, dict) or not section.get("secret_file") or section.get("secret"):
+        return
+    path = section["secret_file"]
+    if not isinstance(path, str):
+        return  # build() names the wrong type
+    try:
+        section["secret"] = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"config key 'webhooks.secret_file': cannot read {path}: {exc.strerror}"
+        ) from None
+
+
 def secrets_of(cfg: Config) -> tuple[str, ...]:
-    """Every secret the config holds: the API token, the Redis password, and
-    a password written into the Redis URL or the Ray address."""
+    """Every secret the config holds: the API token, the Redis password, the
+    webhook secret, and a password written into the Redis URL, the Ray
+    address or a webhook URL."""
     found = (
         cfg.api.token.reveal(),
         cfg.redis.password.reveal(),
         *url_secrets(cfg.redis.url),
         *url_secrets(cfg.training.ray_address),
+        cfg.webhooks.secret.reveal(),
+        *(secret for url in cfg.webhooks.urls for secret in url_secrets(url)),
     )
     return tuple(dict.fromkeys(s for s in found if s))
 

@@ -44,6 +44,30 @@ class Keys:
     def signals(self, symbol: str, tf: str) -> str:
         return f"{self.prefix}:signals:{symbol}:{tf}"
 
+    @property
+    def signals_pattern(self) -> str:
+        return f"{self.prefix}:signals:*:*"
+
+    def parse_signals(self, stream: str) -> tuple[str, str] | None:
+        """(symbol, tf) of a signal stream name, or None if it is not one."""
+        head = f"{self.prefix}:signals:"
+        if not stream.startswith(head):
+            return None
+        symbol, sep, tf = stream[len(head) :].partition(":")
+        if not sep or not symbol or not tf or ":" in tf:
+            return None
+        return symbol, tf
+
+    def webhook_group(self, target: str) -> str:
+        """The consumer group on ``events`` of one webhook URL (``target``: a
+        digest of the URL, so the name holds no secret of it)."""
+        return f"{self.prefix}:webhooks:{target}"
+
+    @property
+    def webhooks_dlq(self) -> str:
+        """Webhook deliveries given up: url, event, reason, attempts."""
+        return f"{self.prefix}:webhooks:dlq"
+
     def trust(self, family: str) -> str:
         return f"{self.prefix}:trust:{family}"
 

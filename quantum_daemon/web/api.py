@@ -24,6 +24,7 @@ from quantum_daemon.web.responses import json_response
 log = get_logger()
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ShutdownHook = Callable[[web.Application], Awaitable[None]]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 TEXT_TYPES = frozenset({"application/json", "application/javascript"})
 
@@ -47,11 +48,14 @@ class ApiServer:
     extra_routes: Iterable[web.RouteDef] = ()
     # The daemon passes the redaction of its whole config; alone, the API knows its token.
     redact: Redactor | None = None
+    # run as the server shuts down, before it waits for the handlers (end long-lived streams)
+    on_shutdown: Iterable[ShutdownHook] = ()
     runner: web.AppRunner | None = field(default=None, init=False)
     port: int = field(default=0, init=False)
 
     async def __aenter__(self) -> ApiServer:
         app = build_app(self.cfg, self.source, self.extra_routes, self.redact)
+        app.on_shutdown.extend(self.on_shutdown)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.cfg.host, self.cfg.port, reuse_address=True)
