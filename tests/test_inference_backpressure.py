@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from quantum_daemon.inference.bookkeeping import MAX_ANSWERS_WAITING
+from quantum_daemon.inference.bookkeeping import MAX_ANSWERS_WAITING, MAX_BARS_WAITING
 from quantum_daemon.inference.context import Answered
 from quantum_daemon.inference.messages import PredictAnswer
 from tests.inference_helpers import inference, make_config
@@ -14,6 +14,12 @@ from tests.inference_helpers import inference, make_config
 
 def empty_answer(n: int) -> Answered:
     return Answered(PredictAnswer(n, "TESTUSDT", "1h", (), (), ()), ())
+
+
+def answer_of(n: int, bars: int) -> Answered:
+    """An answer on ``bars`` bars (no model answered them: nothing to score)."""
+    ts = tuple(range(0, bars * 3_600_000, 3_600_000))
+    return Answered(PredictAnswer(n, "TESTUSDT", "1h", ts, (1.0,) * bars, ()), ())
 
 
 def test_serving_waits_for_room_once_bookkeeping_is_this_far_behind(
@@ -37,3 +43,31 @@ def test_serving_waits_for_room_once_bookkeeping_is_this_far_behind(
     assert waited  # the 33rd answer was held back ...
     assert went_in  # ... until bookkeeping had handled one
     assert waiting == MAX_ANSWERS_WAITING
+
+
+def test_serving_waits_once_the_bars_waiting_would_pass_their_bound(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The memory is in the bars: a few answers of a long catch-up each must
+    wait as well (32 answers of 1,000 bars held 32,000 signals)."""
+
+    async def scenario() -> tuple[bool, bool, bool, int]:
+        async with inference(make_config(redis_url, tmp_path / "data")) as (service, _):
+            books = service.books
+            oversized = answer_of(1, MAX_BARS_WAITING + 500)
+            await asyncio.wait_for(books.hand_over(oversized), timeout=1)  # alone: it goes in
+            second = asyncio.ensure_future(books.hand_over(answer_of(2, 10)))
+            await asyncio.sleep(0.2)
+            held_back = not second.done()
+            await books.handle_work(books.work.get_nowait())
+            await asyncio.wait_for(second, timeout=1)
+            third = asyncio.ensure_future(books.hand_over(answer_of(3, MAX_BARS_WAITING - 5)))
+            await asyncio.sleep(0.2)
+            also_held = not third.done()  # 10 + 1,995 bars would pass the bound
+            await books.handle_work(books.work.get_nowait())
+            await asyncio.wait_for(third, timeout=1)
+            return held_back, also_held, third.done(), books.bars_waiting
+
+    held_back, also_held, went_in, bars = asyncio.run(scenario())
+    assert held_back and also_held and went_in
+    assert bars == MAX_BARS_WAITING - 5

@@ -10,11 +10,13 @@ superseded candidates and aligns the trust weights with the live families.
 Every minute a summary is logged; every hour old settled predictions are
 pruned.
 
-At most ``MAX_ANSWERS_WAITING`` answers wait for bookkeeping: beyond that,
-serving waits for room (``hand_over``). When bookkeeping falls behind, the
-next requests then catch up on more bars each (``max_catch_up``), fewer and
-larger answers, instead of a queue that grows without bound (the soak saw
-the daemon's memory climb by 780 MB/h that way).
+At most ``MAX_ANSWERS_WAITING`` answers, and at most ``MAX_BARS_WAITING``
+bars in them, wait for bookkeeping: beyond that, serving waits for room
+(``hand_over``). When bookkeeping falls behind, the next requests then catch
+up on more bars each (``max_catch_up``), fewer and larger answers, instead
+of a queue that grows without bound (the soak saw the daemon's memory climb
+by 780 MB/h that way). The bound in bars is what bounds the memory: 32
+answers of ``max_catch_up`` bars each held 32,000 signals.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ log = get_logger()
 
 SUMMARY_S = 60.0
 MAX_ANSWERS_WAITING = 32
+MAX_BARS_WAITING = 2_000  # an answer larger than this goes in alone
 PRUNE_EVERY_S = 3600.0
 
 Work = Answered | LoadReport
@@ -82,6 +85,7 @@ class Bookkeeper:
         self.shadow = ShadowReferee(cfg, state, records, io, transitions, metrics)
         self.work: asyncio.Queue[Work] = asyncio.Queue()
         self.answers_waiting = 0
+        self.bars_waiting = 0
         self._room = asyncio.Event()
         self._room.set()
         self._live_changed = False
@@ -95,12 +99,20 @@ class Bookkeeper:
         self.work.put_nowait(item)
 
     async def hand_over(self, item: Answered) -> None:
-        """An answer, once fewer than ``MAX_ANSWERS_WAITING`` wait."""
-        while self.answers_waiting >= MAX_ANSWERS_WAITING:
+        """An answer, once there is room for it (``MAX_ANSWERS_WAITING``,
+        ``MAX_BARS_WAITING``)."""
+        bars = len(item.answer.ts)
+        while not self._room_for(bars):
             self._room.clear()
             await wait_first(self._room)
         self.answers_waiting += 1
+        self.bars_waiting += bars
         self.work.put_nowait(item)
+
+    def _room_for(self, bars: int) -> bool:
+        if self.answers_waiting >= MAX_ANSWERS_WAITING:
+            return False
+        return self.answers_waiting == 0 or self.bars_waiting + bars <= MAX_BARS_WAITING
 
     async def bookkeep(self, stop: asyncio.Event) -> None:
         """Handle answers and load reports in order; on stop, finish what is queued."""
@@ -121,6 +133,7 @@ class Bookkeeper:
         finally:
             if isinstance(item, Answered):
                 self.answers_waiting -= 1
+                self.bars_waiting -= len(item.answer.ts)
                 self._room.set()
 
     # -- answers -------------------------------------------------------------------
