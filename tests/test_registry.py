@@ -372,3 +372,31 @@ def test_finished_versions_beyond_the_newest_fifty_go_to_the_archive(
     assert registry.ledger(MODEL)["trained"] == KEEP_FINISHED + 21  # every trial still counted
     assert Registry(tmp_path).recover() == []  # nothing archived comes back
     assert set(registry.files.read(MODEL).versions).isdisjoint(archived)
+
+
+def test_rollback_targets_beyond_the_newest_ten_count_as_finished(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Every promotion leaves a retired version that was active: without a
+    bound, state.json grows with every promotion (issue #16's soak). Beyond
+    the newest KEEP_ROLLBACK_TARGETS they count as finished (archived past
+    KEEP_FINISHED), and rollback still finds its target."""
+    from quantum_daemon.storage.registry.state import KEEP_FINISHED, KEEP_ROLLBACK_TARGETS
+
+    start = datetime(2024, 8, 2, tzinfo=UTC)
+    promoted: list[str] = []
+    for k in range(KEEP_FINISHED + KEEP_ROLLBACK_TARGETS + 15):
+        version = write_version(tmp_path, start + timedelta(hours=k))
+        registry.register(MODEL, version)
+        evaluate(registry, version, beats(promoted[-1]) if promoted else None)
+        registry.promote(MODEL, version, "test")  # a candidate: the operator promotes it
+        promoted.append(version)
+    state = registry.files.read(MODEL)
+    assert state.active == promoted[-1]
+    assert len(state.versions) == KEEP_FINISHED + KEEP_ROLLBACK_TARGETS + 1
+    assert set(state.finished()).isdisjoint(promoted[-KEEP_ROLLBACK_TARGETS - 1 :])
+    archived = registry.files.archived_versions(MODEL)
+    assert archived == set(promoted[: len(archived)])  # the oldest went ...
+    assert len(archived) + len(state.versions) == len(promoted)  # ... and nothing else
+    registry.rollback(MODEL, "test")
+    assert registry.active_version(MODEL) == promoted[-2]

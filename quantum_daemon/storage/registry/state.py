@@ -31,6 +31,9 @@ TRIAL_KINDS = ("trained", "tuning", "simulated")  # the ledger's kinds of trial
 # finished versions (rejected, or retired without ever being active) kept in
 # state.json; older ones go to the model's archive (``files.ARCHIVE_FILE``)
 KEEP_FINISHED = 50
+# retired versions that were once active (rollback targets) kept beyond
+# ``previous_active``; older ones count as finished
+KEEP_ROLLBACK_TARGETS = 10
 
 
 @dataclass(frozen=True)
@@ -132,13 +135,22 @@ class ModelState:
 
     def finished(self) -> list[str]:
         """Versions no transition can start from but an operator's promotion
-        of a retired one: rejected, or retired without ever being active
-        (rollback targets, retired versions once active, are not finished)."""
-        return sorted(
+        of a retired one: rejected, or retired without ever being active, or
+        rollback targets (retired versions once active) older than the
+        newest ``KEEP_ROLLBACK_TARGETS`` and than ``previous_active``: every
+        promotion leaves one, and state.json must stay bounded."""
+        done = [
             v
             for v, r in self.versions.items()
             if r.stage is Stage.REJECTED or (r.stage is Stage.RETIRED and not r.was_active())
+        ]
+        targets = sorted(
+            v
+            for v, r in self.versions.items()
+            if r.stage is Stage.RETIRED and r.was_active() and v != self.active
         )
+        keep = {*targets[len(targets) - KEEP_ROLLBACK_TARGETS :], self.previous_active()}
+        return sorted(done + [v for v in targets if v not in keep])
 
     def count_trials(self, kind: str, n: int) -> None:
         if kind not in TRIAL_KINDS:
