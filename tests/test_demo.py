@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -74,6 +75,12 @@ def wait_until(check: object, timeout: float, proc: subprocess.Popen[str], out: 
         time.sleep(0.2)
 
 
+def demo_overrides() -> list[str]:
+    """Every ``section.key`` that scripts/demo.toml sets."""
+    raw = tomllib.loads((REPO / "scripts" / "demo.toml").read_text())
+    return [f"{section}.{key}" for section, table in raw.items() for key in table]
+
+
 def stop(proc: subprocess.Popen[str]) -> None:
     """Ctrl-C first (the demo stops its daemon and Redis), a kill at last."""
     if proc.poll() is None:
@@ -94,8 +101,8 @@ def port_open(port: int) -> bool:
 
 
 def test_demo_publishes_signals_and_sums_up_on_ctrl_c(tmp_path: Path) -> None:
-    """The live bars get signals; Ctrl-C stops the daemon and Redis and
-    prints the counts."""
+    """The live bars get signals; every demo setting is shown at the top;
+    Ctrl-C stops the daemon and Redis and prints the counts."""
     proc = start_demo(tmp_path / "demo")
     out = Output(proc)
     try:
@@ -118,6 +125,8 @@ def test_demo_publishes_signals_and_sums_up_on_ctrl_c(tmp_path: Path) -> None:
     live_bars = out.find(r"summary after \d+ s \((\d+) live bars published per series\)")
     assert live_bars is not None and int(live_bars.group(1)) >= 1
     assert out.find(r"^  trust updates:\s+\d+") and out.find(r"^  versions trained:\s+\d+")
+    for key in demo_overrides():
+        assert out.find(rf"^  {re.escape(key)} = .+ \(config\.toml: .+\)$"), f"{key} not shown"
     redis_port = out.find(r"==> redis at redis://127\.0\.0\.1:(\d+)")
     assert redis_port is not None and not port_open(int(redis_port.group(1)))
     assert (tmp_path / "demo" / "daemon.log").stat().st_size > 0

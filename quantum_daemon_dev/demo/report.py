@@ -135,9 +135,7 @@ def final_summary(tally: Tally, seconds: float, tail_bars: int) -> str:
         ("shadow verdicts", tally.shadow_verdict_count, "", "shadow verdict"),
     ]
     lines = [RULE, f"summary after {seconds:.0f} s ({tail_bars} live bars published per series)"]
-    lines += [
-        f"  {label + ':':<20} {n} {detail}{_at(first, what)}" for label, n, detail, what in rows
-    ]
+    lines += [_count_line(label, n, detail, _at(first, what)) for label, n, detail, what in rows]
     return "\n".join([*lines, RULE])
 
 
