@@ -149,8 +149,12 @@ def event_line(kind: str, data: Mapping[str, Any]) -> str:
 
 
 def _retire_reason(data: Mapping[str, Any]) -> str:
+    """The kind of retirement: ``stale: no training for N bars`` counts as ``stale``."""
     reason = str(data.get("reason", ""))
-    return reason.split(":", 1)[0] if reason.startswith("stale") else reason
+    for kind in ("stale", "replaced"):
+        if reason.startswith(kind):
+            return kind
+    return reason
 
 
 def _is_shadow_verdict(kind: str, data: Mapping[str, Any]) -> bool:
