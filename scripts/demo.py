@@ -32,7 +32,13 @@ from quantum_daemon_dev.demo.feed import (
     publish_history,
     split_series,
 )
-from quantum_daemon_dev.demo.report import Snapshot, banner, final_summary, live_summary
+from quantum_daemon_dev.demo.report import (
+    Snapshot,
+    banner,
+    final_summary,
+    header,
+    live_summary,
+)
 from quantum_daemon_dev.demo.settings import demo_settings
 from quantum_daemon_dev.demo.tally import Watcher
 from quantum_daemon_dev.redis_server import RedisServer, free_port
@@ -57,7 +63,25 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="wiped at start")
     parser.add_argument("--config", default=str(REPO / "scripts" / "demo.toml"))
-    return parser.parse_args()
+    args = parser.parse_args()
+    for name in ("seconds", "tail", "warmup"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be >= 0")
+    for name in ("pace", "every"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be > 0")
+    return args
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP end the demo as Ctrl-C does: the daemon and Redis run
+    in their own sessions, so the demo must stop them itself."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
 
 
 def get_json(url: str) -> tuple[int, Any]:
@@ -195,6 +219,7 @@ def stop_daemon(proc: subprocess.Popen[bytes]) -> int:
 
 def main() -> int:
     args = parse_args()
+    stop_on_signals()
     args.config = str(Path(args.config).resolve())
     data_dir = Path(args.data_dir).resolve()
     fresh_data_dir(data_dir)
@@ -220,8 +245,10 @@ def run(args: argparse.Namespace, env: dict[str, str], data_dir: Path) -> int:
     cfg, reference = load(args.config, env), load(REPO / "config.toml", env)
     base = f"http://{cfg.api.host}:{cfg.api.port}"
     log_path = data_dir / "daemon.log"
-    top = banner(base, demo_settings(cfg, reference), args.config, str(log_path))
-    print(top, f"\n==> redis at {env['QUANTUM_REDIS_URL']}", flush=True)
+    settings = demo_settings(cfg, reference)
+    print(banner(base, settings, args.config, str(log_path)), flush=True)
+    print(f"==> redis at {env['QUANTUM_REDIS_URL']}")
+    top = header(base, settings, shutil.get_terminal_size().columns)
     client = redis.Redis.from_url(env["QUANTUM_REDIS_URL"])
     series = split_series(bar_files(SAMPLE_DIR), args.tail)
     published = publish_history(client, Keys(cfg.redis.prefix), series)
@@ -234,8 +261,8 @@ def run(args: argparse.Namespace, env: dict[str, str], data_dir: Path) -> int:
         demo = Demo(args, cfg, client, series, base, proc, top)
         demo.warm_up()
         demo.run_live()
-    except KeyboardInterrupt:
-        print("\n==> Ctrl-C: stopping")
+    except KeyboardInterrupt as exc:
+        print(f"\n==> {exc or 'Ctrl-C'}: stopping")
     finally:
         if demo is not None:
             with contextlib.suppress(redis.RedisError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,15 @@ def banner(base: str, settings: Sequence[str], config: str, log: str) -> str:
         lines.append("demo settings (differ from config.toml; the judge's rules are real):")
         lines += [f"  {s}" for s in settings]
         lines.append(RULE)
+    return "\n".join(lines)
+
+
+def header(base: str, settings: Sequence[str], width: int) -> str:
+    """The banner in a few lines, above each redraw of the summary on a terminal."""
+    lines = [f"dashboard {base}/dashboard   API {base}/api   Ctrl-C: stop and sum up"]
+    if settings:
+        short = "; ".join(s.split(" (config.toml")[0] for s in settings)
+        lines += textwrap.wrap(f"demo settings: {short}", width, subsequent_indent="  ")
     return "\n".join(lines)
 
 
