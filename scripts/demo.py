@@ -40,7 +40,7 @@ from quantum_daemon_dev.demo.report import (
     live_summary,
 )
 from quantum_daemon_dev.demo.settings import demo_settings
-from quantum_daemon_dev.demo.tally import Watcher
+from quantum_daemon_dev.demo.tally import Tally, Watcher
 from quantum_daemon_dev.redis_server import RedisServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,13 +108,14 @@ def fresh_data_dir(path: Path) -> None:
 def start_daemon(config: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     # Its own session: Ctrl-C reaches the demo only, which then stops the
     # daemon (SIGTERM) and Redis in order, after reading what they published.
-    return subprocess.Popen(
-        [sys.executable, "-m", "quantum_daemon", "--config", config, "run"],
-        env=env,
-        stdout=log_path.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "quantum_daemon", "--config", config, "run"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -160,7 +161,7 @@ class Demo:
         self.next_print = 0.0
 
     @property
-    def tally(self) -> Any:
+    def tally(self) -> Tally:
         return self.watcher.tally
 
     def elapsed(self) -> float:
@@ -203,7 +204,7 @@ class Demo:
                 summary = f"\033[H\033[J{self.top}\n{summary}"
             print(summary, flush=True)
             self.next_print = time.monotonic() + self.args.every
-        time.sleep(0.2)
+        time.sleep(min(0.2, self.args.pace / 2))
 
 
 def stop_daemon(proc: subprocess.Popen[bytes]) -> int:

@@ -15,7 +15,9 @@ import threading
 import time
 import tomllib
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = r"dashboard:\s+(http://127\.0\.0\.1:\d+/dashboard)"
@@ -32,8 +34,8 @@ class Output:
         self._thread = threading.Thread(target=self._read, args=(proc.stdout,), daemon=True)
         self._thread.start()
 
-    def _read(self, stream: object) -> None:
-        for line in stream:  # type: ignore[attr-defined]
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
             self.lines.append(line.rstrip("\n"))
 
     @property
@@ -67,9 +69,11 @@ def start_demo(data_dir: Path) -> subprocess.Popen[str]:
     )
 
 
-def wait_until(check: object, timeout: float, proc: subprocess.Popen[str], out: Output) -> None:
+def wait_until(
+    check: Callable[[], object], timeout: float, proc: subprocess.Popen[str], out: Output
+) -> None:
     deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
+    while not check():
         assert proc.poll() is None, f"the demo exited early ({proc.returncode}):\n{out.text}"
         assert time.monotonic() < deadline, f"timed out:\n{out.text[-5000:]}"
         time.sleep(0.2)

@@ -133,10 +133,12 @@ def final_summary(tally: Tally, seconds: float, tail_bars: int) -> str:
     """The counts of the whole run."""
     first, events = tally.first_seen, tally.events
     live = sum(s.by_status["live"] for s in tally.signals.values())
+    moved = sum(1 for t in tally.trust.values() if t.weight != t.first_weight)
     rows = [
         ("signals published", tally.signals_published, _per_series(tally), "signal"),
         ("live signals", live, "", "signal live"),
         ("trust updates", tally.trust_updates, _per_family(tally), "trust update"),
+        ("weights moved", moved, "(families whose trust weight changed)", "trust weight moved"),
         ("versions trained", events["training.completed"], "", "training.completed"),
         ("training failed", events["training.failed"], "", ""),
         ("versions rejected", events["model.rejected"], _counts(tally.rejected_by_gate), ""),
