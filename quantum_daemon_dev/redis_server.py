@@ -50,9 +50,11 @@ def find_redis_server() -> str:
 @dataclass
 class RedisServer:
     """One private redis-server process. ``appendonly`` turns on AOF so that
-    a restart keeps the data (for restart tests)."""
+    a restart keeps the data (for restart tests); ``new_session`` keeps it
+    out of the terminal's Ctrl-C (the demo stops it itself, last)."""
 
     appendonly: bool = False
+    new_session: bool = False
     port: int = field(default_factory=free_port)
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="qd-redis-")))
     binary: str = field(default_factory=find_redis_server)
@@ -82,7 +84,12 @@ class RedisServer:
             "--logfile",
             str(self.directory / "redis.log"),
         ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=self.new_session,
+        )
         self._wait_ready(timeout)
         return self
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The demo: set up .venv, start a private Redis unless QUANTUM_REDIS_URL is set,
-# run the daemon on the bundled real bars, print a live summary; Ctrl-C stops
-# everything cleanly. Extra arguments go to scripts/demo.py (see --help).
+# The demo: set up .venv, make sure a redis-server exists; scripts/demo.py then
+# starts a private Redis (unless QUANTUM_REDIS_URL is set) and the daemon,
+# publishes the bundled bars' history at once and their tail one bar per
+# series every --pace seconds, and prints a live summary; Ctrl-C (or
+# --seconds) stops everything cleanly and prints the counts of the run.
+# Extra arguments go to scripts/demo.py (see --help; README "The demo").
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 cd "$REPO_ROOT"
