@@ -8,29 +8,16 @@ fixed thread count); the artifact is LightGBM's text model format
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import lightgbm as lgb
 import numpy as np
 
+from quantum_daemon.domain.params.trees import LGBMParams
 from quantum_daemon.models.trees import Fitted, TreeData, TreeFamily, TreeParamsBase
 
-
-@dataclass(frozen=True)
-class LGBMParams(TreeParamsBase):
-    num_boost_round: int = 400  # an upper bound: early stopping picks the count
-    early_stopping_rounds: int = 30  # returns are noisy; give the val loss room to turn
-    learning_rate: float = 0.05
-    num_leaves: int = 8  # about a depth-3 tree: little room to memorize noise
-    max_depth: int = 3
-    min_data_in_leaf: int = 50  # leaves must cover many bars
-    feature_fraction: float = 0.8
-    bagging_fraction: float = 0.8
-    bagging_freq: int = 1
-    lambda_l2: float = 1.0
-    threads: int = 1  # the worker pool pins threads (LightGBM num_threads)
+__all__ = ["LGBMFamily", "LGBMParams"]
 
 
 class LGBMFamily(TreeFamily):

@@ -30,9 +30,8 @@ from quantum_daemon.models.params import MappingParams
 
 MIN_SIGMA = 1e-12
 
-
-class TreeParamsBase(MappingParams):
-    """Mixin for a frozen dataclass of tree hyper-parameters built from a mapping."""
+# The tree families' parameter classes (``domain.params.trees``) share the mixin.
+TreeParamsBase = MappingParams
 
 
 @dataclass(frozen=True)

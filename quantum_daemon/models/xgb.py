@@ -7,27 +7,16 @@ best iteration's stop (prediction uses the trees up to the best one).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import xgboost as xgb
 
+from quantum_daemon.domain.params.trees import XGBParams
 from quantum_daemon.models.trees import Fitted, TreeData, TreeFamily, TreeParamsBase
 
-
-@dataclass(frozen=True)
-class XGBParams(TreeParamsBase):
-    num_boost_round: int = 400  # an upper bound: early stopping picks the count
-    early_stopping_rounds: int = 30  # returns are noisy; give the val loss room to turn
-    learning_rate: float = 0.05
-    max_depth: int = 3  # shallow: interactions of a few features, little room to memorize
-    min_child_weight: float = 20.0  # leaves must cover many bars
-    subsample: float = 0.8
-    colsample_bytree: float = 0.8
-    reg_lambda: float = 1.0
-    threads: int = 1  # the worker pool pins threads (XGBoost nthread)
+__all__ = ["XGBFamily", "XGBParams"]
 
 
 class XGBFamily(TreeFamily):
