@@ -266,6 +266,10 @@ class TuningConfig:
             return False
         return not self.models or family in self.models or model_id in self.models
 
+    def plan_for(self, family: str, model_id: str) -> TuningConfig | None:
+        """This section when ``model_id`` tunes, else None (what a job spec carries)."""
+        return self if self.applies_to(family, model_id) else None
+
 
 @dataclass(frozen=True)
 class PromotionConfig:

@@ -15,7 +15,7 @@ import lightgbm as lgb
 import numpy as np
 
 from quantum_daemon.domain.params.trees import LGBMParams
-from quantum_daemon.models.trees import Fitted, TreeData, TreeFamily, TreeParamsBase
+from quantum_daemon.models.trees import Fitted, Listener, TreeData, TreeFamily, TreeParamsBase
 
 __all__ = ["LGBMFamily", "LGBMParams"]
 
@@ -25,7 +25,9 @@ class LGBMFamily(TreeFamily):
     artifact_name: ClassVar[str] = "model.txt"
     params_type: ClassVar[type[TreeParamsBase]] = LGBMParams
 
-    def _train(self, params: Any, seed: int, rows: TreeData) -> Fitted:
+    def _train(
+        self, params: Any, seed: int, rows: TreeData, listener: Listener | None = None
+    ) -> Fitted:
         booster_params = _booster_params(params, seed)
         train = lgb.Dataset(rows.x_train, label=rows.y_train, params=booster_params)
         val = lgb.Dataset(rows.x_val, label=rows.y_val, reference=train, params=booster_params)
@@ -39,6 +41,7 @@ class LGBMFamily(TreeFamily):
             callbacks=[
                 lgb.early_stopping(params.early_stopping_rounds, verbose=False),
                 lgb.record_evaluation(history),
+                *([] if listener is None else [_listening(listener)]),
             ],
         )
         best = int(booster.best_iteration) or booster.current_iteration()
@@ -60,6 +63,15 @@ class LGBMFamily(TreeFamily):
     @classmethod
     def library_versions(cls) -> dict[str, str]:
         return {"lightgbm": lgb.__version__, "numpy": np.__version__}
+
+
+def _listening(listener: Listener) -> Any:
+    """A callback handing each round's validation l2 to a listener (which may raise)."""
+
+    def callback(env: Any) -> None:
+        listener(int(env.iteration), float(env.evaluation_result_list[0][2]))
+
+    return callback
 
 
 def _booster_params(params: LGBMParams, seed: int) -> dict[str, Any]:

@@ -172,6 +172,7 @@ class NeuralFamily:
             self._windows(z, train_idx, params, data.horizon, n_targets),
             self._windows(z, val_idx, params, data.horizon, n_targets),
             self._train_config(params, data.seed),
+            on_eval=_listening(data.on_validation),
         )
         net.cpu().eval()
         state = _State(net, arch, params, scaling, data.horizon, data.seed, 1.0, {})
@@ -283,6 +284,12 @@ class NeuralFamily:
         if self._state is None:
             raise RuntimeError(f"{self.name} model is not fitted")
         return self._state
+
+
+def _listening(listener: Callable[[int, float], None] | None) -> Any:
+    if listener is None:
+        return None
+    return lambda record: listener(record.step, record.val_loss)
 
 
 def _usable(idx: np.ndarray, lookback: int, horizon: int, n_bars: int) -> np.ndarray:

@@ -56,7 +56,7 @@ def checked(family: str, values: Mapping[str, Any], where: str) -> dict[str, Any
     return own
 
 
-def _refuse_evaluation_keys(family: str, table: Mapping[str, Any], where: str) -> None:
+def refuse_evaluation_keys(family: str, table: Mapping[str, Any], where: str) -> None:
     for key in sorted(set(table) & params_class(family).evaluation_keys):
         raise ConfigError(
             f"config key '{where}.{key}' is not a parameter to set: {family} trains at the "
@@ -72,7 +72,7 @@ def _family_of(name: str, where: str) -> str:
     except (BadIdentifier, ValueError):
         raise ConfigError(
             f"config key '{where}': a table of [models.params] is named by a family "
-            f"({list(FAMILY_PARAMS)}) or a model id such as \"lgbm_ETHUSDT_1h\""
+            f'({list(FAMILY_PARAMS)}) or a model id such as "lgbm_ETHUSDT_1h"'
         ) from None
     family = ModelKey.parse(name).family
     if family not in FAMILY_PARAMS:
@@ -98,7 +98,7 @@ class ParamTables:
             if not isinstance(table, dict):
                 raise ConfigError(f"[{at}] must be a table, got {type(table).__name__}")
             family = _family_of(name, at)
-            _refuse_evaluation_keys(family, table, at)
+            refuse_evaluation_keys(family, table, at)
             (families if name == family else models)[name] = checked(family, table, at)
         tables = cls(families, models)
         for model_id in models:  # keys of both tables together must still make sense
