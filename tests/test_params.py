@@ -70,8 +70,10 @@ def test_every_family_declares_a_search_space_its_schema_accepts(family: str) ->
         for value in edges:  # every corner of the space is a valid parameter set
             checked(family, {name: value}, f"models.params.{family}")
         # the configured default is inside: the search's first trial is the untuned model
-        inside = dim.low <= defaults[name] <= dim.high if isinstance(dim, Range) else (
-            defaults[name] in dim.values
+        inside = (
+            dim.low <= defaults[name] <= dim.high
+            if isinstance(dim, Range)
+            else (defaults[name] in dim.values)
         )
         assert inside, f"{family}: default {name}={defaults[name]} outside {dim}"
 
@@ -140,10 +142,10 @@ def test_keys_of_both_tables_are_checked_together(tmp_path: Path) -> None:
     # each table is valid alone; together batch_size 96 does not divide n_steps 256
     path = write_config(
         tmp_path,
-        '[models.params.rl_sizer]\nn_steps = 256\neval_every = 256\ntotal_timesteps = 512\n'
+        "[models.params.rl_sizer]\nn_steps = 256\neval_every = 256\ntotal_timesteps = 512\n"
         '[models.params."rl_sizer_BTCUSDT_1h"]\nbatch_size = 96\n',
     )
-    with pytest.raises(ConfigError, match="models.params.rl_sizer_BTCUSDT_1h"):
+    with pytest.raises(ConfigError, match=r"models\.params\.rl_sizer_BTCUSDT_1h"):
         config_mod.load(path, env={})
 
 
