@@ -61,6 +61,7 @@ HEAVY_MODULES = frozenset(
         "stable_baselines3",
         "sklearn",
         "matplotlib",
+        "optuna",
     }
 )
 

@@ -14,7 +14,14 @@ the median of ``--repeats`` runs (after one warm-up run), the share of one
 test window (one fit + its predictions), and the trees the last fit kept.
 Adding a family is one line in ``FAMILIES``.
 
-    .venv/bin/python scripts/bench_train.py [--repeats 3] [--families xgb,lgbm] [--json FILE]
+The ``-tuned`` rows time a tuned version: the Optuna search of
+``training.tuning`` (``--trials`` trials, default 10, TPE seed 42, median
+pruning, no time limit) on the first fold's validation window, then the same
+walk-forward evaluation with the best parameters; beside the untuned row of
+the same family in the same run.
+
+    .venv/bin/python scripts/bench_train.py [--repeats 3] [--families xgb,lgbm,lgbm-tuned]
+        [--trials 10] [--json FILE]
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ from typing import Any
 
 from quantum_daemon.core.evaluation.walkforward import EvaluationSettings, walk_forward
 from quantum_daemon.domain.bars import Bars
+from quantum_daemon.domain.config import TuningConfig
 from quantum_daemon.models.families import family_class
 from quantum_daemon.storage.bar_files import read_bar_file
+from quantum_daemon.training.tuning import tune
 
 MARKET = Path(__file__).resolve().parents[2] / "shared" / "data" / "market"
 
@@ -44,7 +53,10 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "lgbm-400": ("lgbm", {"early_stopping_rounds": 400}),
     "nhits": ("nhits", {}),
     "patchtst": ("patchtst", {}),
+    "xgb-tuned": ("xgb", {}),
+    "lgbm-tuned": ("lgbm", {}),
 }
+TRIALS = {"n": 10}  # tuning trials of the "-tuned" rows (--trials)
 
 
 @dataclass(frozen=True)
@@ -69,11 +81,18 @@ def load(dataset: Dataset) -> Bars:
 def time_once(label: str, bars: Bars, settings: EvaluationSettings) -> dict[str, float]:
     family, params = FAMILIES[label]
     started = time.perf_counter()
+    tuning_s, pruned = 0.0, 0.0
+    if label.endswith("-tuned"):
+        plan = TuningConfig(enabled=True, max_trials=TRIALS["n"], timeout_s=0.0)
+        found = tune(family, family_class(family), bars, settings, 0, params, plan)
+        params, tuning_s, pruned = found.params, time.perf_counter() - started, found.n_pruned
     evaluation = walk_forward(family_class(family), bars, settings, seed=0, params=params)
     seconds = time.perf_counter() - started
     report = evaluation.report
     return {
         "seconds": seconds,
+        "tuning_s": tuning_s,
+        "pruned": float(pruned),
         "fits": float(sum(o.refitted for o in report.folds)),
         "trees": float(report.folds[-1].fit.best_iteration),
         "sharpe": report.trading.sharpe,
@@ -96,17 +115,23 @@ def bench(family: str, dataset: Dataset, repeats: int) -> dict[str, Any]:
         "min_s": round(min(r["seconds"] for r in runs), 4),
         "max_s": round(max(r["seconds"] for r in runs), 4),
         "trees_last_fit": int(runs[0]["trees"]),
+        "trials": TRIALS["n"] if family.endswith("-tuned") else 0,
+        "tuning_median_s": round(statistics.median(r["tuning_s"] for r in runs), 4),
+        "pruned_trials": int(runs[0]["pruned"]),
+        "sharpe": round(runs[0]["sharpe"], 3),
     }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'family':<10}{'dataset':<16}{'bars':>7}{'median s':>10}{'per window s':>14}"
-    head += f"{'min s':>8}{'max s':>8}{'trees':>7}"
+    head = f"{'family':<12}{'dataset':<16}{'bars':>7}{'median s':>10}{'per window s':>14}"
+    head += f"{'min s':>8}{'max s':>8}{'trees':>7}{'trials':>8}{'pruned':>8}{'tuning s':>10}"
+    head += f"{'sharpe':>8}"
     lines = [head]
     for r in rows:
         lines.append(
-            f"{r['family']:<10}{r['dataset']:<16}{r['n_bars']:>7}{r['median_s']:>10.3f}"
+            f"{r['family']:<12}{r['dataset']:<16}{r['n_bars']:>7}{r['median_s']:>10.3f}"
             f"{r['per_window_s']:>14.3f}{r['min_s']:>8.3f}{r['max_s']:>8.3f}{r['trees_last_fit']:>7}"
+            f"{r['trials']:>8}{r['pruned_trials']:>8}{r['tuning_median_s']:>10.3f}{r['sharpe']:>8.3f}"
         )
     return "\n".join(lines)
 
@@ -116,7 +141,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--json", type=Path, help="also write the results to this file")
+    parser.add_argument("--trials", type=int, default=10, help="tuning trials of -tuned rows")
     args = parser.parse_args()
+    TRIALS["n"] = args.trials
     rows = [
         bench(family, dataset, args.repeats)
         for dataset in DATASETS

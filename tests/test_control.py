@@ -99,6 +99,8 @@ def test_models_list_json_has_one_object_per_version(
             "stage",
             "created_at",
             "metrics",
+            "params",  # the hyper-parameters it trained with (docs/tuning.md)
+            "tuning",  # None: not tuned
         }
         assert row["metrics"] == GOOD
     assert cli(tmp_path, redis_url, "models", "list") == 0

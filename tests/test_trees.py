@@ -154,12 +154,12 @@ def _shuffled(name: str) -> type[TreeFamily]:
     assert issubclass(base, TreeFamily)
 
     class Shuffled(base):  # type: ignore[valid-type, misc]
-        def _train(self, params: Any, seed: int, rows: TreeData) -> Fitted:
+        def _train(self, params: Any, seed: int, rows: TreeData, listener: Any = None) -> Fitted:
             rng = np.random.default_rng(seed)
             permuted = TreeData(
                 rows.x_train, rng.permutation(rows.y_train), rows.x_val, rng.permutation(rows.y_val)
             )
-            return super()._train(params, seed, permuted)
+            return super()._train(params, seed, permuted, listener)
 
     return Shuffled
 

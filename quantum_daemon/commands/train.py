@@ -6,9 +6,15 @@ timeframe from a Freqtrade file name unless given) or from the bar store in
 (``data_dir/models/{model_id}/{version}``); the metrics are printed as a table,
 or with ``--json`` as one JSON object (keys: ``evaluation.report.JSON_KEYS``).
 
+Hyper-parameters: the model's ``[models.params]`` tables of config.toml,
+then ``--param KEY=VALUE`` on top. ``--tune`` searches the family's space
+first with the ``[tuning]`` budget (``--tune-trials`` overrides
+``max_trials``), also when ``[tuning]`` is off; a model that ``[tuning]``
+names tunes without it (docs/tuning.md).
+
 Exit codes (``domain/errors.py``): 0 done, 2 neither ``--family`` nor
 ``--now``, 65 unusable data (too few bars), 66 no input (file or series
-missing), 78 bad configuration.
+missing), 78 bad configuration or a bad hyper-parameter.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from quantum_daemon.domain.errors import EX_DATAERR, EX_NOINPUT, EX_OK, EX_USAGE
+from quantum_daemon.domain.errors import EX_DATAERR, EX_NOINPUT, EX_OK, EX_USAGE, ConfigError
 
 
 def register(sub: Any) -> None:
@@ -52,6 +58,14 @@ def register(sub: Any) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="family hyper-parameter override (repeatable)",
+    )
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help="search the family's hyper-parameter space first ([tuning] budget)",
+    )
+    parser.add_argument(
+        "--tune-trials", type=int, help="tuning trials (default: tuning.max_trials)"
     )
     parser.set_defaults(func=train)
 
@@ -102,9 +116,32 @@ def train(args: argparse.Namespace) -> int:
     return _run(args, cfg, bars, params)
 
 
+def _tuning(args: argparse.Namespace, cfg: Any, model_id: str) -> Any:
+    """The tuning budget of this run: None when the model does not tune."""
+    from quantum_daemon.domain.config import with_keys
+
+    if args.tune_trials is not None:
+        cfg = with_keys(cfg, "tuning", max_trials=args.tune_trials)
+    if args.tune:
+        return with_keys(cfg, "tuning", enabled=True, models=[]).tuning
+    return cfg.tuning.plan_for(args.family, model_id)
+
+
 def _run(args: argparse.Namespace, cfg: Any, bars: Any, params: dict[str, Any]) -> int:
     from quantum_daemon.core.evaluation.splits import InsufficientData
+    from quantum_daemon.domain.ids import model_id
+    from quantum_daemon.domain.params.catalog import checked, refuse_evaluation_keys
     from quantum_daemon.training.offline import OfflineSpec, train_offline
+
+    mid = model_id(args.family, bars.symbol, bars.tf)
+    try:
+        refuse_evaluation_keys(args.family, params, "--param")
+        params = checked(
+            args.family, {**cfg.models.params.for_model(args.family, mid), **params}, "--param"
+        )
+        tuning = _tuning(args, cfg, mid)
+    except ConfigError as exc:
+        return _fail(str(exc), exc.exit_code)
 
     spec = OfflineSpec(
         family=args.family,
@@ -116,12 +153,15 @@ def _run(args: argparse.Namespace, cfg: Any, bars: Any, params: dict[str, Any]) 
         horizon=args.horizon,
         n_trials=args.n_trials,
         report_dir=args.report,
+        tuning=tuning,
     )
     try:
         result = train_offline(spec)
     except InsufficientData as exc:
         return _fail(str(exc), EX_DATAERR)
-    except ValueError as exc:  # e.g. an unknown hyper-parameter
+    except ConfigError as exc:  # a hyper-parameter the family refuses
+        return _fail(str(exc), exc.exit_code)
+    except ValueError as exc:  # e.g. an unknown feature name
         return _fail(str(exc), EX_DATAERR)
     if args.json:
         print(json.dumps(result.metrics, allow_nan=False))

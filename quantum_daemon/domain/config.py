@@ -37,7 +37,15 @@ from quantum_daemon.domain.config_schema import (
 )
 from quantum_daemon.domain.errors import EX_CONFIG as EX_CONFIG  # re-exported
 from quantum_daemon.domain.errors import ConfigError
-from quantum_daemon.domain.ids import RULES, BadIdentifier, check_symbol, symbol_of_pair
+from quantum_daemon.domain.ids import (
+    RULES,
+    BadIdentifier,
+    ModelKey,
+    check_model_id,
+    check_symbol,
+    symbol_of_pair,
+)
+from quantum_daemon.domain.params.catalog import ParamTables
 from quantum_daemon.domain.secrets import Redactor, url_secrets
 
 FAMILIES = ("xgb", "lgbm", "nhits", "patchtst", "evo_model", "rl_sizer")
@@ -215,6 +223,52 @@ class ModelsConfig:
     retrain_every_bars: PositiveInt = 168
     retrain_interval_s: NonNegativeFloat = 0.0
     seed: NonNegativeInt = 42
+    # [models.params.<family>] and [models.params."<model_id>"]: hyper-parameters
+    # (docs/tuning.md); a model's own table wins over its family's, key by key
+    params: ParamTables = field(default_factory=ParamTables)
+
+
+def _tuning_targets_valid(names: tuple[str, ...]) -> bool:
+    for name in names:
+        if name in FAMILIES:
+            continue
+        try:
+            check_model_id(name)
+        except (BadIdentifier, ValueError):
+            return False
+        if ModelKey.parse(name).family not in FAMILIES:
+            return False
+    return True
+
+
+TUNING_TARGETS = Check(
+    _tuning_targets_valid, f"families among {list(FAMILIES)} or model ids (family_SYMBOL_TF)"
+)
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """Hyper-parameter search in each training job (docs/tuning.md): Optuna's
+    TPE over the family's declared space, on the validation window before the
+    first test window; every trial counts in the deflated Sharpe. Off by default."""
+
+    enabled: bool = False
+    # which models tune when enabled: families or model ids; empty: every model
+    models: Annotated[tuple[str, ...], TUNING_TARGETS] = ()
+    max_trials: PositiveInt = 20  # parameter sets tried per job (the defaults are the first)
+    timeout_s: NonNegativeFloat = 300.0  # seconds of search per job; 0: max_trials alone
+    seed: NonNegativeInt = 42  # TPE's seed: the same bars give the same trials
+    startup_trials: PositiveInt = 5  # random trials before TPE models the space
+    pruning: bool = True  # stop a trial whose validation curve is below the median's
+
+    def applies_to(self, family: str, model_id: str) -> bool:
+        if not self.enabled:
+            return False
+        return not self.models or family in self.models or model_id in self.models
+
+    def plan_for(self, family: str, model_id: str) -> TuningConfig | None:
+        """This section when ``model_id`` tunes, else None (what a job spec carries)."""
+        return self if self.applies_to(family, model_id) else None
 
 
 @dataclass(frozen=True)
@@ -381,8 +435,14 @@ class Config:
     trust: TrustConfig = field(default_factory=TrustConfig)
     feed: FeedConfig = field(default_factory=FeedConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
 
     def __post_init__(self) -> None:
+        if self.tuning.enabled and self.tuning.timeout_s >= self.training.job_timeout_s:
+            raise ConfigError(
+                f"config key 'tuning.timeout_s' must be < training.job_timeout_s "
+                f"({self.training.job_timeout_s}): the search runs inside the job"
+            )
         if not self.feed.enabled:
             return
         if not self.ingest.discover:
@@ -484,6 +544,8 @@ def with_keys(cfg: Config, section: str, **values: Any) -> Config:
 
 
 def _as_toml(value: Any) -> Any:
+    if isinstance(value, ParamTables):
+        return value.to_toml()
     if isinstance(value, tuple):
         return [_as_toml(v) for v in value]
     if isinstance(value, Secret):

@@ -4,7 +4,8 @@ A field's type says what TOML value it takes; its constraint rides on the
 type as ``Annotated[T, Check(...)]`` (aliases below: ``PositiveFloat``,
 ``Fraction``...). ``build`` coerces a TOML table into the frozen dataclass,
 rejecting unknown keys, wrong types and values that fail their ``Check``
-with a ``ConfigError`` naming the key.
+with a ``ConfigError`` naming the key. A type with a ``from_toml(raw, key)``
+class method builds and checks itself (``[models.params]``: ``ParamTables``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,8 @@ def _reject_unknown_keys(cls: type, raw: dict[str, Any], where: str) -> None:
 
 def _field_value(key: str, hint: Any, value: Any) -> Any:
     base, checks = _split_annotated(hint)
+    if hasattr(base, "from_toml"):  # a type that checks its own table (``ParamTables``)
+        return base.from_toml(value, key)
     if dataclasses.is_dataclass(base):
         return build(base, value, key)  # type: ignore[arg-type]
     value = _coerce(key, base, value)

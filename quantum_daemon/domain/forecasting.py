@@ -13,7 +13,7 @@ Decision index ``t`` means "at the close of bar t": a family may use bars
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -39,6 +39,10 @@ class TrainSet:
     val_idx: np.ndarray
     seed: int = 0
     params: Mapping[str, Any] = field(default_factory=dict)
+    # Called with (step, validation loss) as fitting goes, by the families
+    # that validate along the way (trees, torch); it may raise to stop the
+    # fit (the tuner's pruning). None: nobody listens.
+    on_validation: Callable[[int, float], None] | None = None
 
 
 @dataclass(frozen=True)

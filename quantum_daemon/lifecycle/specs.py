@@ -84,6 +84,8 @@ class JobSpecs:
             data_dir=str(self.cfg.storage.data_dir),
             version_time=await asyncio.to_thread(self.version_time, key.model_id),
             evaluation=self.cfg.evaluation,
+            params=self.cfg.models.params.for_model(key.family, key.model_id),
+            tuning=self.cfg.tuning.plan_for(key.family, key.model_id),
             seed=self.cfg.models.seed,
             timeout_s=self.cfg.training.job_timeout_s,
             active=ActiveRef(active, str(path)) if active and path else None,

@@ -40,46 +40,27 @@ from quantum_daemon.core.evaluation.backtest import cost_rate, next_bar_returns,
 from quantum_daemon.core.evaluation.performance import sharpe_ratio
 from quantum_daemon.core.features import FEATURE_NAMES, build_features, horizon_log_return
 from quantum_daemon.domain.bars import Bars
+from quantum_daemon.domain.params.rules import DEFAULT_FEATURES
+from quantum_daemon.domain.params.rules import EvoParams as EvoParamsSchema
 from quantum_daemon.models.base import FitInfo, Forecast, TrainSet
-from quantum_daemon.models.params import MappingParams
+
+__all__ = ["DEFAULT_FEATURES", "EvoFamily", "EvoParams"]
 
 ARTIFACT = "evo.json"
-DEFAULT_FEATURES = (
-    "ret_1", "ret_4", "ret_24", "rsi_14", "sma_dist_24", "bb_position_20",
-    "di_diff_14", "volume_z_24", "rvol_ratio_24_96",
-)  # fmt: skip
 POSITIONS = (-1.0, 0.0, 1.0)
 
 
-@dataclass(frozen=True)
-class EvoParams(MappingParams):
-    """Hyper-parameters; ``from_mapping`` rejects unknown keys."""
-
-    features: tuple[str, ...] = DEFAULT_FEATURES  # a handful: each weight must earn its place
-    max_evaluations: int = 3000  # rule evaluations; a few seconds on one core
-    population: int = 0  # 0: CMA-ES's default 4 + 3 ln(dimension)
-    sigma0: float = 0.3  # initial step: a third of the weights' range
-    patience: int = 20  # generations without a better validation Sharpe before stopping
-    max_threshold: float = 3.0  # tau in z units; above this the rule would never trade
-    weight_penalty: float = 1e-4  # tie-breaker, far below a meaningful Sharpe difference
-    fee_bps: float = 10.0  # the evaluator's costs: pass [evaluation] fee_bps
-    slippage_bps: float = 2.0  # and slippage_bps
-    prior_count: float = 10.0  # pseudo-bars of "no information" in each position's forecast
+class EvoParams(EvoParamsSchema):
+    """``domain.params.rules.EvoParams`` (types and ranges, checked at config
+    load), and the feature names checked against the feature set."""
 
     @classmethod
-    def convert(cls, key: str, value: Any) -> Any:
-        return tuple(value) if key == "features" else value
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> Self:
-        params = super().from_mapping(values)
+    def from_mapping(cls, values: Mapping[str, Any], where: str = "params") -> Self:
+        params = super().from_mapping(values, where)
         missing = sorted(set(params.features) - set(FEATURE_NAMES))
         if missing:
-            raise ValueError(f"unknown features {missing}")
+            raise ValueError(f"config key '{where}.features': unknown features {missing}")
         return params
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"features": list(self.features)}
 
 
 @dataclass(frozen=True)

@@ -8,29 +8,16 @@ fixed thread count); the artifact is LightGBM's text model format
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import lightgbm as lgb
 import numpy as np
 
-from quantum_daemon.models.trees import Fitted, TreeData, TreeFamily, TreeParamsBase
+from quantum_daemon.domain.params.trees import LGBMParams
+from quantum_daemon.models.trees import Fitted, Listener, TreeData, TreeFamily, TreeParamsBase
 
-
-@dataclass(frozen=True)
-class LGBMParams(TreeParamsBase):
-    num_boost_round: int = 400  # an upper bound: early stopping picks the count
-    early_stopping_rounds: int = 30  # returns are noisy; give the val loss room to turn
-    learning_rate: float = 0.05
-    num_leaves: int = 8  # about a depth-3 tree: little room to memorize noise
-    max_depth: int = 3
-    min_data_in_leaf: int = 50  # leaves must cover many bars
-    feature_fraction: float = 0.8
-    bagging_fraction: float = 0.8
-    bagging_freq: int = 1
-    lambda_l2: float = 1.0
-    threads: int = 1  # the worker pool pins threads (LightGBM num_threads)
+__all__ = ["LGBMFamily", "LGBMParams"]
 
 
 class LGBMFamily(TreeFamily):
@@ -38,7 +25,9 @@ class LGBMFamily(TreeFamily):
     artifact_name: ClassVar[str] = "model.txt"
     params_type: ClassVar[type[TreeParamsBase]] = LGBMParams
 
-    def _train(self, params: Any, seed: int, rows: TreeData) -> Fitted:
+    def _train(
+        self, params: Any, seed: int, rows: TreeData, listener: Listener | None = None
+    ) -> Fitted:
         booster_params = _booster_params(params, seed)
         train = lgb.Dataset(rows.x_train, label=rows.y_train, params=booster_params)
         val = lgb.Dataset(rows.x_val, label=rows.y_val, reference=train, params=booster_params)
@@ -52,6 +41,7 @@ class LGBMFamily(TreeFamily):
             callbacks=[
                 lgb.early_stopping(params.early_stopping_rounds, verbose=False),
                 lgb.record_evaluation(history),
+                *([] if listener is None else [_listening(listener)]),
             ],
         )
         best = int(booster.best_iteration) or booster.current_iteration()
@@ -73,6 +63,15 @@ class LGBMFamily(TreeFamily):
     @classmethod
     def library_versions(cls) -> dict[str, str]:
         return {"lightgbm": lgb.__version__, "numpy": np.__version__}
+
+
+def _listening(listener: Listener) -> Any:
+    """A callback handing each round's validation l2 to a listener (which may raise)."""
+
+    def callback(env: Any) -> None:
+        listener(int(env.iteration), float(env.evaluation_result_list[0][2]))
+
+    return callback
 
 
 def _booster_params(params: LGBMParams, seed: int) -> dict[str, Any]:

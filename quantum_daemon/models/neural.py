@@ -26,7 +26,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import safetensors
@@ -36,6 +36,7 @@ from scipy.special import ndtr
 from torch import nn
 
 from quantum_daemon.domain.bars import Bars
+from quantum_daemon.domain.params.neural import NHiTSParams, PatchTSTParams
 from quantum_daemon.models.base import FitInfo, Forecast, TrainSet
 from quantum_daemon.models.nhits import NHiTS, NHiTSConfig
 from quantum_daemon.models.params import MappingParams
@@ -66,64 +67,9 @@ CHANNELS: dict[str, Callable[[Bars], np.ndarray]] = {
 }
 
 
-# -- hyper-parameters ---------------------------------------------------------------------
+# -- hyper-parameters: ``domain.params.neural`` (the config checks them without torch) --
 
-
-class _Params(MappingParams):
-    """Mixin for frozen parameter dataclasses built from a (TOML) mapping."""
-
-    @classmethod
-    def convert(cls, key: str, value: Any) -> Any:
-        return tuple(value) if isinstance(value, list) else value
-
-
-@dataclass(frozen=True)
-class NHiTSParams(_Params):
-    """Daemon defaults: the paper's shape, shrunk to train in seconds on 2 CPU cores."""
-
-    lookback: int = 120  # the paper's 5 x horizon for the default horizon of 24
-    exogenous: tuple[str, ...] = ("range", "volume")
-    pool_kernels: tuple[int, ...] = (8, 4, 1)  # stacks see 15, 30 and 120 points
-    downsample: tuple[int, ...] = (12, 4, 1)  # 2, 6 and 24 forecast knots at h = 24
-    hidden: int = 128  # paper: 512; 2,000 bars of returns cannot feed more
-    n_layers: int = 2
-    dropout: float = 0.0
-    loss: Literal["mae", "mse"] = "mae"  # paper: MAE, robust to return outliers
-    learning_rate: float = 1e-3
-    batch_size: int = 128
-    max_steps: int = 300
-    eval_every: int = 20
-    patience: int = 5
-    min_improvement: float = 0.005  # gains under 0.5% are noise on returns: stop
-    grad_clip: float = 1.0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = 1  # as training.worker_threads; 0 keeps the process's
-
-
-@dataclass(frozen=True)
-class PatchTSTParams(_Params):
-    """Daemon defaults: the paper's small model (ETTh-sized data), shrunk to
-    train in seconds on 2 CPU cores."""
-
-    lookback: int = 96  # four days of 1h bars: 12 patches of 16 with stride 8
-    exogenous: tuple[str, ...] = ()  # channel independence: other channels cannot inform returns
-    patch_len: int = 16
-    stride: int = 8
-    d_model: int = 16
-    n_heads: int = 4
-    n_layers: int = 2
-    d_ff: int = 32
-    dropout: float = 0.3
-    loss: Literal["mae", "mse"] = "mse"  # paper: MSE
-    learning_rate: float = 3e-3  # paper: 1e-4 over 100 epochs; we have ~200 steps
-    batch_size: int = 64
-    max_steps: int = 200
-    eval_every: int = 10
-    patience: int = 5
-    min_improvement: float = 0.005  # gains under 0.5% are noise on returns: stop
-    grad_clip: float = 1.0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = 1
+_Params = MappingParams
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -226,6 +172,7 @@ class NeuralFamily:
             self._windows(z, train_idx, params, data.horizon, n_targets),
             self._windows(z, val_idx, params, data.horizon, n_targets),
             self._train_config(params, data.seed),
+            on_eval=_listening(data.on_validation),
         )
         net.cpu().eval()
         state = _State(net, arch, params, scaling, data.horizon, data.seed, 1.0, {})
@@ -337,6 +284,12 @@ class NeuralFamily:
         if self._state is None:
             raise RuntimeError(f"{self.name} model is not fitted")
         return self._state
+
+
+def _listening(listener: Callable[[int, float], None] | None) -> Any:
+    if listener is None:
+        return None
+    return lambda record: listener(record.step, record.val_loss)
 
 
 def _usable(idx: np.ndarray, lookback: int, horizon: int, n_bars: int) -> np.ndarray:

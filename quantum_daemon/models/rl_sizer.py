@@ -62,9 +62,9 @@ from quantum_daemon.core.evaluation.performance import sharpe_ratio
 from quantum_daemon.core.features import FEATURE_NAMES, build_features
 from quantum_daemon.core.scoring import compare_with_plain_rule
 from quantum_daemon.domain.bars import Bars
+from quantum_daemon.domain.params.rules import SizerParams
 from quantum_daemon.domain.signals import RecordedSignals
 from quantum_daemon.models.base import FitInfo, Forecast, TrainSet
-from quantum_daemon.models.params import MappingParams
 from quantum_daemon.models.sizing_env import (
     OBS_HIGH,
     OBS_LOW,
@@ -76,6 +76,8 @@ from quantum_daemon.models.sizing_env import (
     rollout,
 )
 
+__all__ = ["RlSizerFamily", "SizerParams"]
+
 POLICY_FILE = "policy.safetensors"
 STATE_FILE = "rl_sizer.json"
 MIN_VOL = 1e-8
@@ -83,39 +85,6 @@ MIN_VOL = 1e-8
 SignalSource = Callable[[Bars, np.ndarray, int], Forecast]
 MOMENTUM_SOURCE = "momentum"
 RECORDED_SOURCE = "recorded_ensemble+momentum"
-
-
-@dataclass(frozen=True)
-class SizerParams(MappingParams):
-    """Hyper-parameters; ``from_mapping`` rejects unknown keys."""
-
-    total_timesteps: int = 20_480  # tens of seconds on one core
-    eval_every: int = 2_048  # timesteps between validation checks (a multiple of n_steps)
-    patience: int = 4  # checks without a better validation Sharpe before stopping
-    n_steps: int = 512  # rollout length per PPO update
-    batch_size: int = 64  # divides n_steps
-    n_epochs: int = 5
-    learning_rate: float = 3e-4
-    gamma: float = 0.9  # a bar's reward matters for a few bars, not for the whole episode
-    net_arch: tuple[int, ...] = (32, 32)  # five inputs: a small MLP is plenty
-    episode_length: int = 256
-    risk_penalty: float = 0.0  # reward = net - risk_penalty * net^2, in units of vol_ref
-    fee_bps: float = 10.0  # the evaluator's costs: pass [evaluation] fee_bps
-    slippage_bps: float = 2.0  # and slippage_bps
-    threads: int = 1
-
-    def __post_init__(self) -> None:
-        if self.n_steps % self.batch_size or self.eval_every % self.n_steps:
-            raise ValueError("batch_size must divide n_steps, and n_steps divide eval_every")
-        if self.total_timesteps < self.eval_every:
-            raise ValueError("total_timesteps must be at least eval_every")
-
-    @classmethod
-    def convert(cls, key: str, value: Any) -> Any:
-        return tuple(int(n) for n in value) if key == "net_arch" else value
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"net_arch": list(self.net_arch)}
 
 
 def momentum_signal(bars: Bars, idx: np.ndarray, horizon: int) -> Forecast:

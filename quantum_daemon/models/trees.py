@@ -15,7 +15,7 @@ save to and load from the library's own file format.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -29,10 +29,10 @@ from quantum_daemon.models.base import FitInfo, Forecast, TrainSet
 from quantum_daemon.models.params import MappingParams
 
 MIN_SIGMA = 1e-12
+Listener = Callable[[int, float], None]
 
-
-class TreeParamsBase(MappingParams):
-    """Mixin for a frozen dataclass of tree hyper-parameters built from a mapping."""
+# The tree families' parameter classes (``domain.params.trees``) share the mixin.
+TreeParamsBase = MappingParams
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,10 @@ class TreeFamily:
 
     # -- what a library subclass implements -----------------------------------------------
 
-    def _train(self, params: Any, seed: int, rows: TreeData) -> Fitted:
+    def _train(
+        self, params: Any, seed: int, rows: TreeData, listener: Listener | None = None
+    ) -> Fitted:
+        """Train with early stopping, calling ``listener(iteration, val_mse)``."""
         raise NotImplementedError
 
     def _predict_raw(self, fitted: Fitted, x: np.ndarray) -> np.ndarray:
@@ -113,7 +116,7 @@ class TreeFamily:
     def fit(self, data: TrainSet) -> FitInfo:
         params = self.params_type.from_mapping(data.params)
         rows = tree_data(data)
-        fitted = self._train(params, data.seed, rows)
+        fitted = self._train(params, data.seed, rows, data.on_validation)
         residual = rows.y_val - self._predict_raw(fitted, rows.x_val)
         self._fitted, self._params = fitted, params
         self._seed, self._horizon = data.seed, data.horizon

@@ -7,27 +7,16 @@ best iteration's stop (prediction uses the trees up to the best one).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import xgboost as xgb
 
-from quantum_daemon.models.trees import Fitted, TreeData, TreeFamily, TreeParamsBase
+from quantum_daemon.domain.params.trees import XGBParams
+from quantum_daemon.models.trees import Fitted, Listener, TreeData, TreeFamily, TreeParamsBase
 
-
-@dataclass(frozen=True)
-class XGBParams(TreeParamsBase):
-    num_boost_round: int = 400  # an upper bound: early stopping picks the count
-    early_stopping_rounds: int = 30  # returns are noisy; give the val loss room to turn
-    learning_rate: float = 0.05
-    max_depth: int = 3  # shallow: interactions of a few features, little room to memorize
-    min_child_weight: float = 20.0  # leaves must cover many bars
-    subsample: float = 0.8
-    colsample_bytree: float = 0.8
-    reg_lambda: float = 1.0
-    threads: int = 1  # the worker pool pins threads (XGBoost nthread)
+__all__ = ["XGBFamily", "XGBParams"]
 
 
 class XGBFamily(TreeFamily):
@@ -35,7 +24,9 @@ class XGBFamily(TreeFamily):
     artifact_name: ClassVar[str] = "model.ubj"
     params_type: ClassVar[type[TreeParamsBase]] = XGBParams
 
-    def _train(self, params: Any, seed: int, rows: TreeData) -> Fitted:
+    def _train(
+        self, params: Any, seed: int, rows: TreeData, listener: Listener | None = None
+    ) -> Fitted:
         dtrain = xgb.DMatrix(rows.x_train, label=rows.y_train, nthread=params.threads)
         dval = xgb.DMatrix(rows.x_val, label=rows.y_val, nthread=params.threads)
         history: dict[str, Any] = {}
@@ -47,6 +38,7 @@ class XGBFamily(TreeFamily):
             early_stopping_rounds=params.early_stopping_rounds,
             evals_result=history,
             verbose_eval=False,
+            callbacks=[] if listener is None else [_Listening(listener)],
         )
         best = int(booster.best_iteration)
         val_mse = float(history["val"]["rmse"][best]) ** 2
@@ -68,6 +60,18 @@ class XGBFamily(TreeFamily):
     @classmethod
     def library_versions(cls) -> dict[str, str]:
         return {"xgboost": xgb.__version__, "numpy": np.__version__}
+
+
+class _Listening(xgb.callback.TrainingCallback):
+    """Hands each round's validation MSE to a listener (which may raise to stop)."""
+
+    def __init__(self, listener: Listener) -> None:
+        super().__init__()
+        self.listener = listener
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+        self.listener(epoch, float(evals_log["val"]["rmse"][-1]) ** 2)
+        return False
 
 
 def _booster_params(params: XGBParams, seed: int) -> dict[str, Any]:

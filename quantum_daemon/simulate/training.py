@@ -86,7 +86,11 @@ class TrainingDesk:
             seed=self.cfg.models.seed,
             timeout_s=self.cfg.training.job_timeout_s,
             active=ActiveRef(active, str(path)) if active and path else None,
-            params=self.params.get(key.family, {}),
+            params={  # config.toml's, then the simulation's own for the family
+                **self.cfg.models.params.for_model(key.family, key.model_id),
+                **self.params.get(key.family, {}),
+            },
+            tuning=self.cfg.tuning.plan_for(key.family, key.model_id),
             signals=(
                 self.recorded_signals((key.symbol, key.tf), int(bars.ts[-1]))
                 if key.family in SIZER_FAMILIES and len(bars)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from quantum_daemon.core.promotion import HeadToHead
 from quantum_daemon.domain.bars import Bars
-from quantum_daemon.domain.config import EvaluationConfig
+from quantum_daemon.domain.config import EvaluationConfig, TuningConfig
 from quantum_daemon.domain.signals import RecordedSignals
 from quantum_daemon.domain.timeframes import timeframe_ms
 
@@ -59,6 +59,7 @@ class TrainJobSpec:
     timeout_s: float = 900.0
     active: ActiveRef | None = None
     signals: RecordedSignals | None = None  # rl_sizer: the recorded ensemble signal
+    tuning: TuningConfig | None = None  # search the family's space first (training.tuning)
 
     @property
     def symbol(self) -> str:
@@ -108,6 +109,7 @@ def run_job(spec: TrainJobSpec) -> TrainJobResult:
             n_trials=spec.n_trials,
             now=spec.version_time,
             signals=spec.signals,
+            tuning=spec.tuning,
         )
     )
     h2h = None if spec.active is None else head_to_head(spec, Path(trained.artifact_dir))

@@ -23,6 +23,7 @@ recorded signal, beside the family's own train and validation fractions.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,13 +40,15 @@ from quantum_daemon.core.evaluation.walkforward import (
     walk_forward,
 )
 from quantum_daemon.domain.bars import Bars
-from quantum_daemon.domain.config import EvaluationConfig
+from quantum_daemon.domain.config import EvaluationConfig, TuningConfig
 from quantum_daemon.domain.families import SIZER_FAMILIES
+from quantum_daemon.domain.params.catalog import params_class
 from quantum_daemon.domain.signals import RecordedSignals
 from quantum_daemon.models.base import FitInfo
 from quantum_daemon.models.families import training_family
 from quantum_daemon.storage import artifacts
 from quantum_daemon.storage.report_files import write_calibration, write_report
+from quantum_daemon.training.tuning import TuningResult, tune
 
 IDENTITY_KEYS = ("model_id", "version", "family")
 RETURNS_FILE = "returns.csv"  # in each version folder; read by dashboard.py
@@ -67,6 +70,7 @@ class OfflineSpec:
     report_dir: Path | None = None
     now: datetime | None = None
     signals: RecordedSignals | None = None  # for rl_sizer: the recorded ensemble signal
+    tuning: TuningConfig | None = None  # search the family's space first (training.tuning)
 
     @property
     def symbol(self) -> str:
@@ -100,19 +104,21 @@ def train_offline(spec: OfflineSpec) -> OfflineResult:
     started = time.perf_counter()
     now = spec.now or datetime.now(UTC)
     settings = spec.settings()
-    evaluation = walk_forward(
-        training_family(spec.family, spec.signals),
-        spec.bars,
-        settings,
-        seed=spec.seed,
-        params=spec.params,
-    )
+    make_family = training_family(spec.family, spec.signals)
+    params = with_evaluation_keys(spec.family, spec.params, settings)
+    tuned = None
+    if spec.tuning is not None:
+        tuned = tune(spec.family, make_family, spec.bars, settings, spec.seed, params, spec.tuning)
+        params = tuned.params
+        # the test windows' deflated Sharpe counts every parameter set tried
+        settings = dataclasses.replace(settings, n_trials=max(settings.n_trials, tuned.n_trials))
+    evaluation = walk_forward(make_family, spec.bars, settings, seed=spec.seed, params=params)
     model_id = artifacts.model_id_for(spec.family, spec.symbol, spec.tf)
     stored = artifacts.write_version(
         spec.data_dir,
         model_id,
         lambda folder: [*evaluation.model.save(folder), _write_returns(folder, evaluation)],
-        _metadata(spec, settings, evaluation),
+        _metadata(spec, settings, evaluation, tuned),
         now,
     )
     metrics = metrics_json(evaluation.report, model_id, stored.version, spec.family)
@@ -134,6 +140,15 @@ def _write_returns(folder: Path, evaluation: Evaluation) -> Path:
     return path
 
 
+def with_evaluation_keys(
+    family: str, params: Mapping[str, Any], settings: EvaluationSettings
+) -> dict[str, Any]:
+    """``params`` with the keys a family takes from ``[evaluation]`` (the costs
+    that ``evo_model`` and ``rl_sizer`` optimise at) set to the evaluation's values."""
+    keys = params_class(family).evaluation_keys
+    return {**params, **{key: getattr(settings, key) for key in sorted(keys)}}
+
+
 def _report_files(
     spec: OfflineSpec, metrics: dict[str, Any], report: EvaluationReport
 ) -> tuple[Path, ...]:
@@ -146,7 +161,10 @@ def _report_files(
 
 
 def _metadata(
-    spec: OfflineSpec, settings: EvaluationSettings, evaluation: Evaluation
+    spec: OfflineSpec,
+    settings: EvaluationSettings,
+    evaluation: Evaluation,
+    tuned: TuningResult | None,
 ) -> dict[str, Any]:
     report, state = evaluation.report, evaluation.model.metadata()
     last = report.folds[-1]
@@ -158,10 +176,12 @@ def _metadata(
         "data_window": _data_window(spec.bars, last.fold, report),
         "features": state.get("features", []),
         "params": state.get("params", dict(spec.params)),
+        "params_set": dict(spec.params),  # what config.toml / --param set; the rest: defaults
         "seed": spec.seed,
-        # hyper-parameter sets tried for this version (``train --n-trials``):
-        # the registry's trial ledger counts them
-        "trials": spec.n_trials or 1,
+        # hyper-parameter sets tried for this version (``train --n-trials``, or
+        # the tuning trials): the registry's trial ledger counts them
+        "trials": tuned.n_trials if tuned else spec.n_trials or 1,
+        **_tuning_record(tuned),
         "library_versions": state.get("library_versions", {}),
         "evaluation": _settings_dict(settings),
         "fit": {
@@ -175,6 +195,16 @@ def _metadata(
             "ece": finite_or_none(report.ece),
         },
         "model": state,
+    }
+
+
+def _tuning_record(tuned: TuningResult | None) -> dict[str, Any]:
+    if tuned is None:
+        return {}
+    return {
+        "tuned_params": tuned.best,
+        "tuning_seconds": round(tuned.seconds, 3),
+        "tuning": tuned.metadata(),
     }
 
 

@@ -63,6 +63,10 @@ class VersionRecord:
     head_to_head: HeadToHead | None  # against the version active when it trained
     verdict: Verdict | None  # the gates' verdict, once evaluated
     history: list[HistoryEntry]
+    # the hyper-parameters it was trained with and, when tuned, the search's
+    # record (``tuned_params``, ``trials``, ``tuning_seconds``): from its metadata
+    params: JsonObject = field(default_factory=dict)
+    tuning: JsonObject = field(default_factory=dict)
 
     @classmethod
     def registered(cls, meta: Mapping[str, Any], head_to_head: HeadToHead | None) -> VersionRecord:
@@ -80,6 +84,8 @@ class VersionRecord:
             head_to_head=head_to_head,
             verdict=None,
             history=history,
+            params=dict(meta.get("params") or {}),
+            tuning=_tuning_of(meta),
         )
 
     @property
@@ -102,6 +108,8 @@ class VersionRecord:
             head_to_head=HeadToHead.from_dict(raw.get("head_to_head")),
             verdict=None if verdict is None else Verdict.from_dict(verdict),
             history=[HistoryEntry.from_json(h) for h in _list(raw, "history")],
+            params=_object(raw, "params") if "params" in raw else {},
+            tuning=_object(raw, "tuning") if "tuning" in raw else {},
         )
 
     def to_json(self) -> JsonObject:
@@ -113,6 +121,9 @@ class VersionRecord:
             "head_to_head": None if self.head_to_head is None else self.head_to_head.to_dict(),
             "verdict": None if self.verdict is None else self.verdict.to_dict(),
             "history": [h.to_json() for h in self.history],
+            # only when known: a state written before them reads back as it was
+            **({"params": self.params} if self.params else {}),
+            **({"tuning": self.tuning} if self.tuning else {}),
         }
 
 
@@ -287,3 +298,15 @@ def _object(raw: Mapping[str, Any], key: str) -> JsonObject:
 
 def _list(raw: Mapping[str, Any], key: str) -> list[Any]:
     return _checked(raw.get(key, []), list)
+
+
+def _tuning_of(meta: Mapping[str, Any]) -> JsonObject:
+    """A tuned version's search record from its metadata; {} when it was not tuned."""
+    if "tuned_params" not in meta:
+        return {}
+    return {
+        "tuned_params": meta["tuned_params"],
+        "trials": meta.get("trials"),
+        "tuning_seconds": meta.get("tuning_seconds"),
+        **dict(meta.get("tuning") or {}),
+    }

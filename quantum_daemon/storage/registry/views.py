@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ class VersionInfo:
     stage: Stage
     created_at: str | None
     metrics: Mapping[str, Any]
+    params: Mapping[str, Any] = field(default_factory=dict)
+    tuning: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,6 +45,8 @@ class VersionInfo:
             "stage": self.stage.value,
             "created_at": self.created_at,
             "metrics": dict(self.metrics),
+            "params": dict(self.params),
+            "tuning": dict(self.tuning) or None,
         }
 
 
@@ -163,6 +167,8 @@ def _infos(state: ModelState) -> list[VersionInfo]:
             record.stage,
             record.created_at,
             record.metrics,
+            record.params,
+            record.tuning,
         )
         for version, record in sorted(state.versions.items())
     ]
