@@ -24,19 +24,10 @@ from quantum_daemon.domain.params.catalog import CALIBRATION_METHODS, FAMILY_PAR
 from quantum_daemon.storage.bar_files import read_bar_file
 from quantum_daemon.storage.registry.registry import Registry
 from quantum_daemon.training.offline import OfflineSpec, train_offline, with_evaluation_keys
+from tests.cli_helpers import run_cli
 
 DATA = Path(__file__).resolve().parents[1] / "quantum_daemon" / "data" / "BTC_USDT-1h.feather"
 NOW = datetime(2024, 9, 1, tzinfo=UTC)
-
-
-def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "quantum_daemon", "--config", str(tmp_path / "config.toml"), *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
 
 
 def write_config(tmp_path: Path, body: str) -> Path:

@@ -14,20 +14,11 @@ from quantum_daemon.commands.train import parse_time
 from quantum_daemon.core.evaluation.performance import TRADING_KEYS
 from quantum_daemon.core.evaluation.report import JSON_KEYS
 from quantum_daemon.storage.bar_store import Bar, BarStore
+from tests.cli_helpers import run_cli
 from tests.conftest import make_bars
 
 # The real Binance bars live in ../shared beside the repository.
 MARKET = Path(__file__).resolve().parents[2] / "shared" / "data" / "market"
-
-
-def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "quantum_daemon", "--config", str(tmp_path / "config.toml"), *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ never reads a bar of the test windows."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,19 +18,10 @@ from quantum_daemon.models.families import training_family
 from quantum_daemon.storage.bar_files import read_bar_file
 from quantum_daemon.storage.registry.registry import Registry
 from quantum_daemon.training.tuning import tune
+from tests.cli_helpers import run_cli
 
 DATA = Path(__file__).resolve().parents[1] / "quantum_daemon" / "data" / "BTC_USDT-1h.feather"
 MODEL = "lgbm_BTCUSDT_1h"
-
-
-def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "quantum_daemon", "--config", str(tmp_path / "config.toml"), *args],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
 
 
 def real_bars(n: int = 1500) -> Bars:
