@@ -46,6 +46,7 @@ from quantum_daemon.domain.ids import (
     symbol_of_pair,
 )
 from quantum_daemon.domain.params.catalog import ParamTables
+from quantum_daemon.domain.ray_config import RayTrainingConfig
 from quantum_daemon.domain.secrets import Redactor, url_secrets
 
 FAMILIES = ("xgb", "lgbm", "nhits", "patchtst", "evo_model", "rl_sizer")
@@ -213,6 +214,7 @@ class TrainingConfig:
     worker_threads: PositiveInt = 1
     gpu: Literal["auto", "off"] = "auto"
     history_bars: PositiveInt = 2105
+    ray: RayTrainingConfig = field(default_factory=RayTrainingConfig)  # [training.ray]
 
 
 @dataclass(frozen=True)
