@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from quantum_daemon.storage import artifacts
 from quantum_daemon.training.executor import JobFn
@@ -90,7 +91,7 @@ class FolderFiles:
             if self.sha256.get(name) != expected:
                 raise VersionRefused(f"{what}: artifact {name} is missing or not as its metadata")
 
-    def metadata(self, what: str) -> dict[str, object]:
+    def metadata(self, what: str) -> dict[str, Any]:
         raw = self.files.get(artifacts.METADATA_FILE)
         if raw is None:
             raise VersionRefused(f"{what}: no {artifacts.METADATA_FILE}")
