@@ -27,7 +27,7 @@ RAY = str(Path(sys.executable).with_name("ray"))
 OBJECT_STORE_BYTES = 80 * 2**20
 
 # Audit hook of the nodes' Python processes (sitecustomize is imported at start-up).
-SITECUSTOMIZE = '''
+SITECUSTOMIZE = """
 import os, sys
 
 _ROOT = os.environ.get("QD_AUDIT_FORBIDDEN")
@@ -66,7 +66,7 @@ if _ROOT and _OUT:
     os.makedirs(os.path.join(_OUT, "installed"), exist_ok=True)
     open(os.path.join(_OUT, "installed", str(os.getpid())), "w").close()
     sys.addaudithook(_hook)
-'''
+"""
 
 
 def free_port() -> int:

@@ -92,12 +92,13 @@ def run_all(executor_settings: RaySettings, jobs: list[tuple[JobFn, Any, str]],
     return asyncio.run(main())
 
 
-def job(family: str, n: int = 0, **fields: Any) -> TrainJobSpec:
+def job(family: str, n: int, daemon_dir: Path, **fields: Any) -> TrainJobSpec:
+    """A job as the daemon makes it: its data dir is the daemon's."""
     bars = make_bars(700, seed=3, symbol="BTCUSDT")
+    fields.setdefault("params", TINY[family])
     return TrainJobSpec(
-        job_id=f"{family}-{n}", family=family, bars=bars, data_dir="/nonexistent",
-        version_time=WHEN + timedelta(days=n), evaluation=EVALUATION, params=TINY[family],
-        seed=7, **fields,
+        job_id=f"{family}-{n}", family=family, bars=bars, data_dir=str(daemon_dir),
+        version_time=WHEN + timedelta(days=n), evaluation=EVALUATION, seed=7, **fields,
     )  # fmt: skip
 
 
@@ -107,8 +108,8 @@ def test_the_audit_sees_a_worker_that_opens_the_data_dir(
     secret = daemon_dir / "probe.bin"
     secret.write_bytes(b"12345")
     try:
-        [outcome] = run_all(settings(cluster, daemon_dir), [(ray_cluster.open_path,
-                                                            PathProbe(str(secret)), "xgb")])  # fmt: skip
+        probe = (ray_cluster.open_path, PathProbe(str(secret)), "xgb")
+        [outcome] = run_all(settings(cluster, daemon_dir), [probe])
         assert outcome.ok and outcome.result == 5, outcome
         assert any(str(secret) in line for line in cluster.forbidden_opens())
     finally:
@@ -121,7 +122,9 @@ def test_jobs_of_every_family_run_on_the_worker_node_by_value(
 ) -> None:
     cluster.clear_forbidden_opens()
     families = list(TINY)
-    outcomes = run_all(settings(cluster, daemon_dir), [(run_job, job(f), f) for f in families])
+    outcomes = run_all(
+        settings(cluster, daemon_dir), [(run_job, job(f, 0, daemon_dir), f) for f in families]
+    )
     registry = Registry(daemon_dir)
     for family, outcome in zip(families, outcomes, strict=True):
         assert outcome.ok, (family, outcome.reason, outcome.detail[-3000:])
@@ -140,11 +143,13 @@ def test_the_active_version_travels_to_the_worker_for_the_head_to_head(
     cluster: RayCluster, daemon_dir: Path
 ) -> None:
     cluster.clear_forbidden_opens()
-    first = run_all(settings(cluster, daemon_dir), [(run_job, job("xgb", 10), "xgb")])[0]
+    first = run_all(settings(cluster, daemon_dir), [(run_job, job("xgb", 10, daemon_dir), "xgb")])[
+        0
+    ]
     assert first.ok, first.reason
     active = ActiveRef(first.result.version, first.result.artifact_dir)
     second = run_all(
-        settings(cluster, daemon_dir), [(run_job, job("xgb", 11, active=active), "xgb")]
+        settings(cluster, daemon_dir), [(run_job, job("xgb", 11, daemon_dir, active=active), "xgb")]
     )[0]
     assert second.ok, (second.reason, second.detail[-3000:])
     h2h = second.result.head_to_head
@@ -157,7 +162,8 @@ def test_gpu_requests_reach_the_remote_task(cluster: RayCluster, daemon_dir: Pat
     chosen = settings(cluster, daemon_dir, num_gpus=0.5, family_num_gpus={"patchtst": 1.0})
     probe = ray_cluster.assigned_resources
     nhits, patchtst, xgb = (
-        o.result for o in run_all(chosen, [(probe, Probe(), f) for f in ("nhits", "patchtst", "xgb")])
+        o.result
+        for o in run_all(chosen, [(probe, Probe(), f) for f in ("nhits", "patchtst", "xgb")])
     )
     assert nhits["resources"] == {"CPU": 1.0, "GPU": 0.5}
     assert patchtst["resources"] == {"CPU": 1.0, "GPU": 1.0}
@@ -171,15 +177,16 @@ def test_a_node_lost_mid_job_fails_the_job_and_commits_nothing(
     cluster: RayCluster, daemon_dir: Path, tmp_path: Path
 ) -> None:
     marker = tmp_path / "started"
-    spec = job("lgbm", 20, params={"marker": str(marker)})
+    spec = job("lgbm", 20, daemon_dir, params={"marker": str(marker)})
     model_dir = artifacts.model_dir(daemon_dir, spec.model_id)
     before = artifacts.list_versions(daemon_dir, spec.model_id)
 
     async def main() -> tuple[JobOutcome, JobOutcome]:
         async with RayExecutor(settings(cluster, daemon_dir)) as executor:
             running = asyncio.create_task(
-                executor.run(ray_cluster.train_then_hang, spec, family="lgbm", job_id="lost",
-                             timeout_s=300)  # fmt: skip
+                executor.run(
+                    ray_cluster.train_then_hang, spec, family="lgbm", job_id="lost", timeout_s=300
+                )
             )
             await wait_for(marker.exists, 120)
             assert cluster.worker is not None
@@ -187,8 +194,10 @@ def test_a_node_lost_mid_job_fails_the_job_and_commits_nothing(
             lost = await asyncio.wait_for(running, 120)
             await asyncio.to_thread(cluster.start_worker)
             await asyncio.to_thread(cluster.wait_for_cpus, ray)
-            after = await executor.run(run_job, job("xgb", 21), family="xgb", job_id="next",
-                                       timeout_s=300)  # fmt: skip
+            next_job = job("xgb", 21, daemon_dir)
+            after = await executor.run(
+                run_job, next_job, family="xgb", job_id="next", timeout_s=300
+            )
             return lost, after
 
     lost, after = asyncio.run(main())
