@@ -14,6 +14,7 @@ The job functions at the end run on the worker node.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -113,6 +114,8 @@ class RayCluster:
         self.head: Node | None = None
         self.worker: Node | None = None
         self._workers_started = 0
+        # its own token: not ~/.ray/auth_token, which any local ray.init may replace
+        self.token = secrets.token_hex(32)
 
     def env(self) -> dict[str, str]:
         repo = str(Path(__file__).resolve().parents[1])
@@ -122,8 +125,33 @@ class RayCluster:
             "QD_AUDIT_FORBIDDEN": str(self.forbidden),
             "QD_AUDIT_DIR": str(self.audit),
             "RAY_USAGE_STATS_ENABLED": "0",
+            **self.auth_env(),
             "OMP_NUM_THREADS": "1",
         }
+
+    def auth_env(self) -> dict[str, str]:
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+
+    def connect(self, ray: Any) -> None:
+        """Join the cluster from this process (the daemon side) with its token."""
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        os.environ.update(self.auth_env())
+        Config.initialize("")  # Ray caches the mode and the token per process
+        AuthenticationTokenLoader.instance().reset_cache()
+        ray.init(address=self.address, log_to_driver=False)
+
+    def disconnect(self, ray: Any, saved_env: dict[str, str | None]) -> None:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        ray.shutdown()
+        for var, value in saved_env.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
 
     def start(self) -> None:
         self.site.mkdir(parents=True)
@@ -234,3 +262,18 @@ def train_then_hang(spec: Any) -> Any:
     artifacts.write_version(Path(spec.data_dir), spec.model_id, files, meta, spec.version_time)
     Path(spec.params["marker"]).write_text(str(os.getpid()))
     time.sleep(600)
+
+
+HUNG_MARKER = "lgbm-hung"  # in the audit dir: the first lgbm job is hanging
+
+
+def lgbm_hangs_once(spec: Any) -> Any:
+    """``run_job``, except that the first lgbm job of the cluster hangs
+    (until its node is killed)."""
+    from quantum_daemon.training.jobs import run_job
+
+    marker = Path(os.environ["QD_AUDIT_DIR"]) / HUNG_MARKER
+    if spec.family == "lgbm" and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        time.sleep(600)
+    return run_job(spec)

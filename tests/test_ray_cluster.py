@@ -11,21 +11,34 @@ import asyncio
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from quantum_daemon.domain.config import EvaluationConfig
+from quantum_daemon.domain.params.catalog import ParamTables
+from quantum_daemon.lifecycle.service import LifecycleService
 from quantum_daemon.storage import artifacts
+from quantum_daemon.storage.bar_store import BarStore
 from quantum_daemon.storage.registry.registry import Registry
 from quantum_daemon.training.executor import JobFn, JobOutcome
 from quantum_daemon.training.jobs import ActiveRef, TrainJobResult, TrainJobSpec, run_job
 from quantum_daemon.training.ray_backend import RayExecutor, RaySettings
 from tests import ray_cluster
 from tests.conftest import make_bars
-from tests.ray_cluster import PathProbe, Probe, RayCluster
+from tests.lifecycle_harness import (
+    add_bars,
+    events,
+    make_config,
+    published,
+    run_service,
+    wait_until,
+)
+from tests.ray_cluster import PathProbe, Probe, RayCluster, lgbm_hangs_once
 
 ray = pytest.importorskip("ray")
 
@@ -49,6 +62,7 @@ TINY: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 EVALUATION = EvaluationConfig(horizon=4, n_test_windows=2)
 WHEN = datetime(2024, 3, 1, tzinfo=UTC)
+XGB, LGBM = "xgb_BTCUSDT_1h", "lgbm_BTCUSDT_1h"
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +74,14 @@ def daemon_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cluster(tmp_path_factory: pytest.TempPathFactory, daemon_dir: Path) -> Iterator[RayCluster]:
     root = Path(os.environ.get("QD_RAY_TEST_ROOT", "/tmp")) / f"qdray-{os.getpid()}"
     nodes = RayCluster(root, forbidden=daemon_dir)
+    saved_env = {var: os.environ.get(var) for var in nodes.auth_env()}
     try:
         nodes.start()
-        ray.init(address=nodes.address, log_to_driver=False)
+        nodes.connect(ray)
         nodes.wait_for_cpus(ray)
         yield nodes
     finally:
-        ray.shutdown()
+        nodes.disconnect(ray, saved_env)
         nodes.stop()
 
 
@@ -205,6 +220,57 @@ def test_a_node_lost_mid_job_fails_the_job_and_commits_nothing(
     assert artifacts.list_versions(daemon_dir, spec.model_id) == before  # nothing committed
     assert not list(model_dir.glob(".tmp-*")) if model_dir.exists() else True
     assert after.ok, (after.reason, after.detail[-3000:])  # the executor goes on
+
+
+def test_the_lifecycle_trains_through_the_cluster_and_outlives_a_lost_node(
+    cluster: RayCluster, daemon_dir: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    """The daemon's own lifecycle on backend = "ray": the first lgbm job's
+    node is killed mid-job, its job fails with an event and registers
+    nothing, a new node joins, and training goes on."""
+    data_dir = daemon_dir / "lifecycle"  # under the audited folder
+    cfg = make_config(data_dir, redis_url, families=("xgb", "lgbm"))
+    params = ParamTables.from_toml({f: TINY[f] for f in ("xgb", "lgbm")}, "models.params")
+    cfg = replace(
+        cfg,
+        training=replace(cfg.training, backend="ray", ray_address=cluster.address,
+                         history_bars=600),
+        evaluation=EVALUATION,
+        models=replace(cfg.models, params=params),
+    )  # fmt: skip
+    cluster.clear_forbidden_opens()
+
+    async def lose_the_node(svc: LifecycleService) -> None:
+        await wait_for((cluster.audit / ray_cluster.HUNG_MARKER).exists, 180)
+        assert cluster.worker is not None
+        await asyncio.to_thread(cluster.worker.kill)
+        await wait_until(svc, published(redis_client, ("training.failed", LGBM)), 120)
+        await asyncio.to_thread(cluster.start_worker)
+        svc.loop.request(LGBM)  # the daemon goes on: the model trains again
+
+    def trained_after_the_loss(_: LifecycleService) -> bool:
+        types = [(e.type, e.model_id) for e in events(redis_client)]
+        if ("training.failed", LGBM) not in types:
+            return False
+        after = types[types.index(("training.failed", LGBM)) :]
+        return ("model.registered", LGBM) in after
+
+    with BarStore.in_dir(data_dir) as store:
+        add_bars(store, 700)
+        svc = asyncio.run(
+            run_service(cfg, store, trained_after_the_loss, 200, lgbm_hangs_once, lose_the_node)
+        )
+    got = events(redis_client)
+    failed = next(e for e in got if e.type == "training.failed")
+    assert failed.model_id == LGBM and failed.data["status"] == "crashed", failed.data
+    registered = [e for e in got if e.type == "model.registered"]
+    assert failed.data["job_id"] not in {e.data["job_id"] for e in registered}
+    for event in registered:
+        path = Path(event.data["artifact_dir"])
+        assert path.parent.parent == data_dir / "models"
+        artifacts.load_version(path)
+    assert svc.metrics.totals()["failed"] == 1
+    assert cluster.forbidden_opens() == []
 
 
 async def wait_for(condition: Any, timeout_s: float) -> None:
