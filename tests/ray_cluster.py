@@ -76,6 +76,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def reload_ray_auth() -> None:
+    """Ray caches the auth mode and token per process; a Ray without token
+    authentication (before 2.5x) has nothing to reload."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:
+        return
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 @dataclass
 class Node:
     process: subprocess.Popen[bytes]
@@ -134,24 +145,18 @@ class RayCluster:
 
     def connect(self, ray: Any) -> None:
         """Join the cluster from this process (the daemon side) with its token."""
-        from ray._raylet import AuthenticationTokenLoader, Config
-
         os.environ.update(self.auth_env())
-        Config.initialize("")  # Ray caches the mode and the token per process
-        AuthenticationTokenLoader.instance().reset_cache()
+        reload_ray_auth()
         ray.init(address=self.address, log_to_driver=False)
 
     def disconnect(self, ray: Any, saved_env: dict[str, str | None]) -> None:
-        from ray._raylet import AuthenticationTokenLoader, Config
-
         ray.shutdown()
         for var, value in saved_env.items():
             if value is None:
                 os.environ.pop(var, None)
             else:
                 os.environ[var] = value
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
+        reload_ray_auth()
 
     def start(self) -> None:
         self.site.mkdir(parents=True)
