@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import pickle
 from datetime import UTC, datetime
@@ -139,6 +140,21 @@ def test_a_path_leaving_the_version_folder_is_refused(tmp_path: Path) -> None:
     sha = {**shipped.folder.sha256, "../../escape": sha256(evil)}
     refused(tmp_path, dataclasses.replace(shipped, folder=FolderFiles(files, sha)), "not a path")
     assert not (tmp_path / "escape").exists()
+
+
+def test_a_version_name_that_is_not_one_is_refused(tmp_path: Path) -> None:
+    shipped = shipped_from(tmp_path / "worker")
+    bad = "../../v20240301_000000"
+    meta = json.loads(shipped.folder.files["metadata.json"]) | {"version": bad}
+    raw = json.dumps(meta).encode()
+    folder = FolderFiles(
+        {**shipped.folder.files, "metadata.json": raw},
+        {**shipped.folder.sha256, "metadata.json": sha256(raw)},
+    )
+    escaping = ShippedVersion(dataclasses.replace(shipped.result, version=bad), folder)
+    with pytest.raises(VersionRefused, match="is not a version name"):
+        receive_version(tmp_path, escaping, LIMIT)
+    assert not list(tmp_path.glob("v2024*")) and leftovers(tmp_path) == []
 
 
 def test_a_version_over_the_limit_is_refused_naming_the_key(tmp_path: Path) -> None:

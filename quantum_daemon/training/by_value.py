@@ -34,6 +34,7 @@ import tempfile
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -171,7 +172,7 @@ def receive_version(data_dir: Path, shipped: ShippedVersion, max_bytes: int) -> 
             f"{what}: the metadata names {meta.get('model_id')} {meta.get('version')}"
         )
     parent = artifacts.model_dir(data_dir, result.model_id)
-    final = parent / result.version
+    final = parent / checked_version(result.version, what)
     if final.exists():
         raise VersionRefused(f"{what}: {final} exists already")
     parent.mkdir(parents=True, exist_ok=True)
@@ -187,6 +188,17 @@ def receive_version(data_dir: Path, shipped: ShippedVersion, max_bytes: int) -> 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dataclasses.replace(result, artifact_dir=str(final))
+
+
+def checked_version(version: str, what: str) -> str:
+    """``version`` if it is a version name (``vYYYYMMDD_HHMMSS``), nothing else."""
+    try:
+        parsed = datetime.strptime(version, artifacts.VERSION_FORMAT)
+    except (TypeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.strftime(artifacts.VERSION_FORMAT) != version:
+        raise VersionRefused(f"{what}: {version!r} is not a version name")
+    return version
 
 
 def safe_relative(name: str, what: str) -> PurePosixPath:
