@@ -40,10 +40,13 @@ LIMIT = 2**20
 def small_version(spec: TrainJobSpec) -> TrainJobResult:
     """A job writing a real version folder (a nested file too) in its data
     dir; with an active version, it reads that one's metadata and weights."""
-    active_weights = b""
+    active_weights, refused = b"", ""
     if spec.active is not None:
-        artifacts.load_version(Path(spec.active.path))
-        active_weights = (Path(spec.active.path) / "weights.bin").read_bytes()
+        try:
+            artifacts.load_version(Path(spec.active.path))
+            active_weights = (Path(spec.active.path) / "weights.bin").read_bytes()
+        except artifacts.ArtifactCorrupt as exc:  # as training.jobs.head_to_head does
+            refused = str(exc)
 
     def files(folder: Path) -> list[Path]:
         (folder / "weights.bin").write_bytes(os.urandom(256))
@@ -57,7 +60,9 @@ def small_version(spec: TrainJobSpec) -> TrainJobResult:
     )
     h2h = None
     if spec.active is not None:
-        h2h = HeadToHead(spec.active.version, len(active_weights), None, None, 0.0, 0.0)
+        h2h = HeadToHead(
+            spec.active.version, len(active_weights), None, None, 0.0, 0.0, refused=refused
+        )
     return TrainJobResult(spec.job_id, spec.model_id, spec.family, spec.symbol, spec.tf,
                           stored.version, str(stored.path), {}, h2h, 0.0, len(spec.bars),
                           os.getpid())  # fmt: skip
@@ -176,12 +181,18 @@ def test_a_version_name_already_taken_is_refused(tmp_path: Path) -> None:
     assert leftovers(daemon) == []
 
 
-def test_a_corrupt_active_version_is_not_sent(tmp_path: Path) -> None:
+def test_a_corrupt_active_version_stays_home_and_is_refused_with_the_daemons_reason(
+    tmp_path: Path,
+) -> None:
     first = receive_version(tmp_path, shipped_from(tmp_path / "w"), LIMIT)
     (Path(first.artifact_dir) / "weights.bin").write_bytes(b"rot")
     active = ActiveRef(first.version, first.artifact_dir)
-    with pytest.raises(artifacts.ArtifactCorrupt):
-        pack_job(small_version, spec_in(tmp_path, 2, active), LIMIT)
+    packed = pack_job(small_version, spec_in(tmp_path, 2, active), LIMIT)
+    assert packed.active is None and "weights.bin has sha256" in packed.active_refused
+    result = receive_version(tmp_path, run_by_value(packed), LIMIT)
+    assert result.head_to_head is not None
+    assert result.head_to_head.refused == packed.active_refused  # names the daemon's path
+    assert first.artifact_dir in result.head_to_head.refused
 
 
 def write_config(tmp_path: Path, ray_table: str) -> Path:

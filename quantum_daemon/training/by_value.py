@@ -120,6 +120,7 @@ class PackedJob:
     spec: TrainJobSpec
     active: FolderFiles | None
     max_bytes: int
+    active_refused: str = ""  # why the active version's files stayed home (corrupt)
 
 
 @dataclass(frozen=True)
@@ -132,14 +133,19 @@ class ShippedVersion:
 
 def pack_job(fn: JobFn, spec: TrainJobSpec, max_bytes: int) -> PackedJob:
     """The job by value (reads the active version folder: run it in a thread)."""
-    active = None
+    active, refused = None, ""
     if spec.active is not None:
         active_dir = Path(spec.active.path)
-        artifacts.load_version(active_dir)  # ArtifactCorrupt before anything travels
-        active = FolderFiles.read(active_dir, max_bytes, f"active version {spec.active.version}")
+        try:
+            artifacts.load_version(active_dir)
+        except artifacts.ArtifactCorrupt as exc:  # the job refuses it, as in the local pool
+            refused = str(exc)
+        else:
+            what = f"active version {spec.active.version}"
+            active = FolderFiles.read(active_dir, max_bytes, what)
     blank_active = None if spec.active is None else ActiveRef(spec.active.version, "")
     remote_spec = dataclasses.replace(spec, data_dir="", active=blank_active)
-    return PackedJob(fn, remote_spec, active, max_bytes)
+    return PackedJob(fn, remote_spec, active, max_bytes, refused)
 
 
 def run_by_value(job: PackedJob) -> ShippedVersion:
@@ -148,16 +154,26 @@ def run_by_value(job: PackedJob) -> ShippedVersion:
     with tempfile.TemporaryDirectory(prefix="quantum-job-") as tmp:
         root = Path(tmp)
         spec = dataclasses.replace(job.spec, data_dir=str(root / DATA_DIR))
-        if job.active is not None and spec.active is not None:
-            job.active.verify(job.max_bytes, f"active version {spec.active.version}")
-            job.active.write(root / ACTIVE_DIR)
-            spec = dataclasses.replace(
-                spec, active=ActiveRef(spec.active.version, str(root / ACTIVE_DIR))
-            )
+        if spec.active is not None:
+            active_dir = root / ACTIVE_DIR
+            active_dir.mkdir()  # empty when the daemon refused to send it: the job refuses it
+            if job.active is not None:
+                job.active.verify(job.max_bytes, f"active version {spec.active.version}")
+                job.active.write(active_dir)
+            spec = dataclasses.replace(spec, active=ActiveRef(spec.active.version, str(active_dir)))
         result: TrainJobResult = job.fn(spec)
         folder = _inside(Path(result.artifact_dir), root / DATA_DIR)
         files = FolderFiles.read(folder, job.max_bytes, f"version {result.version}")
-    return ShippedVersion(dataclasses.replace(result, artifact_dir=""), files)
+    return ShippedVersion(_as_sent(result, job), files)
+
+
+def _as_sent(result: TrainJobResult, job: PackedJob) -> TrainJobResult:
+    """The result without the worker's paths; a refusal of the active version
+    gives the daemon's reason (the worker saw only an empty folder)."""
+    h2h = result.head_to_head
+    if job.active_refused and h2h is not None and h2h.refused:
+        h2h = dataclasses.replace(h2h, refused=job.active_refused)
+    return dataclasses.replace(result, artifact_dir="", head_to_head=h2h)
 
 
 def receive_version(data_dir: Path, shipped: ShippedVersion, max_bytes: int) -> TrainJobResult:
