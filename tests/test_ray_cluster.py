@@ -158,14 +158,12 @@ def test_the_active_version_travels_to_the_worker_for_the_head_to_head(
     cluster: RayCluster, daemon_dir: Path
 ) -> None:
     cluster.clear_forbidden_opens()
-    first = run_all(settings(cluster, daemon_dir), [(run_job, job("xgb", 10, daemon_dir), "xgb")])[
-        0
-    ]
+    executor_settings = settings(cluster, daemon_dir)
+    [first] = run_all(executor_settings, [(run_job, job("xgb", 10, daemon_dir), "xgb")])
     assert first.ok, first.reason
     active = ActiveRef(first.result.version, first.result.artifact_dir)
-    second = run_all(
-        settings(cluster, daemon_dir), [(run_job, job("xgb", 11, daemon_dir, active=active), "xgb")]
-    )[0]
+    second_job = job("xgb", 11, daemon_dir, active=active)
+    [second] = run_all(executor_settings, [(run_job, second_job, "xgb")])
     assert second.ok, (second.reason, second.detail[-3000:])
     h2h = second.result.head_to_head
     assert h2h is not None and not h2h.refused
@@ -218,7 +216,7 @@ def test_a_node_lost_mid_job_fails_the_job_and_commits_nothing(
     lost, after = asyncio.run(main())
     assert lost.status == "crashed" and "died" in lost.reason, lost
     assert artifacts.list_versions(daemon_dir, spec.model_id) == before  # nothing committed
-    assert not list(model_dir.glob(".tmp-*")) if model_dir.exists() else True
+    assert not model_dir.exists() or not list(model_dir.glob(".tmp-*"))
     assert after.ok, (after.reason, after.detail[-3000:])  # the executor goes on
 
 
