@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -83,6 +84,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, daemon_dir: Path) -> Itera
     finally:
         nodes.disconnect(ray, saved_env)
         nodes.stop()
+        shutil.rmtree(root, ignore_errors=True)  # the nodes' sessions and logs
 
 
 def settings(cluster: RayCluster, daemon_dir: Path, **fields: Any) -> RaySettings:
