@@ -93,9 +93,11 @@ def test_a_job_by_value_names_no_daemon_path_and_its_version_is_committed(
     daemon = tmp_path / "daemon"
     first = receive_version(daemon, shipped_from(daemon), LIMIT)
     active = ActiveRef(first.version, first.artifact_dir)
+    (Path(first.artifact_dir) / ".metadata.json.0a1b.tmp").write_text("{")  # a rewrite under way
     packed = pack_job(small_version, spec_in(daemon, 2, active), LIMIT)
     assert str(daemon).encode() not in pickle.dumps(packed)
-    assert packed.active is not None and "weights.bin" in packed.active.files
+    assert packed.active is not None
+    assert set(packed.active.files) == {"weights.bin", "sub/state.json", "metadata.json"}
 
     shipped = run_by_value(packed)
     assert shipped.result.head_to_head is not None

@@ -70,7 +70,7 @@ class FolderFiles:
         for path in sorted(Path(folder).rglob("*")):
             if path.is_symlink():
                 raise VersionRefused(f"{what}: {path.name} is a symbolic link")
-            if not path.is_file():
+            if not path.is_file() or _is_temporary(path):
                 continue
             total += path.stat().st_size
             _check_size(total, max_bytes, what)
@@ -229,6 +229,11 @@ def _inside(folder: Path, root: Path) -> Path:
     if not folder.resolve().is_relative_to(root.resolve()):
         raise VersionRefused(f"the job wrote its version to {folder}, outside its data dir")
     return folder
+
+
+def _is_temporary(path: Path) -> bool:
+    """A metadata rewrite's temporary file (``artifacts._write_json``): not part of the version."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
 
 
 def _check_size(total: int, max_bytes: int, what: str) -> None:
