@@ -177,9 +177,9 @@ def test_the_same_inputs_give_the_same_summary_byte_for_byte(tmp_path: Path) -> 
     returns = pd.read_csv(outs[0] / "variant_returns.csv")
     assert set(returns["variant"]) == set(summary["variants"])
     assert returns.groupby("variant")["trial"].first().sum() == summary["n_trials"]
-    for name, net in returns.groupby("variant")["net"]:  # the figures come from these series
+    for name, net in returns.groupby("variant")["net"]:  # the figures (10 digits) come from these
         expected = summary["variants"][name]["total_return"]
-        assert np.prod(1.0 + net.to_numpy()) - 1.0 == pytest.approx(expected, abs=1e-9)  # summary: 10 digits
+        assert np.prod(1.0 + net.to_numpy()) - 1.0 == pytest.approx(expected, abs=1e-9)
 
 
 @pytest.mark.parametrize(
