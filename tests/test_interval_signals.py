@@ -19,6 +19,7 @@ from quantum_daemon.core.ensemble import parse_signal
 from quantum_daemon.core.promotion import Verdict
 from quantum_daemon.domain.config import EvaluationConfig, InferenceConfig
 from quantum_daemon.domain.keys import Keys
+from quantum_daemon.lifecycle.views import models_view
 from quantum_daemon.models.families import load_model
 from quantum_daemon.storage.prediction_records import (
     RECORDS_FILE,
@@ -110,6 +111,9 @@ def test_signals_carry_the_pooled_intervals_and_live_scoring_fills_coverage(
     assert live["n"] == len(rows)
     assert live["coverage_90"] == pytest.approx(np.mean([r[5] for r in rows]))
     assert 0.0 <= version["metrics"]["coverage_90"] <= 1.0 and version["metrics"]["pinball"] > 0
+    api = {m["model_id"]: m for m in models_view(registry)}  # what /api/models serves
+    (listed,) = api["xgb_TESTUSDT_1h"]["versions"]
+    assert listed["metrics"]["coverage_90"] == version["metrics"]["coverage_90"]
 
 
 OLD_PREDICTIONS = """CREATE TABLE predictions (
