@@ -33,7 +33,7 @@ import numpy as np
 
 LEVELS: tuple[float, ...] = (0.05, 0.5, 0.95)
 QUANTILE_FIELDS: tuple[str, ...] = ("q05", "q50", "q95")
-NOMINAL_COVERAGE = LEVELS[-1] - LEVELS[0]  # of the [q05, q95] interval
+NOMINAL_COVERAGE = round(LEVELS[-1] - LEVELS[0], 12)  # of the [q05, q95] interval: 0.9
 DEFAULT_VOL_WINDOW = 48
 MIN_VOL = 1e-9  # a flat stretch of prices must not divide by zero
 
