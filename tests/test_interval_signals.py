@@ -15,7 +15,13 @@ import pytest
 import redis
 
 from quantum_daemon.core.conformal import pinball_loss
-from quantum_daemon.core.ensemble import parse_signal
+from quantum_daemon.core.ensemble import (
+    MemberForecast,
+    build_signal,
+    combine,
+    parse_signal,
+    signal_fields,
+)
 from quantum_daemon.core.promotion import Verdict
 from quantum_daemon.domain.config import EvaluationConfig, InferenceConfig
 from quantum_daemon.domain.keys import Keys
@@ -152,3 +158,23 @@ def test_a_records_file_from_before_intervals_gains_their_columns_and_keeps_its_
     assert (score.n, score.coverage_90, score.pinball) == (1, 1.0, pytest.approx(0.004))
     records.close()
     PredictionRecords(path).connection()  # opening again: nothing left to add
+
+
+def test_pooled_quantiles_round_trip_the_stream_fields_and_old_entries_have_none() -> None:
+    members = [
+        MemberForecast("xgb", "xgb_X_1h", "v1", 0.01, 0.6, (-0.02, 0.01, 0.04)),
+        MemberForecast("lgbm", "lgbm_X_1h", "v1", 0.0, 0.5, (-0.04, 0.0, 0.02)),
+        MemberForecast("nhits", "nhits_X_1h", "v1", 0.0, 0.5, None),  # no intervals: left out
+    ]
+    pooled = combine(members, {"xgb": 0.5, "lgbm": 0.25, "nhits": 0.25})
+    assert pooled.quantiles == pytest.approx((-0.08 / 3, 0.02 / 3, 0.10 / 3))
+    signal = build_signal("X", "1h", 0, pooled, None, 1.0)
+    fields = signal_fields(signal)
+    assert float(fields["q05"]) == pytest.approx(-0.08 / 3)
+    assert parse_signal(fields) == signal
+    older = {k: v for k, v in fields.items() if k not in ("q05", "q50", "q95")}
+    assert parse_signal(older).q05 is None
+    without = combine(members[2:], {})
+    assert without.quantiles is None and "q05" not in signal_fields(
+        build_signal("X", "1h", 0, without, None, 1.0)
+    )
