@@ -21,6 +21,7 @@ from quantum_daemon.core.conformal import (
     pinball_loss,
     trailing_vol,
 )
+from quantum_daemon.core.evaluation.report import CALIBRATION_FILE
 from quantum_daemon.core.evaluation.walkforward import EvaluationSettings, walk_forward
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.timeframes import HOUR_MS
@@ -196,9 +197,16 @@ def test_a_calibrated_xgb_saves_and_loads_its_intervals(tmp_path: Path) -> None:
 
 def test_train_offline_stores_coverage_and_pinball(tmp_path: Path) -> None:
     bars = make_bars(1600, seed=6)
-    result = train_offline(OfflineSpec("xgb", bars, tmp_path / "data", params=SMALL_XGB, horizon=4))
+    spec = OfflineSpec(
+        "xgb", bars, tmp_path / "data", params=SMALL_XGB, horizon=4, report_dir=tmp_path / "r"
+    )
+    result = train_offline(spec)
     _, meta = load_model(result.artifact_dir)
     metrics = meta["metrics"]
     assert 0.0 <= metrics["coverage_90"] <= 1.0 and metrics["pinball"] > 0.0
     assert metrics["coverage_90"] > 0.7  # a random walk: the intervals are not degenerate
     assert meta["fit"]["intervals_n_cal"] > 0
+    report = json.loads((tmp_path / "r" / CALIBRATION_FILE).read_text())
+    assert report["intervals"]["coverage_90"] == metrics["coverage_90"]
+    assert report["intervals"]["n"] > 0
+    assert all(w["intervals_n_cal"] > 0 for w in report["validation"])
