@@ -8,11 +8,16 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 import redis
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
 
 from quantum_daemon.core.conformal import pinball_loss
 from quantum_daemon.core.ensemble import (
@@ -23,19 +28,23 @@ from quantum_daemon.core.ensemble import (
     signal_fields,
 )
 from quantum_daemon.core.promotion import Verdict
-from quantum_daemon.domain.config import EvaluationConfig, InferenceConfig
+from quantum_daemon.domain.config import ApiConfig, Config, EvaluationConfig, InferenceConfig
 from quantum_daemon.domain.keys import Keys
-from quantum_daemon.lifecycle.views import models_view
+from quantum_daemon.lifecycle.service import LifecycleService
+from quantum_daemon.lifecycle.views import models_view, with_live_intervals
 from quantum_daemon.models.families import load_model
+from quantum_daemon.storage.bar_store import BarStore
 from quantum_daemon.storage.prediction_records import (
     RECORDS_FILE,
     DuePrediction,
     PredictionRecords,
     PredictionRow,
     Settled,
+    read_interval_scores,
 )
 from quantum_daemon.storage.registry.registry import Registry
 from quantum_daemon.training.offline import OfflineSpec, train_offline
+from quantum_daemon.web.api import ApiServer
 from tests.cli_helpers import run_cli
 from tests.conftest import make_bars
 from tests.inference_helpers import Feeder, inference, make_config
@@ -117,9 +126,49 @@ def test_signals_carry_the_pooled_intervals_and_live_scoring_fills_coverage(
     assert live["n"] == len(rows)
     assert live["coverage_90"] == pytest.approx(np.mean([r[5] for r in rows]))
     assert 0.0 <= version["metrics"]["coverage_90"] <= 1.0 and version["metrics"]["pinball"] > 0
-    api = {m["model_id"]: m for m in models_view(registry)}  # what /api/models serves
-    (listed,) = api["xgb_TESTUSDT_1h"]["versions"]
+    # what /api/models serves: the registry's view and the records read at request time
+    scores = read_interval_scores(tmp_path / RECORDS_FILE)
+    served = with_live_intervals(models_view(registry), scores)
+    (listed,) = {m["model_id"]: m for m in served}["xgb_TESTUSDT_1h"]["versions"]
     assert listed["metrics"]["coverage_90"] == version["metrics"]["coverage_90"]
+    assert listed["live_intervals"] == live
+    served_api = asyncio.run(api_models(cfg))  # and the real route says the same
+    (over_http,) = {m["model_id"]: m for m in served_api}["xgb_TESTUSDT_1h"]["versions"]
+    assert over_http["live_intervals"] == live
+    assert over_http["metrics"]["coverage_90"] == version["metrics"]["coverage_90"]
+
+
+class Source:
+    def readiness(self) -> tuple[bool, str]:
+        return True, "ok"
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+    def metrics_text(self) -> bytes:
+        return b""
+
+
+async def api_models(cfg: Config) -> list[dict[str, Any]]:
+    """``GET /api/models`` of a real lifecycle service on ``cfg``'s data dir."""
+    cfg = replace(
+        cfg,
+        models=replace(cfg.models, families=("xgb", "lgbm"), symbols=(SYMBOL,)),
+        training=replace(cfg.training, workers=1, gpu="off"),
+    )
+    client = aioredis.Redis.from_url(cfg.redis.url)
+    store = BarStore.in_dir(cfg.storage.data_dir)
+    try:
+        async with LifecycleService(cfg, client, store, CollectorRegistry()) as service:
+            async with ApiServer(ApiConfig(port=0), Source(), service.routes()) as api:
+                async with aiohttp.ClientSession() as http:
+                    answer = await http.get(f"http://127.0.0.1:{api.port}/api/models")
+                    assert answer.status == 200
+                    body: dict[str, Any] = await answer.json()
+    finally:
+        store.close()
+        await client.aclose()
+    return list(body["models"])
 
 
 OLD_PREDICTIONS = """CREATE TABLE predictions (

@@ -23,7 +23,6 @@ malformed model id or version.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -39,7 +38,11 @@ from quantum_daemon.domain.ids import BadIdentifier, check_model_id, check_versi
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.lifecycle.control import CONTROL_MAXLEN, Command, apply_to_registry
 from quantum_daemon.storage.events import parse_entry, publish_sync
-from quantum_daemon.storage.prediction_records import RECORDS_FILE, PredictionRecords
+from quantum_daemon.storage.prediction_records import (
+    RECORDS_FILE,
+    live_intervals_json,
+    read_interval_scores,
+)
 from quantum_daemon.storage.registry.registry import Registry, RegistryError
 
 TABLE_METRICS = ("trades", "sharpe", "dsr", "profit_factor")
@@ -125,24 +128,13 @@ def show_model(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         print(f"quantum-daemon: {exc}", file=sys.stderr)
         return EX_FAILURE
-    add_live_intervals(body, Path(data_dir) / RECORDS_FILE)
+    # each version's live interval record: scored forecasts, 90 % coverage,
+    # mean pinball (null before any is scored)
+    scores = read_interval_scores(Path(data_dir) / RECORDS_FILE)
+    for version in body["versions"]:
+        version["live_intervals"] = live_intervals_json(scores, args.model_id, version["version"])
     print(json.dumps(body, indent=1, default=str))
     return EX_OK
-
-
-def add_live_intervals(body: dict[str, Any], records_path: Path) -> None:
-    """Each version's live interval record (``live_intervals``: scored
-    forecasts, 90 % coverage, mean pinball; null before any is scored)."""
-    scores = {}
-    if records_path.exists():  # a read-only command must not create the file
-        records = PredictionRecords(records_path)
-        try:
-            scores = records.interval_scores(body["model_id"])
-        finally:
-            records.close()
-    for version in body["versions"]:
-        found = scores.get((body["model_id"], version["version"]))
-        version["live_intervals"] = None if found is None else dataclasses.asdict(found)
 
 
 def change(args: argparse.Namespace) -> int:

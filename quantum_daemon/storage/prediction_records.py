@@ -29,8 +29,9 @@ harmlessly applied again. Used from one thread (the service's I/O thread).
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -397,6 +398,26 @@ _ADDED_COLUMNS = (  # (table, column, its declaration): columns added after the 
     ("predictions", "pinball", "REAL"),
     ("predictions", "covered", "INTEGER"),
 )
+
+
+def read_interval_scores(path: Path) -> dict[tuple[str, str], IntervalScore]:
+    """``PredictionRecords.interval_scores`` of the file at ``path``, opened
+    and closed here (a reader's: a missing file is no scores, never created)."""
+    if not Path(path).exists():
+        return {}
+    records = PredictionRecords(path)
+    try:
+        return records.interval_scores()
+    finally:
+        records.close()
+
+
+def live_intervals_json(
+    scores: Mapping[tuple[str, str], IntervalScore], model_id: str, version: str
+) -> dict[str, float | int] | None:
+    """A version's ``live_intervals`` as JSON (None: nothing scored yet)."""
+    found = scores.get((model_id, version))
+    return None if found is None else dataclasses.asdict(found)
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
