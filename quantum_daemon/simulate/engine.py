@@ -262,14 +262,14 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk, DecayDesk):
         for k in range(len(result.mu)):
             position = None if result.position is None else float(result.position[k])
             record.predictions[i + k] = Prediction(
-                float(result.mu[k]), float(result.p_up[k]), position
+                float(result.mu[k]), float(result.p_up[k]), position, _quantiles(result, k)
             )
 
     def _pool(self, key: tuple[str, str], i: int) -> EnsembleForecast | None:
         """The active forecasters' pool under the trust weights (None: no
         active forecaster has a forecast for the bar)."""
         members = [
-            MemberForecast(r.family, r.model_id, r.version, p.mu, p.p_up)
+            MemberForecast(r.family, r.model_id, r.version, p.mu, p.p_up, p.quantiles)
             for stage, r in self.live_versions(key[0])
             if stage == ACTIVE and r.family not in SIZER_FAMILIES
             and (p := r.predictions.get(i)) is not None and _finite(p)
@@ -341,3 +341,11 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk, DecayDesk):
 
 def _finite(p: Prediction) -> bool:
     return math.isfinite(p.mu) and math.isfinite(p.p_up)
+
+
+def _quantiles(result: PredictResult, k: int) -> tuple[float, float, float] | None:
+    """Row ``k``'s (q05, q50, q95), where the version gave finite ones."""
+    if result.quantiles is None:
+        return None
+    q05, q50, q95 = (float(v) for v in result.quantiles[k])
+    return (q05, q50, q95) if all(map(math.isfinite, (q05, q50, q95))) else None

@@ -40,6 +40,7 @@ class PredictResult:
     p_up: np.ndarray
     position: np.ndarray | None
     horizon: int
+    quantiles: np.ndarray | None = None  # (n, 3): q05, q50, q95, where the version has them
 
 
 def predict_span(spec: PredictSpec) -> PredictResult:
@@ -48,11 +49,15 @@ def predict_span(spec: PredictSpec) -> PredictResult:
     idx = np.arange(spec.first, len(spec.bars))
     forecast = model.predict(spec.bars, idx)
     position = None if forecast.position is None else np.asarray(forecast.position, np.float64)
+    quantiles = None
+    if forecast.q05 is not None and forecast.q50 is not None and forecast.q95 is not None:
+        quantiles = np.column_stack([forecast.q05, forecast.q50, forecast.q95]).astype(np.float64)
     return PredictResult(
         mu=np.asarray(forecast.mu, np.float64),
         p_up=np.asarray(forecast.p_up, np.float64),
         position=position,
         horizon=int(meta.get("horizon", 1)),
+        quantiles=quantiles,
     )
 
 

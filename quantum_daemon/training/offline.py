@@ -193,6 +193,8 @@ def _metadata(
         "metrics": {
             **_numbers_only(metrics_json(report, "", "", spec.family)),
             "ece": finite_or_none(report.ece),
+            "coverage_90": finite_or_none(report.coverage_90),
+            "pinball": finite_or_none(report.pinball),
         },
         "model": state,
     }
