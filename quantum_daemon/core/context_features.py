@@ -295,7 +295,7 @@ def _rolling_std(x: np.ndarray, window: int) -> np.ndarray:
 
 
 def _rolling_corr(x: np.ndarray, y: np.ndarray, window: int) -> np.ndarray:
-    out = np.asarray(_rolling(x, window).corr(pd.Series(y)).to_numpy(), dtype=np.float64)
+    out = np.array(_rolling(x, window).corr(pd.Series(y)).to_numpy(), dtype=np.float64)
     # a window with any missing bar is unknown (pandas would pair what is left)
     gaps = _rolling(np.isnan(x) | np.isnan(y), window).sum().to_numpy() > 0
     out[gaps | ~np.isfinite(out)] = np.nan
