@@ -304,7 +304,7 @@ def test_a_simulation_with_context_trains_and_serves_it_without_look_ahead(
 
     cfg = sim_config(tmp_path)
     n, cut = 620, 520
-    target, ref = make_bars(n, seed=3, symbol="ETHUSDT"), make_bars(n, seed=4, symbol="BTCUSDT")
+    target, ref = lead_lag(n, seed=3)
     first = run_sim(cfg, target, ref, tmp_path / "a")
     assert first.jobs_done >= 2 and first.jobs_failed == 0
     meta = json.loads(next((tmp_path / "a" / "registry").rglob("metadata.json")).read_text())
