@@ -6,8 +6,10 @@ with ``[features] context = true``, and the config's checks."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -131,7 +133,9 @@ def test_coarse_bucket_is_used_only_after_its_last_fine_bar_closed() -> None:
         np.log(bars.close[row[11]] / bars.close[row[7]])
     )
     assert np.isnan(cols["c_ret_1"][row[10]])  # one complete bucket only by then
-    np.testing.assert_allclose(since, brute_since_close(bars, 4), rtol=1e-9, atol=1e-15, equal_nan=True)
+    np.testing.assert_allclose(
+        since, brute_since_close(bars, 4), rtol=1e-9, atol=1e-15, equal_nan=True
+    )
 
 
 def test_a_bucket_with_a_missing_fine_bar_is_never_used() -> None:
@@ -141,7 +145,9 @@ def test_a_bucket_with_a_missing_fine_bar_is_never_used() -> None:
     gappy = Bars(bars.symbol, bars.tf, *(getattr(bars, k)[keep] for k in Bars.__dataclass_fields__
                                          if k not in ("symbol", "tf")))  # fmt: skip
     since = coarse_features(gappy, "1d", "d_")["d_since_close"]
-    np.testing.assert_allclose(since, brute_since_close(gappy, 24), rtol=1e-9, atol=1e-15, equal_nan=True)
+    np.testing.assert_allclose(
+        since, brute_since_close(gappy, 24), rtol=1e-9, atol=1e-15, equal_nan=True
+    )
     day3_used = (gappy.ts >= DAY0 + 3 * 24 * HOUR_MS - HOUR_MS) & (
         gappy.ts < DAY0 + 4 * 24 * HOUR_MS - HOUR_MS
     )
@@ -243,7 +249,9 @@ def test_a_tree_trained_with_context_saves_loads_and_predicts_with_it(
     plain = train_offline(OfflineSpec(family, target, tmp_path / "plain", EVAL, params=params))
     # the lead-lag edge is visible only through the reference features
     assert trained.metrics["sharpe"] > 5 and trained.metrics["sharpe"] > plain.metrics["sharpe"]
-    model, meta = load_model(trained.artifact_dir, context=FeatureContext(ContextSpec(), {"BTCUSDT": ref}))
+    model, meta = load_model(
+        trained.artifact_dir, context=FeatureContext(ContextSpec(), {"BTCUSDT": ref})
+    )
     assert meta["context"]["reference_symbols"] == ["BTCUSDT"]
     assert meta["features"][-1] == "tf4h_since_close" and "ref_BTCUSDT_ret_1" in meta["features"]
     idx = np.arange(1400, 1500)
@@ -350,3 +358,53 @@ def test_features_default_off_and_the_cli_exits_78_on_a_bad_key(tmp_path: Path) 
     (tmp_path / "config.toml").write_text('[features]\ncoarse_timeframes = ["2h"]\n')
     done = run_cli(tmp_path, "check-config")
     assert done.returncode == 78 and "features.coarse_timeframes" in done.stderr
+
+
+# -- the inference worker ------------------------------------------------------------------
+
+
+def test_the_inference_worker_serves_a_context_version_with_the_stored_reference(
+    redis_url: str, redis_client: Any, tmp_path: Path
+) -> None:
+    from quantum_daemon.core.ensemble import parse_signal
+    from quantum_daemon.core.promotion import Verdict
+    from quantum_daemon.domain.config import InferenceConfig
+    from quantum_daemon.domain.keys import Keys
+    from quantum_daemon.storage.registry.registry import Registry
+    from tests.inference_helpers import Feeder, bar_at, inference, make_config
+
+    target, ref = lead_lag(760, seed=11)
+    context = FeatureContext(ContextSpec(("BTCUSDT",), ("4h",)), {"BTCUSDT": ref.slice(0, 700)})
+    evaluation = EvaluationConfig(horizon=4, n_test_windows=1)
+    trained = train_offline(
+        OfflineSpec("lgbm", target.slice(0, 700), tmp_path, evaluation, context=context)
+    )
+    registry = Registry(tmp_path)
+    registry.register(trained.model_id, trained.version)
+    registry.apply_verdict(trained.model_id, trained.version, Verdict("candidate", (), True, ""))
+    shutil.copytree(tmp_path, tmp_path / "bare")  # the same registry, another bar store
+    key = Keys().signals("ETHUSDT", "1h")
+
+    async def scenario(data_dir: Path, reference_until: int) -> Any:
+        cfg = make_config(redis_url, data_dir, horizon=4)
+        async with inference(cfg, families=()) as (service, store):
+            store.insert_bars([bar_at(ref, t) for t in range(reference_until)])
+            feeder = Feeder(service, store, target)
+            feeder.store_until(700)
+            await service.run_until_idle()
+            await feeder.feed(705)
+            return service.metrics.model_errors.labels("lgbm")._value.get()
+
+    assert asyncio.run(scenario(tmp_path, 760)) == 0
+    last = parse_signal(redis_client.xrevrange(key, count=1)[0][1])
+    (contribution,) = last.contributions
+    window = target.slice(705 - InferenceConfig().context_bars - 1, 705)
+    reference = {"BTCUSDT": ref.slice(0, 760)}
+    model, _ = load_model(trained.artifact_dir, context=FeatureContext(ContextSpec(), reference))
+    expected = model.predict(window, np.array([len(window) - 1]))
+    assert contribution.mu == pytest.approx(float(expected.mu[0]), rel=1e-9, abs=1e-12)
+    # without any reference bar in the store the version answers nothing, and says so
+    redis_client.delete(key)
+    assert asyncio.run(scenario(tmp_path / "bare", 0)) > 0
+    last = parse_signal(redis_client.xrevrange(key, count=1)[0][1])
+    assert last.contributions == ()
