@@ -408,3 +408,28 @@ def test_the_inference_worker_serves_a_context_version_with_the_stored_reference
     assert asyncio.run(scenario(tmp_path / "bare", 0)) > 0
     last = parse_signal(redis_client.xrevrange(key, count=1)[0][1])
     assert last.contributions == ()
+
+
+# -- quantum-daemon train ------------------------------------------------------------------
+
+
+def test_train_cli_reads_the_reference_file_and_refuses_without_it(tmp_path: Path) -> None:
+    import json
+
+    target, ref = lead_lag(1500, seed=2)
+    eth, btc = tmp_path / "ETH_USDT-1h.feather", tmp_path / "BTC_USDT-1h.feather"
+    target.to_frame().to_feather(eth)
+    ref.to_frame().to_feather(btc)
+    (tmp_path / "config.toml").write_text(
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+        '[features]\ncontext = true\ncoarse_timeframes = ["4h"]\n'
+    )
+    args = ("train", "--family", "lgbm", "--data", str(eth), "--horizon", "1", "--json")
+    done = run_cli(tmp_path, *args, "--reference", str(btc))
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(done.stdout)
+    version = tmp_path / "data" / "models" / metrics["model_id"] / metrics["version"]
+    meta = json.loads((version / "metadata.json").read_text())
+    assert meta["context"]["features"] == list(ContextSpec(("BTCUSDT",), ("4h",)).feature_names())
+    refused = run_cli(tmp_path, *args)  # no --reference, no bar store
+    assert refused.returncode == 65 and "BTCUSDT" in refused.stderr
