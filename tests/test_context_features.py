@@ -339,6 +339,7 @@ def test_a_simulation_with_context_trains_and_serves_it_without_look_ahead(
         ('coarse_timeframes = ["7m"]', "features.coarse_timeframes"),
         ('models = ["nhits"]', "features.models"),
         ("depth = 2", "features.depth"),
+        ('context = true\nreference_symbols = ["SOLUSDT"]', "features.reference_symbols"),
     ],
 )
 def test_bad_features_config_names_the_key(text: str, key: str, tmp_path: Path) -> None:

@@ -485,6 +485,7 @@ class Config:
                 f"config key 'tuning.timeout_s' must be < training.job_timeout_s "
                 f"({self.training.job_timeout_s}): the search runs inside the job"
             )
+        _check_references_are_ingested(self.features, self.ingest)
         if not self.feed.enabled:
             return
         if not self.ingest.discover:
@@ -494,6 +495,18 @@ class Config:
                 "config key 'feed.request_timeout_s' must be < daemon.stall_s "
                 f"({self.daemon.stall_s}): a request that long would look like a stalled loop"
             )
+
+
+def _check_references_are_ingested(features: FeaturesConfig, ingest: IngestConfig) -> None:
+    """Context features read the reference symbols' bars from the bar store."""
+    if not features.context or ingest.discover:
+        return
+    missing = [s for s in features.reference_symbols if s not in ingest.symbols]
+    if missing:
+        raise ConfigError(
+            f"config key 'features.reference_symbols': {missing} not in ingest.symbols; "
+            "the context features read their bars from the bar store"
+        )
 
 
 def _check_feed_is_ingested(feed: FeedConfig, ingest: IngestConfig) -> None:

@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quantum_daemon.core.context_features import FeatureContext
+from quantum_daemon.core.context_features import ContextMissing, FeatureContext
 from quantum_daemon.core.promotion import HeadToHead
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import EvaluationConfig, TuningConfig
@@ -171,7 +171,10 @@ def head_to_head(spec: TrainJobSpec, new_dir: Path) -> HeadToHead:
     if idx.size == 0:
         return HeadToHead(spec.active.version, 0, None, None, 0.0, 0.0)
     new_score = _score(spec, new, idx)
-    active_score = _score(spec, active, idx)
+    try:
+        active_score = _score(spec, active, idx)
+    except ContextMissing as exc:  # fitted with context the job was not given ([features])
+        return HeadToHead(spec.active.version, 0, None, None, 0.0, 0.0, refused=str(exc))
     return HeadToHead(
         active_version=spec.active.version,
         n_decisions=int(idx.size),
