@@ -6,6 +6,7 @@ with ``[features] context = true``, and the config's checks."""
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -308,7 +309,6 @@ def forecasts_until(sim: Simulation, t_ms: int) -> list[object]:
 def test_a_simulation_with_context_trains_and_serves_it_without_look_ahead(
     tmp_path: Path,
 ) -> None:
-    import json
 
     cfg = sim_config(tmp_path)
     n, cut = 620, 520
@@ -415,7 +415,6 @@ def test_the_inference_worker_serves_a_context_version_with_the_stored_reference
 
 
 def test_train_cli_reads_the_reference_file_and_refuses_without_it(tmp_path: Path) -> None:
-    import json
 
     target, ref = lead_lag(1500, seed=2)
     eth, btc = tmp_path / "ETH_USDT-1h.feather", tmp_path / "BTC_USDT-1h.feather"
@@ -434,3 +433,48 @@ def test_train_cli_reads_the_reference_file_and_refuses_without_it(tmp_path: Pat
     assert meta["context"]["features"] == list(ContextSpec(("BTCUSDT",), ("4h",)).feature_names())
     refused = run_cli(tmp_path, *args)  # no --reference, no bar store
     assert refused.returncode == 65 and "BTCUSDT" in refused.stderr
+
+
+# -- the daemon's training job -------------------------------------------------------------
+
+
+def test_the_daemons_job_reads_the_reference_from_the_store_and_trains_with_it(
+    tmp_path: Path,
+) -> None:
+    import time
+
+    from quantum_daemon.core.scheduling import TrainRequest
+    from quantum_daemon.domain.ids import ModelKey
+    from quantum_daemon.domain.keys import Keys
+    from quantum_daemon.lifecycle.specs import JobSpecs
+    from quantum_daemon.storage.bar_store import BarStore
+    from quantum_daemon.storage.registry.registry import Registry
+    from quantum_daemon.training.jobs import run_job
+    from tests.inference_helpers import bar_at
+
+    target, ref = lead_lag(900, seed=5)
+    cfg = Config(
+        storage=StorageConfig(data_dir=tmp_path),
+        training=TrainingConfig(history_bars=800),
+        evaluation=EvaluationConfig(horizon=1, n_test_windows=1),
+        features=FeaturesConfig(context=True, coarse_timeframes=("4h", "1d")),
+    )
+    store = BarStore.in_dir(tmp_path)
+    store.insert_bars([bar_at(target, t) for t in range(900)])
+    store.insert_bars([bar_at(ref, t) for t in range(850)])  # the reference lags behind
+    specs = JobSpecs(cfg, store, Registry(tmp_path), None, Keys(), time.time)  # type: ignore[arg-type]
+
+    def build(family: str) -> Any:
+        request = TrainRequest(ModelKey(family, "ETHUSDT", "1h"), frozenset(), 0.0, False)
+        return asyncio.run(specs.build(request))
+
+    spec = build("lgbm")
+    assert spec.context is not None and spec.context.spec == ContextSpec(("BTCUSDT",), ("4h", "1d"))
+    got = spec.context.reference["BTCUSDT"]
+    np.testing.assert_array_equal(got.ts, ref.ts[100:850])  # the job's span, what is stored
+    assert build("nhits").context is None  # only the tree families read context
+    store.close()
+    result = run_job(spec)
+    meta = json.loads((Path(result.artifact_dir) / "metadata.json").read_text())
+    assert meta["context"]["coarse_timeframes"] == ["4h", "1d"]
+    assert meta["fit"]["n_train"] > 100
