@@ -31,6 +31,7 @@ import pandas as pd
 
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import FeaturesConfig
+from quantum_daemon.domain.ids import model_id
 from quantum_daemon.domain.timeframes import timeframe_ms
 
 REFERENCE_LAGS = (1, 4, 24)
@@ -262,8 +263,7 @@ def feature_context(
     ``[features]`` (None: off, or nothing applies to it);
     ``read_reference(symbol, bars)`` gives that symbol's bars of the same
     timeframe over ``bars``' span."""
-    model_id = f"{family}_{bars.symbol}_{bars.tf}"
-    if not features.applies_to(family, model_id):
+    if not features.applies_to(family, model_id(family, bars.symbol, bars.tf)):
         return None
     spec = ContextSpec(features.reference_symbols, features.coarse_timeframes)
     narrowed = spec.for_series(bars.symbol, bars.tf)

@@ -49,6 +49,7 @@ from quantum_daemon.core.scheduling import Scheduler, SchedulerPolicy
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import Config
 from quantum_daemon.domain.families import SIZER_FAMILIES
+from quantum_daemon.domain.ids import model_id as id_of_model
 from quantum_daemon.domain.ids import model_keys
 from quantum_daemon.domain.timeframes import timeframe_ms
 from quantum_daemon.models.sizer_book import SizerBook
@@ -258,7 +259,7 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk, DecayDesk):
 
     def _prediction_reference(self, family: str, window: Bars) -> dict[str, Bars]:
         """The reference bars a context version reads over ``window`` (``[features]``)."""
-        if not self.cfg.features.applies_to(family, f"{family}_{window.symbol}_{window.tf}"):
+        if not self.cfg.features.applies_to(family, id_of_model(family, window.symbol, window.tf)):
             return {}
         return {
             s: reference_window(self.reference_bars[s], window)
