@@ -173,6 +173,17 @@ def test_the_active_version_travels_to_the_worker_for_the_head_to_head(
     assert cluster.forbidden_opens() == []
 
 
+def test_a_shipped_version_the_daemon_refuses_fails_its_job_and_keeps_nothing(
+    cluster: RayCluster, daemon_dir: Path
+) -> None:
+    spec = job("xgb", 30, daemon_dir)
+    first, again = run_all(settings(cluster, daemon_dir), [(run_job, spec, "xgb")] * 2)
+    assert first.ok, first.reason
+    assert again.status == "error" and "exists already" in again.reason, again
+    assert artifacts.list_versions(daemon_dir, spec.model_id).count(first.result.version) == 1
+    assert not list(daemon_dir.glob("models/*/.tmp-*"))
+
+
 def test_gpu_requests_reach_the_remote_task(cluster: RayCluster, daemon_dir: Path) -> None:
     chosen = settings(cluster, daemon_dir, num_gpus=0.5, family_num_gpus={"patchtst": 1.0})
     probe = ray_cluster.assigned_resources
