@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import talib
 
+from quantum_daemon.core import rolling
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.timeframes import DAY_MS, timeframe_ms
 
@@ -61,8 +62,36 @@ def _lagged_diff(x: np.ndarray, lag: int) -> np.ndarray:
     return out
 
 
-def _rolling(x: np.ndarray, window: int) -> pd.api.typing.Rolling:
-    return pd.Series(x).rolling(window, min_periods=window)
+# True inside ``pandas_rolling()``: the rolling statistics by pandas, the
+# implementation before ``rolling`` (the reference its tests and
+# scripts/bench_scale.py compare against).
+_PANDAS_ROLLING: ContextVar[bool] = ContextVar("pandas_rolling", default=False)
+
+
+@contextlib.contextmanager
+def pandas_rolling() -> Iterator[None]:
+    """Inside this block, ``build_features`` computes its rolling statistics
+    with pandas (the reference) instead of ``core.rolling`` (numpy)."""
+    token = _PANDAS_ROLLING.set(True)
+    try:
+        yield
+    finally:
+        _PANDAS_ROLLING.reset(token)
+
+
+def _rolling_stat(x: np.ndarray, window: int, stat: str) -> np.ndarray:
+    """``stat`` ("mean", "std" with ddof 1, "sum") over each trailing ``window``."""
+    if _PANDAS_ROLLING.get():
+        roll = pd.Series(x).rolling(window, min_periods=window)
+        return np.asarray(getattr(roll, stat)().to_numpy(), dtype=np.float64)
+    return _NUMPY_STATS[stat](x, window)
+
+
+_NUMPY_STATS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
+    "mean": rolling.rolling_mean,
+    "std": rolling.rolling_std,
+    "sum": rolling.rolling_sum,
+}
 
 
 def _returns(bars: Bars) -> Columns:
@@ -72,7 +101,7 @@ def _returns(bars: Bars) -> Columns:
 
 def _volatility(bars: Bars) -> Columns:
     one_bar = _lagged_diff(_log_close(bars), 1)
-    cols = {f"rvol_{w}": _rolling(one_bar, w).std().to_numpy() for w in VOL_WINDOWS}
+    cols = {f"rvol_{w}": _rolling_stat(one_bar, w, "std") for w in VOL_WINDOWS}
     cols["rvol_ratio_24_96"] = _ratio(cols["rvol_24"], cols["rvol_96"])
     cols["natr_14"] = talib.NATR(bars.high, bars.low, bars.close, timeperiod=14) / 100.0
     cols["range_log"] = np.log(bars.high / bars.low)
@@ -120,10 +149,10 @@ def _volume(bars: Bars) -> Columns:
     log_volume = np.log1p(bars.volume)
     cols: Columns = {}
     for w in (24, 96):
-        roll = _rolling(log_volume, w)
-        cols[f"volume_z_{w}"] = _ratio(log_volume - roll.mean().to_numpy(), roll.std().to_numpy())
+        mean, std = _rolling_stat(log_volume, w, "mean"), _rolling_stat(log_volume, w, "std")
+        cols[f"volume_z_{w}"] = _ratio(log_volume - mean, std)
     obv = talib.OBV(bars.close, bars.volume)
-    volume_24 = _rolling(bars.volume, 24).sum().to_numpy()
+    volume_24 = _rolling_stat(bars.volume, 24, "sum")
     cols["obv_slope_24"] = _ratio(_lagged_diff(obv, 24), volume_24)
     return cols
 
