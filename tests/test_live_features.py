@@ -134,3 +134,15 @@ def test_blocks_join_without_a_seam(monkeypatch: pytest.MonkeyPatch) -> None:
     whole = rolling.rolling_std(x, 24)
     monkeypatch.setattr(rolling, "BLOCK_ROWS", 7)
     assert np.array_equal(rolling.rolling_std(x, 24), whole, equal_nan=True)
+
+
+@pytest.mark.parametrize("first_row", [0, 1, 95, 500, 512])
+def test_first_row_skips_earlier_rows_and_changes_none_after(first_row: int) -> None:
+    """The live worker asks for its new bars' rows only: those rows equal the
+    whole matrix's bit for bit; the rolling columns before them are NaN."""
+    window = live_window(real_bars(REAL_FILES[0]), 3000)
+    whole = build_features(window)
+    part = build_features(window, first_row)
+    assert np.array_equal(part[first_row:], whole[first_row:], equal_nan=True)
+    rolled = [FEATURE_NAMES.index(n) for n in ROLLING_COLUMNS]
+    assert np.isnan(part[:first_row][:, rolled]).all()

@@ -7,12 +7,12 @@ live versions of every model (``loading``: the ``active`` version and the
 fail their checksum is reported back, never loaded) and serves requests from
 its pipe: for a ``PredictRequest`` it reads the series' last bars from the
 bar store (WAL: reading never blocks ingest's writer), computes the features
-of that window once (``features.shared_features``), and asks every live
-model of the series for ``mu``, ``p_up`` and, for position families, a
-position. ``rl_sizer`` sizes the trust-weighted ensemble of the active
-forecasters (``ensemble.combine``, each bar under its weights from the
-request: ``PredictRequest.bar_weights``), keeping its book per series in
-memory.
+of that window once (``features.shared_features``; the trailing-window
+columns of the new bars' rows only), and asks every live model of the series
+for ``mu``, ``p_up`` and, for position families, a position. ``rl_sizer``
+sizes the trust-weighted ensemble of the active forecasters
+(``ensemble.combine``, each bar under its weights from the request:
+``PredictRequest.bar_weights``), keeping its book per series in memory.
 
 Before each request, and every second while idle, the worker looks at the
 registry's state stamp; a change reloads the models that changed and sends
@@ -226,7 +226,7 @@ class InferenceServer:
 
         answers: list[ModelAnswer] = []
         errors: list[tuple[str, str]] = []
-        with shared_features(bars):
+        with shared_features(bars, first_row=int(idx.min())):
             for model in [m for m in live if not m.is_sizer]:
                 collect(answers, errors, model, partial(forecast, model, bars, idx), self.log)
             ensemble = ensemble_input(answers, weights)
