@@ -5,9 +5,10 @@ counts and configures logging before anything imports numpy, then loads the
 live versions of every model (``loading``: the ``active`` version and the
 ``max_candidates`` newest ``candidate`` versions; a version whose artifacts
 fail their checksum is reported back, never loaded) and serves requests from
-its pipe: for a ``PredictRequest`` it reads the series' last bars from the
-bar store (WAL: reading never blocks ingest's writer), computes the features
-of that window once (``features.shared_features``; the trailing-window
+its pipe: for each ``PredictRequest`` (alone or in a ``PredictBatch``, one
+registry check for the batch) it reads the series' last bars from the bar
+store (WAL: reading never blocks ingest's writer), computes the features of
+that window once (``features.shared_features``; the trailing-window
 columns of the new bars' rows only), and asks every live model of the series
 for ``mu``, ``p_up`` and, for position families, a position. ``rl_sizer``
 sizes the trust-weighted ensemble of the active forecasters
@@ -47,10 +48,12 @@ from quantum_daemon.inference.answers import (
 from quantum_daemon.inference.loading import LiveModel, ModelLoader, VersionKey
 from quantum_daemon.inference.messages import (
     MULTI_SYMBOL,
+    BatchAnswer,
     InferenceWorkerSettings,
     LoadReport,
     ModelAnswer,
     PredictAnswer,
+    PredictBatch,
     PredictRequest,
     RequestFailed,
     StartFailed,
@@ -173,7 +176,11 @@ class InferenceServer:
         report = self.check_registry()
         if report is not None:
             replies.append(report)
-        if isinstance(message, PredictRequest):
+        if isinstance(message, PredictBatch):
+            replies.append(
+                BatchAnswer(message.request_id, tuple(self.answer(r) for r in message.requests))
+            )
+        elif isinstance(message, PredictRequest):
             replies.append(self.answer(message))
         return replies
 
