@@ -14,7 +14,6 @@ from quantum_daemon.core.ensemble import parse_signal
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.inference import InferenceService
-from quantum_daemon.inference.serving import BATCH_BARS
 from quantum_daemon.storage.bar_store import BarStore
 from tests.inference_helpers import bar_at, inference, make_config
 from tests.planted_family import install_version, planted_market
@@ -34,7 +33,9 @@ def install(data_dir: Path) -> None:
         install_version(data_dir, "xgb", {"seed": 1}, symbol=symbol)
 
 
-def store(service: InferenceService, bar_store: BarStore, bars: Bars, start: int, stop: int) -> None:
+def store(
+    service: InferenceService, bar_store: BarStore, bars: Bars, start: int, stop: int
+) -> None:
     bar_store.insert_bars([bar_at(bars, t) for t in range(start, stop)])
     service.bars_stored(bars.symbol, bars.tf, stop - start)
 
@@ -80,9 +81,10 @@ def test_a_catch_up_series_is_not_batched_past_the_bar_bound(
     async def scenario() -> list[list[str]]:
         async with inference(cfg, families=()) as (service, _):
             server = service.server
-            server.bars_stored("AAAUSDT", "1h", BATCH_BARS + 5)  # a long catch-up first
+            limit = cfg.inference.batch_bars
+            server.bars_stored("AAAUSDT", "1h", limit + 5)  # a long catch-up first
             server.bars_stored("BBBUSDT", "1h", 1)
-            server.bars_stored("CCCUSDT", "1h", BATCH_BARS - 1)
+            server.bars_stored("CCCUSDT", "1h", limit - 1)
             server.bars_stored("DDDUSDT", "1h", 1)
             batches = []
             while server.waiting:

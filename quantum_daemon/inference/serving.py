@@ -2,17 +2,21 @@
 
 Ingest calls ``bars_stored`` when it committed bars of a series; ``serve``
 takes the series waiting longest and those waiting with it (``next_batch``:
-the series that closed on the same bar, up to ``BATCH_BARS`` stored bars in
-all), sends the worker one ``PredictBatch`` of their ``PredictRequest``s
-(each: the bars after the last one answered, with the trust weights as of
-those bars, ``timeline``), pools each bar's active forecasters under that
-bar's weights from its request (``signals.signals_of``) and adds the
-signals to ``quantum:signals:{SYMBOL}:{TF}`` with their latency. Nothing
-else is on this path: the answers are handed to bookkeeping afterwards.
+the series that closed on the same bar, up to ``[inference] batch_bars``
+stored bars in all: a batch's time in the worker grows with its bars, and a
+catch-up series brings up to ``max_catch_up`` of them), sends the worker
+one ``PredictBatch`` of their ``PredictRequest``s (each: the bars after the
+last one answered, with the trust weights as of those bars, ``timeline``),
+pools each bar's active forecasters under that bar's weights from its
+request (``signals.signals_of``) and adds the signals to
+``quantum:signals:{SYMBOL}:{TF}`` with their latency, the whole batch in one
+pipeline. Nothing else is on this path: the answers are handed to
+bookkeeping afterwards.
 
 Why batches: at 100 series closing at once, one request per series paid a
-pipe round trip, a registry check and a loop wake-up each (scripts/bench_scale.py
-measures both ways); a lone series still goes as a batch of one.
+pipe round trip, a registry check, a Redis round trip and a loop wake-up
+each (scripts/bench_scale.py measures both ways, ``batch_bars = 1`` being
+the old way); a lone series still goes as a batch of one.
 """
 
 from __future__ import annotations
@@ -39,9 +43,6 @@ from quantum_daemon.runtime.logs import get_logger
 log = get_logger()
 
 PUBLISH_ATTEMPTS = 3
-# Bars stored (not series) per batch: a batch's time in the worker grows with
-# its bars, and a catch-up series brings up to ``max_catch_up`` of them.
-BATCH_BARS = 256
 
 
 class Server:
@@ -119,12 +120,12 @@ class Server:
     def next_batch(self) -> list[tuple[Series, float, int]]:
         """(series, stored_at, bars) of waiting series, oldest first, taken
         off ``waiting``: at least one, then more while their stored bars stay
-        within ``BATCH_BARS``."""
+        within ``[inference] batch_bars``."""
         batch: list[tuple[Series, float, int]] = []
         bars = 0
         for series, stored_at in sorted(self.waiting.items(), key=lambda item: item[1]):
             count = self.waiting_bars.get(series, 1)
-            if batch and bars + count > BATCH_BARS:
+            if batch and bars + count > self.cfg.inference.batch_bars:
                 break
             batch.append((series, stored_at, count))
             bars += count
