@@ -433,6 +433,8 @@ def measure(
         last_ids,
         time.monotonic() + args.timeout_s,
     )
+    redis_cpu_before = redis_cpu_s(client)
+    worker_before = [metric_sum_count(d, "quantum_inference_worker_cpu_seconds") for d in daemons]
     arrival: list[float] = []
     stored: list[float] = []
     queued: list[float] = []
@@ -456,6 +458,10 @@ def measure(
             missing += len(names) - len(seen)
         queued.append(sum(d.metric("quantum_training_jobs_queued") for d in daemons))
         time.sleep(args.gap_s)
+    round_bars = args.rounds * spec.series
+    worker_after = [metric_sum_count(d, "quantum_inference_worker_cpu_seconds") for d in daemons]
+    worker_cpu = sum(a[0] - b[0] for a, b in zip(worker_after, worker_before, strict=True))
+    worker_requests = sum(a[1] - b[1] for a, b in zip(worker_after, worker_before, strict=True))
     return {
         "series": spec.series,
         "tf": tf,
@@ -473,10 +479,20 @@ def measure(
         "daemon_rss_mb": sum(rss_mb(d.proc.pid) for d in daemons),
         "worker_rss_mb": sum(rss_mb(d.worker_pid()) for d in daemons),
         "redis_used_mb": float(client.info("memory")["used_memory"]) / 2**20,
-        "redis_cpu_s": float(client.info("cpu")["used_cpu_sys"])
-        + float(client.info("cpu")["used_cpu_user"]),
+        "redis_cpu_us_per_round_bar": (redis_cpu_s(client) - redis_cpu_before) * 1e6 / round_bars,
+        "worker_cpu_ms_per_request": worker_cpu * 1000.0 / max(worker_requests, 1.0),
         "load_average_1m": os.getloadavg()[0],
     }
+
+
+def redis_cpu_s(client: redis.Redis) -> float:
+    """CPU seconds redis-server used so far (the bench's own reads included)."""
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"])
+
+
+def metric_sum_count(daemon: Daemon, histogram: str) -> tuple[float, float]:
+    return daemon.metric(f"{histogram}_sum"), daemon.metric(f"{histogram}_count")
 
 
 def quantiles(values: list[float]) -> dict[str, float]:
@@ -524,6 +540,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
         "daemon RSS MB (KB/series)",
         "worker RSS MB (KB/series)",
         "redis MB (KB/series)",
+        "worker CPU ms/request",
+        "redis CPU us/bar",
+        "load",
     )
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -542,6 +561,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"{r['daemon_rss_mb']:.0f} ({r['daemon_rss_kb_per_series']:.1f})",
             f"{r['worker_rss_mb']:.0f} ({r['worker_rss_kb_per_series']:.1f})",
             f"{r['redis_used_mb']:.1f} ({r['redis_used_kb_per_series']:.1f})",
+            f"{r['worker_cpu_ms_per_request']:.2f}",
+            f"{r['redis_cpu_us_per_round_bar']:.0f}",
+            f"{r['load_average_1m']:.1f}",
         )
         print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
 
