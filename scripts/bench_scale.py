@@ -137,29 +137,30 @@ def last_closed_open(tf: str, bars_ahead: int) -> int:
 # -- the per-bar feature cost (in process) ------------------------------------------------
 
 
-def median_ms(fn: Any, n: int) -> float:
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000.0
-
-
-def feature_cost(repeats: int = 300) -> dict[str, float]:
+def feature_cost(repeats: int = 400) -> dict[str, float]:
+    """Medians of the three ways, interleaved call by call so that the
+    machine's other load falls on each alike."""
     window = random_walk(513, "1m", 7, last_closed_open("1m", 0))
-    features.build_features(window)  # imports, caches
 
     def pandas_path() -> None:
         with features.pandas_rolling():
             features.build_features(window)
 
-    out = {
-        "numpy_newest_row_ms": median_ms(lambda: features.build_features(window, 512), repeats),
-        "numpy_all_rows_ms": median_ms(lambda: features.build_features(window), repeats),
-        "pandas_ms": median_ms(pandas_path, repeats),
+    ways = {
+        "numpy_newest_row_ms": lambda: features.build_features(window, 512),
+        "numpy_all_rows_ms": lambda: features.build_features(window),
+        "pandas_ms": pandas_path,
     }
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for k in range(repeats + 20):
+        for name, way in ways.items():
+            t = time.perf_counter()
+            way()
+            if k >= 20:  # warm-up: imports, caches
+                times[name].append(time.perf_counter() - t)
+    out = {name: statistics.median(t) * 1000.0 for name, t in times.items()}
     out["ratio_pandas_to_numpy_newest"] = out["pandas_ms"] / out["numpy_newest_row_ms"]
+    out["ratio_pandas_to_numpy_all_rows"] = out["pandas_ms"] / out["numpy_all_rows_ms"]
     return out
 
 
@@ -589,7 +590,14 @@ def main() -> int:
                 for batch_bars in batchings:
                     spec = RunSpec(n, tf, batch_bars, args.daemons)
                     print(f"run: {spec}", flush=True)
-                    results.append(run_one(spec, template, args))
+                    result = run_one(spec, template, args)
+                    a = result["arrival_to_signal_ms"]
+                    print(
+                        f"  ingest {result['ingest_bars_per_s']:,.0f} bars/s, arrival to "
+                        f"signal p50 {a['p50']:.1f} / p99 {a['p99']:.1f} ms",
+                        flush=True,
+                    )
+                    results.append(result)
     per_series_memory(results)
     print_table(results)
     if args.json:
