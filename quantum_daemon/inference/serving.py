@@ -94,6 +94,8 @@ class Server:
         """Ask the worker about the series waiting longest, and those waiting
         with it (``next_batch``), in one batch; publish their signals."""
         batch = self.next_batch()
+        if not batch:
+            return
         requests = tuple(self.request_for(series) for series, _, _ in batch)
         self.state.totals.requests += len(requests)
         try:
