@@ -18,8 +18,6 @@ from quantum_daemon.domain.bars import Bars
 from quantum_daemon.storage.bar_files import read_bar_file
 
 MARKET = Path(__file__).resolve().parents[2] / "shared" / "data" / "market"
-if not MARKET.is_dir():  # a worktree beside /work/main
-    MARKET = Path("/work/shared/data/market")
 REAL_FILES = sorted(MARKET.glob("*.feather"))
 LIVE_WINDOW = 513  # the worker's context (512 bars) and the new bar
 WINDOWS_PER_FILE = 12
