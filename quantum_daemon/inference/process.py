@@ -138,13 +138,6 @@ class WorkerLink:
             self.proc.kill()
 
     # -- the pipe ------------------------------------------------------------
-    async def ask(self, request: PredictRequest, timeout_s: float) -> PredictAnswer | RequestFailed:
-        """Send ``request``; its answer. Raises ``WorkerDied``."""
-        answer = await self._ask(request, timeout_s)
-        if isinstance(answer, BatchAnswer):
-            raise TypeError("a batch answer to a single request")
-        return answer
-
     async def ask_batch(
         self, requests: tuple[PredictRequest, ...], timeout_s: float
     ) -> tuple[PredictAnswer | RequestFailed, ...]:
