@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import talib
 
+from quantum_daemon.core import rolling
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.timeframes import DAY_MS, timeframe_ms
 
@@ -61,8 +62,37 @@ def _lagged_diff(x: np.ndarray, lag: int) -> np.ndarray:
     return out
 
 
-def _rolling(x: np.ndarray, window: int) -> pd.api.typing.Rolling:
-    return pd.Series(x).rolling(window, min_periods=window)
+# True inside ``pandas_rolling()``: the rolling statistics by pandas, the
+# implementation before ``rolling`` (the reference its tests and
+# scripts/bench_scale.py compare against).
+_PANDAS_ROLLING: ContextVar[bool] = ContextVar("pandas_rolling", default=False)
+
+
+@contextlib.contextmanager
+def pandas_rolling() -> Iterator[None]:
+    """Inside this block, ``build_features`` computes its rolling statistics
+    with pandas (the reference) instead of ``core.rolling`` (numpy)."""
+    token = _PANDAS_ROLLING.set(True)
+    try:
+        yield
+    finally:
+        _PANDAS_ROLLING.reset(token)
+
+
+def _rolling_stat(x: np.ndarray, window: int, stat: str, first_row: int) -> np.ndarray:
+    """``stat`` ("mean", "std" with ddof 1, "sum") over each trailing ``window``;
+    rows before ``first_row`` may be left NaN."""
+    if _PANDAS_ROLLING.get():
+        roll = pd.Series(x).rolling(window, min_periods=window)
+        return np.asarray(getattr(roll, stat)().to_numpy(), dtype=np.float64)
+    return _NUMPY_STATS[stat](x, window, first_row)
+
+
+_NUMPY_STATS: dict[str, Callable[[np.ndarray, int, int], np.ndarray]] = {
+    "mean": rolling.rolling_mean,
+    "std": rolling.rolling_std,
+    "sum": rolling.rolling_sum,
+}
 
 
 def _returns(bars: Bars) -> Columns:
@@ -70,9 +100,9 @@ def _returns(bars: Bars) -> Columns:
     return {f"ret_{lag}": _lagged_diff(log_close, lag) for lag in RETURN_LAGS}
 
 
-def _volatility(bars: Bars) -> Columns:
+def _volatility(bars: Bars, first_row: int) -> Columns:
     one_bar = _lagged_diff(_log_close(bars), 1)
-    cols = {f"rvol_{w}": _rolling(one_bar, w).std().to_numpy() for w in VOL_WINDOWS}
+    cols = {f"rvol_{w}": _rolling_stat(one_bar, w, "std", first_row) for w in VOL_WINDOWS}
     cols["rvol_ratio_24_96"] = _ratio(cols["rvol_24"], cols["rvol_96"])
     cols["natr_14"] = talib.NATR(bars.high, bars.low, bars.close, timeperiod=14) / 100.0
     cols["range_log"] = np.log(bars.high / bars.low)
@@ -116,14 +146,15 @@ def _bollinger(bars: Bars) -> Columns:
     }
 
 
-def _volume(bars: Bars) -> Columns:
+def _volume(bars: Bars, first_row: int) -> Columns:
     log_volume = np.log1p(bars.volume)
     cols: Columns = {}
     for w in (24, 96):
-        roll = _rolling(log_volume, w)
-        cols[f"volume_z_{w}"] = _ratio(log_volume - roll.mean().to_numpy(), roll.std().to_numpy())
+        mean = _rolling_stat(log_volume, w, "mean", first_row)
+        std = _rolling_stat(log_volume, w, "std", first_row)
+        cols[f"volume_z_{w}"] = _ratio(log_volume - mean, std)
     obv = talib.OBV(bars.close, bars.volume)
-    volume_24 = _rolling(bars.volume, 24).sum().to_numpy()
+    volume_24 = _rolling_stat(bars.volume, 24, "sum", first_row)
     cols["obv_slope_24"] = _ratio(_lagged_diff(obv, 24), volume_24)
     return cols
 
@@ -153,14 +184,14 @@ def _calendar(bars: Bars) -> Columns:
 
 _GROUPS: tuple[Callable[[Bars], Columns], ...] = (
     _returns,
-    _volatility,
     _oscillators,
     _trend,
     _bollinger,
-    _volume,
     _candle,
     _calendar,
 )
+# Groups of trailing-window statistics: they can skip the rows before a first row.
+_ROLLING_GROUPS: tuple[Callable[[Bars, int], Columns], ...] = (_volatility, _volume)
 
 FEATURES: tuple[Feature, ...] = (
     *(
@@ -212,11 +243,12 @@ _SHARED: ContextVar[tuple[Bars, np.ndarray] | None] = ContextVar("shared_feature
 
 
 @contextlib.contextmanager
-def shared_features(bars: Bars) -> Iterator[np.ndarray]:
+def shared_features(bars: Bars, first_row: int = 0) -> Iterator[np.ndarray]:
     """Compute the features of ``bars`` once for a block: inside it,
     ``build_features`` of this very ``bars`` object returns that matrix
-    (read-only). The inference worker asks several models about one window."""
-    matrix = build_features(bars)
+    (read-only). The inference worker asks several models about the rows
+    from ``first_row`` on (its new bars) of one window."""
+    matrix = build_features(bars, first_row)
     matrix.setflags(write=False)
     token = _SHARED.set((bars, matrix))
     try:
@@ -225,14 +257,21 @@ def shared_features(bars: Bars) -> Iterator[np.ndarray]:
         _SHARED.reset(token)
 
 
-def build_features(bars: Bars) -> np.ndarray:
-    """The (len(bars), len(FEATURE_NAMES)) float64 feature matrix; warm-up rows hold NaN."""
+def build_features(bars: Bars, first_row: int = 0) -> np.ndarray:
+    """The (len(bars), len(FEATURE_NAMES)) float64 feature matrix; warm-up rows hold NaN.
+
+    With ``first_row``, only the rows from it on are meant to be read: the
+    trailing-window columns of earlier rows are left NaN, uncomputed (a live
+    request needs its new bars only). The rows computed are bit-identical to
+    those of the whole matrix."""
     shared = _SHARED.get()
     if shared is not None and shared[0] is bars:
         return shared[1]
     columns: Columns = {}
     for group in _GROUPS:
         columns.update(group(bars))
+    for rolling_group in _ROLLING_GROUPS:
+        columns.update(rolling_group(bars, first_row))
     return np.column_stack([np.asarray(columns[name], dtype=np.float64) for name in FEATURE_NAMES])
 
 

@@ -124,9 +124,7 @@ class RedisConfig:
         if not self.url.startswith("rediss://"):
             raise ConfigError("config key 'redis.tls_ca_file' needs a rediss:// redis.url")
         if not Path(self.tls_ca_file).is_file():
-            raise ConfigError(
-                f"config key 'redis.tls_ca_file': no such file: {self.tls_ca_file}"
-            )
+            raise ConfigError(f"config key 'redis.tls_ca_file': no such file: {self.tls_ca_file}")
 
     def client_options(self, url: str | None = None) -> dict[str, Any]:
         """redis-py keyword arguments beside ``url`` (default ``self.url``), the
@@ -370,6 +368,7 @@ class InferenceConfig:
     request_timeout_s: PositiveFloat = 120.0
     retention_days: PositiveInt = 90
     max_catch_up: PositiveInt = 1000
+    batch_bars: PositiveInt = 256  # stored bars of the series sent to the worker in one batch
 
 
 @dataclass(frozen=True)

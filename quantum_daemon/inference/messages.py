@@ -1,10 +1,12 @@
 """What the daemon and the inference worker say to each other over their pipe.
 
 Small frozen dataclasses of plain Python values (no numpy), pickled by
-``multiprocessing.Connection``. The daemon sends ``PredictRequest`` (or
-``None`` to stop); the worker answers ``LoadReport`` whenever its set of
-loaded models changed (and once at start), and one ``PredictAnswer`` or
-``RequestFailed`` per request.
+``multiprocessing.Connection``. The daemon sends ``PredictBatch`` (the
+requests of the series whose bars were stored together) or a lone
+``PredictRequest`` (or ``None`` to stop); the worker answers ``LoadReport``
+whenever its set of loaded models changed (and once at start), one
+``BatchAnswer`` per batch and one ``PredictAnswer`` or ``RequestFailed`` per
+lone request.
 
 This module is imported by the worker before its thread counts are pinned:
 it must stay free of numpy and model libraries.
@@ -121,6 +123,26 @@ class RequestFailed:
 
 
 @dataclass(frozen=True)
+class PredictBatch:
+    """Several series' requests in one message: one pipe round trip and one
+    registry check for all of them (``serving`` batches the series that
+    closed on the same bar). Its ``request_id`` is from the same counter as
+    the requests'."""
+
+    request_id: int
+    requests: tuple[PredictRequest, ...]
+
+
+@dataclass(frozen=True)
+class BatchAnswer:
+    """The answer of each request of a ``PredictBatch``, in its order; one
+    failed request does not fail the others."""
+
+    request_id: int
+    answers: tuple[PredictAnswer | RequestFailed, ...]
+
+
+@dataclass(frozen=True)
 class LoadedModel:
     model_id: str
     family: str
@@ -161,4 +183,4 @@ class StartFailed:
     error: str
 
 
-WorkerReply = PredictAnswer | RequestFailed | LoadReport
+WorkerReply = PredictAnswer | RequestFailed | BatchAnswer | LoadReport

@@ -31,9 +31,11 @@ from typing import Any
 
 from quantum_daemon.domain.errors import FatalError
 from quantum_daemon.inference.messages import (
+    BatchAnswer,
     InferenceWorkerSettings,
     LoadReport,
     PredictAnswer,
+    PredictBatch,
     PredictRequest,
     RequestFailed,
     StartFailed,
@@ -44,6 +46,9 @@ from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.runtime.restarts import RestartBudget
 
 log = get_logger()
+
+
+Answer = PredictAnswer | RequestFailed | BatchAnswer
 
 
 class WorkerDied(Exception):
@@ -81,7 +86,7 @@ class WorkerLink:
         self.closing = False
         self.trouble: str | None = None  # set from a death until the next worker reports
         self.start_error: str | None = None  # what the current worker said before it exited
-        self._pending: dict[int, asyncio.Future[PredictAnswer | RequestFailed]] = {}
+        self._pending: dict[int, asyncio.Future[Answer]] = {}
         self._next_id = 0
 
     @property
@@ -133,8 +138,17 @@ class WorkerLink:
             self.proc.kill()
 
     # -- the pipe ------------------------------------------------------------
-    async def ask(self, request: PredictRequest, timeout_s: float) -> PredictAnswer | RequestFailed:
-        """Send ``request``; its answer. Raises ``WorkerDied``."""
+    async def ask_batch(
+        self, requests: tuple[PredictRequest, ...], timeout_s: float
+    ) -> tuple[PredictAnswer | RequestFailed, ...]:
+        """Send ``requests`` as one ``PredictBatch``; their answers, in order.
+        ``timeout_s`` is for the whole batch. Raises ``WorkerDied``."""
+        answer = await self._ask(PredictBatch(self.next_id(), requests), timeout_s)
+        if not isinstance(answer, BatchAnswer) or len(answer.answers) != len(requests):
+            raise TypeError(f"not the answer to a batch of {len(requests)}: {answer!r}")
+        return answer.answers
+
+    async def _ask(self, request: PredictRequest | PredictBatch, timeout_s: float) -> Answer:
         if self.conn is None or self.died.is_set():
             raise WorkerDied("no worker")
         future = asyncio.get_running_loop().create_future()

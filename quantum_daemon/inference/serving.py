@@ -1,12 +1,22 @@
 """Serving: the latency path from a stored bar to its published signal.
 
 Ingest calls ``bars_stored`` when it committed bars of a series; ``serve``
-sends the worker one ``PredictRequest`` for the series waiting longest (the
-bars after the last one answered) with the trust weights as of those bars
-(``timeline``), pools each bar's active forecasters under that bar's weights
-from the request (``signals.signals_of``) and adds the signals to
-``quantum:signals:{SYMBOL}:{TF}`` with their latency. Nothing else is on
-this path: the answer is handed to bookkeeping afterwards.
+takes the series waiting longest and those waiting with it (``next_batch``:
+the series that closed on the same bar, up to ``[inference] batch_bars``
+stored bars in all: a batch's time in the worker grows with its bars, and a
+catch-up series brings up to ``max_catch_up`` of them), sends the worker
+one ``PredictBatch`` of their ``PredictRequest``s (each: the bars after the
+last one answered, with the trust weights as of those bars, ``timeline``),
+pools each bar's active forecasters under that bar's weights from its
+request (``signals.signals_of``) and adds the signals to
+``quantum:signals:{SYMBOL}:{TF}`` with their latency, the whole batch in one
+pipeline. Nothing else is on this path: the answers are handed to
+bookkeeping afterwards.
+
+Why batches: at 100 series closing at once, one request per series paid a
+pipe round trip, a registry check, a Redis round trip and a loop wake-up
+each (scripts/bench_scale.py measures both ways, ``batch_bars = 1`` being
+the old way); a lone series still goes as a batch of one.
 """
 
 from __future__ import annotations
@@ -58,6 +68,7 @@ class Server:
         self.clock = clock
         self.request_timeout_s = cfg.inference.request_timeout_s
         self.waiting: dict[Series, float] = {}  # series -> when its oldest unserved bar was stored
+        self.waiting_bars: dict[Series, int] = {}  # series -> bars stored since it was served
         self._wakeup = asyncio.Event()
         self._logged_errors: set[tuple[str, str]] = set()
 
@@ -65,6 +76,7 @@ class Server:
         """Ingest's ``on_stored`` hook, on the event loop: new bars of a series."""
         if count > 0:
             self.waiting.setdefault((symbol, tf), self.clock())
+            self.waiting_bars[(symbol, tf)] = self.waiting_bars.get((symbol, tf), 0) + count
             self._wakeup.set()
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -79,24 +91,50 @@ class Server:
                 await self.serve_next()
 
     async def serve_next(self) -> None:
-        """Ask the worker about the series waiting longest and publish its signals."""
-        series, stored_at = min(self.waiting.items(), key=lambda item: item[1])
-        del self.waiting[series]
-        request = self.request_for(series)
-        self.state.totals.requests += 1
+        """Ask the worker about the series waiting longest, and those waiting
+        with it (``next_batch``), in one batch; publish their signals."""
+        batch = self.next_batch()
+        if not batch:
+            return
+        requests = tuple(self.request_for(series) for series, _, _ in batch)
+        self.state.totals.requests += len(requests)
         try:
-            reply = await self.link.ask(request, self.request_timeout_s)
+            replies = await self.link.ask_batch(requests, self.request_timeout_s)
         except WorkerDied as exc:
-            self.waiting[series] = min(stored_at, self.waiting.get(series, stored_at))
-            log.warning("inference.request_lost", symbol=series[0], tf=series[1], error=str(exc))
+            for series, stored_at, count in batch:
+                self.waiting[series] = min(stored_at, self.waiting.get(series, stored_at))
+                self.waiting_bars[series] = self.waiting_bars.get(series, 0) + count
+            log.warning("inference.request_lost", series=len(batch), error=str(exc))
             return
-        if isinstance(reply, RequestFailed):
-            self.state.totals.failed_requests += 1
-            log.warning(
-                "inference.request_failed", symbol=series[0], tf=series[1], error=reply.error
-            )
-            return
-        await self._deliver(series, reply, request, stored_at)
+        delivered: list[tuple[Answered, float]] = []
+        for (series, stored_at, _), request, reply in zip(batch, requests, replies, strict=True):
+            if isinstance(reply, RequestFailed):
+                self.state.totals.failed_requests += 1
+                log.warning(
+                    "inference.request_failed", symbol=series[0], tf=series[1], error=reply.error
+                )
+                continue
+            delivered.append((self._answered(series, reply, request, stored_at), stored_at))
+        await self._publish([(a.signals, stored_at) for a, stored_at in delivered if a.signals])
+        for answered, _ in delivered:  # bookkeeping may make this wait: after publishing
+            await self.hand_over(answered)
+
+    def next_batch(self) -> list[tuple[Series, float, int]]:
+        """(series, stored_at, bars) of waiting series, oldest first, taken
+        off ``waiting``: at least one, then more while their stored bars stay
+        within ``[inference] batch_bars``."""
+        batch: list[tuple[Series, float, int]] = []
+        bars = 0
+        for series, stored_at in sorted(self.waiting.items(), key=lambda item: item[1]):
+            count = self.waiting_bars.get(series, 1)
+            if batch and bars + count > self.cfg.inference.batch_bars:
+                break
+            batch.append((series, stored_at, count))
+            bars += count
+        for series, _, _ in batch:
+            del self.waiting[series]
+            self.waiting_bars.pop(series, None)
+        return batch
 
     def request_for(self, series: Series) -> PredictRequest:
         """The bars after the last one answered, with the trust weights as of
@@ -110,52 +148,57 @@ class Server:
             after_ts=after_ts,
             max_bars=self.cfg.inference.max_catch_up,
             weights=tuple(weights.items()),
-            weights_at=self.state.timeline.for_request(
-                after_ts, timeframe_ms(series[1]), weights
-            ),
+            weights_at=self.state.timeline.for_request(after_ts, timeframe_ms(series[1]), weights),
         )
 
-    async def _deliver(
+    def _answered(
         self, series: Series, answer: PredictAnswer, request: PredictRequest, stored_at: float
-    ) -> None:
-        """Publish the answer's signals, each bar pooled under its weights
-        from the request: the worker's sizer sized that same pool, and the
-        sizer is trained on the published signal (``recorded_signals``). A
-        trust round that moved the weights while the worker answered
-        applies from the next request on."""
+    ) -> Answered:
+        """The answer's signals, each bar pooled under its weights from the
+        request: the worker's sizer sized that same pool, and the sizer is
+        trained on the published signal (``recorded_signals``). A trust round
+        that moved the weights while the worker answered applies from the
+        next request on."""
         latency_ms = (self.clock() - stored_at) * 1000.0
         threshold = self.cfg.evaluation.position_threshold
         weights = request.bar_weights(answer.ts)
         killed = self.state.killed.get(series)
         signals = signals_of(answer, weights, latency_ms, threshold, killed)
-        if signals:
-            await self._publish(signals, stored_at)
         if answer.ts:
             self.state.last_ts[series] = answer.ts[-1]
         self.metrics.worker_seconds.observe(answer.worker_s)
         self.metrics.worker_cpu_seconds.observe(answer.cpu_s)
         self._note_errors(answer)
-        await self.hand_over(Answered(answer, tuple(signals)))
+        return Answered(answer, tuple(signals))
 
-    async def _publish(self, signals: list[Signal], stored_at: float) -> None:
-        key = self.keys.signals(signals[0].symbol, signals[0].tf)
+    async def _publish(self, batch: list[tuple[tuple[Signal, ...], float]]) -> None:
+        """Add the signals of a batch's series (each with the time its bars
+        were stored) to their streams in one pipeline."""
+        if not batch:
+            return
         maxlen = self.cfg.inference.signals_maxlen
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             try:
                 async with self.client.pipeline(transaction=False) as pipe:
-                    for signal in signals:
-                        pipe.xadd(key, stream_fields(signal), maxlen=maxlen, approximate=True)
+                    for signals, _ in batch:
+                        key = self.keys.signals(signals[0].symbol, signals[0].tf)
+                        for signal in signals:
+                            pipe.xadd(key, stream_fields(signal), maxlen=maxlen, approximate=True)
                     await pipe.execute()
                 break
             except (RedisError, OSError) as exc:
                 log.warning("signal.publish_failed", attempt=attempt, error=str(exc))
                 if attempt == PUBLISH_ATTEMPTS:
-                    log.error("signal.dropped", stream=key, bars=[s.ts for s in signals])
+                    for signals, _ in batch:
+                        key = self.keys.signals(signals[0].symbol, signals[0].tf)
+                        log.error("signal.dropped", stream=key, bars=[s.ts for s in signals])
                     return
                 await asyncio.sleep(0.05 * attempt)
-        self._published(signals, self.clock() - stored_at)
+        published_at = self.clock()
+        for signals, stored_at in batch:
+            self._published(signals, published_at - stored_at)
 
-    def _published(self, signals: list[Signal], seconds: float) -> None:
+    def _published(self, signals: tuple[Signal, ...], seconds: float) -> None:
         last = signals[-1]
         self.state.latest[(last.symbol, last.tf)] = last
         self.state.totals.signals += len(signals)

@@ -5,16 +5,18 @@ counts and configures logging before anything imports numpy, then loads the
 live versions of every model (``loading``: the ``active`` version and the
 ``max_candidates`` newest ``candidate`` versions; a version whose artifacts
 fail their checksum is reported back, never loaded) and serves requests from
-its pipe: for a ``PredictRequest`` it reads the series' last bars from the
-bar store (WAL: reading never blocks ingest's writer), computes the features
-of that window once (``features.shared_features``), and asks every live
-model of the series for ``mu``, ``p_up`` and, for position families, a
-position. ``rl_sizer`` sizes the trust-weighted ensemble of the active
-forecasters (``ensemble.combine``, each bar under its weights from the
-request: ``PredictRequest.bar_weights``), keeping its book per series in
-memory. A version fitted with context features (``[features] context``)
-gets its reference symbols' bars over the same window from the store; one
-whose reference series has no bars there answers nothing and says why
+its pipe: for each ``PredictRequest`` (alone or in a ``PredictBatch``, one
+registry check for the batch) it reads the series' last bars from the bar
+store (WAL: reading never blocks ingest's writer), computes the features of
+that window once (``features.shared_features``; the trailing-window
+columns of the new bars' rows only), and asks every live model of the series
+for ``mu``, ``p_up`` and, for position families, a position. ``rl_sizer``
+sizes the trust-weighted ensemble of the active forecasters
+(``ensemble.combine``, each bar under its weights from the request:
+``PredictRequest.bar_weights``), keeping its book per series in memory. A
+version fitted with context features (``[features] context``) gets its
+reference symbols' bars over the same window from the store; one whose
+reference series has no bars there answers nothing and says why
 (``ContextMissing``, in the answer's errors).
 
 Before each request, and every second while idle, the worker looks at the
@@ -50,10 +52,12 @@ from quantum_daemon.inference.answers import (
 from quantum_daemon.inference.loading import LiveModel, ModelLoader, VersionKey
 from quantum_daemon.inference.messages import (
     MULTI_SYMBOL,
+    BatchAnswer,
     InferenceWorkerSettings,
     LoadReport,
     ModelAnswer,
     PredictAnswer,
+    PredictBatch,
     PredictRequest,
     RequestFailed,
     StartFailed,
@@ -176,7 +180,11 @@ class InferenceServer:
         report = self.check_registry()
         if report is not None:
             replies.append(report)
-        if isinstance(message, PredictRequest):
+        if isinstance(message, PredictBatch):
+            replies.append(
+                BatchAnswer(message.request_id, tuple(self.answer(r) for r in message.requests))
+            )
+        elif isinstance(message, PredictRequest):
             replies.append(self.answer(message))
         return replies
 
@@ -243,7 +251,7 @@ class InferenceServer:
 
         answers: list[ModelAnswer] = []
         errors: list[tuple[str, str]] = []
-        with shared_features(bars):
+        with shared_features(bars, first_row=int(idx.min())):
             for model in [m for m in live if not m.is_sizer]:
                 collect(answers, errors, model, partial(forecast, model, bars, idx), self.log)
             ensemble = ensemble_input(answers, weights)
