@@ -340,3 +340,17 @@ def test_any_state_survives_its_json(state: ModelState) -> None:
     again = ModelState.from_json(json.loads(text))
     assert again == state
     assert as_written(again.to_json()) == text
+
+
+def test_a_reader_parses_a_state_once_and_sees_every_write_of_another_process(
+    tmp_path: Path,
+) -> None:
+    write_state(tmp_path, as_written(STATE_JSON))
+    reader, writer = Registry(tmp_path), Registry(tmp_path)  # the daemon and the CLI
+    first = reader.files.read(MODEL)
+    assert reader.files.read(MODEL) is first  # unchanged file: parsed once
+    writer.rollback(MODEL, "operator", command_id="1725235200000-0")
+    after = reader.files.read(MODEL)
+    assert after is not first and after.active == OLD and reader.active_version(MODEL) == OLD
+    writer.confirm_events(MODEL, [e.event_id for e in writer.pending_events()])
+    assert reader.pending_events() == [] and first.active == LIVE  # the old one untouched

@@ -6,6 +6,13 @@ read-modify-write under an exclusive ``flock`` of the model (the daemon and
 the CLI may both write), one atomic replace of ``state.json`` (temp file,
 fsync, rename, fsync of the folder) if its text changed, then the mirror.
 The state is a typed ``state.ModelState``; JSON is read and written here only.
+
+``StateFiles.read`` parses a file once per version of it on disk (keyed by
+inode, size and mtime: every write is a new file by rename) and hands the
+same ``ModelState`` to every reader until the file changes: the views scan
+every model at each refresh, and at hundreds of models the parsing was most
+of the daemon's I/O threads' time. Readers treat it as read-only; ``edit``
+always reads the file afresh.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ class StateFiles:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
+        self._parsed: dict[str, tuple[tuple[int, int, int], ModelState]] = {}
 
     @contextlib.contextmanager
     def edit(self, model_id: str, meta: Mapping[str, Any] | None = None) -> Iterator[ModelState]:
@@ -55,8 +63,22 @@ class StateFiles:
 
     def read(self, model_id: str, meta: Mapping[str, Any] | None = None) -> ModelState:
         """The model's state; an empty one when it has no ``state.json`` yet.
-        Raises ``StateCorrupt`` for a file that is not a registry state."""
-        return self._read(model_id, meta)[1]
+        Raises ``StateCorrupt`` for a file that is not a registry state.
+        Shared between readers until the file changes: do not modify it."""
+        check_model_id(model_id)
+        path = artifacts.model_dir(self.data_dir, model_id) / STATE_FILE
+        try:
+            st = os.stat(path)  # before the read: a newer file never hides under an older key
+        except FileNotFoundError:
+            return ModelState.empty(model_id, meta)
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._parsed.get(model_id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        text, state = self._read(model_id, meta)
+        if text is not None:
+            self._parsed[model_id] = (key, state)
+        return state
 
     def _read(self, model_id: str, meta: Mapping[str, Any] | None) -> tuple[str | None, ModelState]:
         """The file's text (None when there is none) and the state it holds."""
