@@ -82,6 +82,43 @@ class Keys:
     def heartbeat(self) -> str:
         return f"{self.prefix}:daemon:heartbeat"
 
+    def heartbeat_of(self, instance: str) -> str:
+        """One daemon's own heartbeat (several daemons share a Redis)."""
+        return f"{self.prefix}:daemon:heartbeat:{instance}"
+
+    @property
+    def heartbeat_pattern(self) -> str:
+        return f"{self.prefix}:daemon:heartbeat:*"
+
+    @property
+    def instances(self) -> str:
+        """Sorted set of live daemon instances, scored by when they expire (ms)."""
+        return f"{self.prefix}:daemon:instances"
+
+    def owner(self, symbol: str, tf: str) -> str:
+        """The lease of a series: ``{instance} {fencing token}`` with a TTL."""
+        return f"{self.prefix}:owner:{symbol}:{tf}"
+
+    @property
+    def owner_pattern(self) -> str:
+        return f"{self.prefix}:owner:*:*"
+
+    def parse_owner(self, key: str) -> tuple[str, str] | None:
+        head = f"{self.prefix}:owner:"
+        if not key.startswith(head) or key == self.owner_fence:
+            return None
+        symbol, sep, tf = key[len(head) :].partition(":")
+        return (symbol, tf) if sep and symbol and tf and ":" not in tf else None
+
+    @property
+    def owner_fence(self) -> str:
+        """The counter every lease's fencing token is drawn from."""
+        return f"{self.prefix}:owner:fence"
+
+    def control_inbox(self, instance: str) -> str:
+        """Commands forwarded to the daemon ``instance`` (it owns their model)."""
+        return f"{self.prefix}:control:{instance}"
+
     @property
     def scored(self) -> str:
         """Sorted set of (model, version, bar) keys already scored: replays score

@@ -22,7 +22,8 @@ from quantum_daemon.domain.config import Config
 from quantum_daemon.domain.ids import ModelKey
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.domain.timeframes import timeframe_ms
-from quantum_daemon.inference.context import Answered, InferenceState, Series, stream_fields
+from quantum_daemon.inference.context import Answered, InferenceState, Series
+from quantum_daemon.inference.fenced import FENCE_REFUSED, publish_signals
 from quantum_daemon.inference.messages import PredictAnswer, PredictRequest, RequestFailed
 from quantum_daemon.inference.metrics import InferenceMetrics
 from quantum_daemon.inference.process import WorkerDied, WorkerLink
@@ -60,6 +61,9 @@ class Server:
         self.waiting: dict[Series, float] = {}  # series -> when its oldest unserved bar was stored
         self._wakeup = asyncio.Event()
         self._logged_errors: set[tuple[str, str]] = set()
+        # The lease value of a series this daemon owns, None when it owns it
+        # not (runtime.ownership); unset: publish unfenced (one daemon's parts).
+        self.fence: Callable[[Series], str | None] | None = None
 
     def bars_stored(self, symbol: str, tf: str, count: int, last_ts: int | None = None) -> None:
         """Ingest's ``on_stored`` hook, on the event loop: new bars of a series."""
@@ -138,14 +142,18 @@ class Server:
         await self.hand_over(Answered(answer, tuple(signals)))
 
     async def _publish(self, signals: list[Signal], stored_at: float) -> None:
-        key = self.keys.signals(signals[0].symbol, signals[0].tf)
+        series = (signals[0].symbol, signals[0].tf)
+        key = self.keys.signals(*series)
+        fence = "" if self.fence is None else self.fence(series)
+        if fence is None:
+            log.warning("signal.not_owner", stream=key, bars=[s.ts for s in signals])
+            return
         maxlen = self.cfg.inference.signals_maxlen
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             try:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for signal in signals:
-                        pipe.xadd(key, stream_fields(signal), maxlen=maxlen, approximate=True)
-                    await pipe.execute()
+                added = await publish_signals(
+                    self.client, self.keys.owner(*series), key, fence, signals, maxlen
+                )
                 break
             except (RedisError, OSError) as exc:
                 log.warning("signal.publish_failed", attempt=attempt, error=str(exc))
@@ -153,6 +161,11 @@ class Server:
                     log.error("signal.dropped", stream=key, bars=[s.ts for s in signals])
                     return
                 await asyncio.sleep(0.05 * attempt)
+        if added == FENCE_REFUSED:
+            log.warning("signal.fenced", stream=key, bars=[s.ts for s in signals])
+            return
+        if added < len(signals):
+            log.info("signal.already_published", stream=key, skipped=len(signals) - added)
         self._published(signals, self.clock() - stored_at)
 
     def _published(self, signals: list[Signal], seconds: float) -> None:

@@ -42,7 +42,8 @@ from quantum_daemon.ingest.ledger import IngestTotals, Ledger
 from quantum_daemon.ingest.metrics import IngestMetrics
 from quantum_daemon.ingest.reading import StreamReader
 from quantum_daemon.ingest.retry import TRANSIENT_REDIS, RedisRetry
-from quantum_daemon.ingest.streams import group_state, shown_name
+from quantum_daemon.ingest.streams import ensure_group, group_state, shown_name
+from quantum_daemon.ingest.takeover import claim_all_pending, history_batches, raw_ranges
 from quantum_daemon.runtime.aio import sleep_or_stop
 from quantum_daemon.runtime.consumers import consumer_name
 from quantum_daemon.runtime.liveness import beat
@@ -80,6 +81,7 @@ class IngestService:
         store: BarStore,
         metrics: IngestMetrics,
         consumer: str | None = None,
+        owned_only: bool = False,
     ) -> None:
         self.cfg = config.ingest
         self.reconnect_max_s = config.redis.reconnect_max_s
@@ -88,12 +90,16 @@ class IngestService:
         self.store = store
         self.metrics = metrics
         self.consumer = consumer or consumer_name()
-        self.streams: dict[bytes, Series] = {}
+        self.streams: dict[bytes, Series] = {}  # the streams read
+        # With series ownership (several daemons on one Redis) the streams
+        # found are candidates, and only those this daemon owns are read.
+        self.candidates: dict[bytes, Series] = {} if owned_only else self.streams
         self.refused_streams: dict[bytes, str] = {}  # name -> why discovery does not read it
         self.ledger = Ledger(metrics)
         self.totals: IngestTotals = self.ledger.totals
         self.prepared = False
         self._reader = StreamReader(redis, self.cfg, self.consumer, self.streams)
+        self._ranges = raw_ranges(redis)
         self._committer = BatchCommitter(
             store, redis, self.cfg, self.keys, metrics, self.reconnect_max_s
         )
@@ -135,7 +141,43 @@ class IngestService:
     async def refresh_streams(self) -> None:
         """Configured streams, plus existing bar streams when ``discover``;
         groups created where missing."""
-        await refresh_streams(self.redis, self.cfg, self.keys, self.streams, self.refused_streams)
+        await refresh_streams(
+            self.redis, self.cfg, self.keys, self.candidates, self.refused_streams
+        )
+
+    # -- ownership (runtime.ownership, ingest.takeover) -----------------------
+
+    def candidate_series(self) -> list[tuple[str, str]]:
+        return [(s.symbol, s.tf) for s in self.candidates.values()]
+
+    async def take_over(self, series: list[tuple[str, str]]) -> None:
+        """Start reading series this daemon now owns: their history first,
+        then every pending entry of the group, then new entries."""
+        for symbol, tf in series:
+            stream = self.keys.bars(symbol, tf).encode()
+            found = self.candidates.get(stream) or Series.of(symbol, tf, self.cfg.max_future_s)
+            if not await ensure_group(self.redis, stream, self.cfg.group):
+                continue
+            loaded = 0
+            async for batch in history_batches(self._ranges, stream, found, self.cfg.batch_size):
+                outcome = await self._committer.store(batch)
+                self._record(batch, outcome)
+                loaded += sum(outcome.inserted.values())
+            claimed = await claim_all_pending(
+                self.redis, stream, self.cfg.group, self.consumer, self.cfg.batch_size
+            )
+            self.streams[stream] = found
+            log.info(
+                "ingest.took_over", symbol=symbol, tf=tf, history_inserted=loaded, claimed=claimed
+            )
+        self._reader.reread_pending()
+
+    def give_up(self, series: list[tuple[str, str]]) -> None:
+        """Stop reading series this daemon no longer owns (their entries
+        read and not yet acknowledged are the next owner's: it claims them)."""
+        for symbol, tf in series:
+            if self.streams.pop(self.keys.bars(symbol, tf).encode(), None) is not None:
+                log.info("ingest.gave_up", symbol=symbol, tf=tf)
 
     async def _recreate_groups(self) -> None:
         await recreate_groups(self.redis, self.cfg.group, self.streams)
