@@ -164,7 +164,7 @@ class IngestService:
                 self._record(batch, outcome)
                 loaded += sum(outcome.inserted.values())
             claimed = await claim_all_pending(
-                self.redis, stream, self.cfg.group, self.consumer, self.cfg.batch_size
+                self._ranges, stream, self.cfg.group, self.consumer, self.cfg.batch_size
             )
             self.streams[stream] = found
             log.info(
@@ -217,9 +217,15 @@ class IngestService:
         and acknowledge batch by batch until nothing new is left."""
         if not self.prepared:
             await self.prepare()
-        while (batch := await self._reader.read_new(block_ms=None)) is not None:
+        while (batch := await self._next_idle_batch()) is not None:
             await self._handle(batch)
         return self.totals
+
+    async def _next_idle_batch(self) -> ReadBatch | None:
+        """Pending entries first (after a take-over), then new ones."""
+        if self._reader.pending_left and (batch := await self._reader.read_pending()):
+            return batch
+        return await self._reader.read_new(block_ms=None)
 
     async def _prepare_until_done(self, stop: asyncio.Event) -> bool:
         backoff = self._retry.backoff()

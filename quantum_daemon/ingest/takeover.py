@@ -30,10 +30,12 @@ from quantum_daemon.ingest.decode import Series
 
 
 def raw_ranges(client: aioredis.Redis) -> aioredis.Redis:
-    """A client on ``client``'s pool whose XRANGE replies stay as sent
-    ([[id, [name, value, ...]], ...], the form the batch processor reads)."""
+    """A client on ``client``'s pool whose XRANGE and XAUTOCLAIM replies stay
+    as sent (XRANGE: [[id, [name, value, ...]], ...], the form the batch
+    processor reads; XAUTOCLAIM: [cursor, ids, deleted])."""
     raw = aioredis.Redis(connection_pool=client.connection_pool)
-    raw.set_response_callback("XRANGE", lambda response, **_: response)
+    for command in ("XRANGE", "XAUTOCLAIM"):
+        raw.set_response_callback(command, lambda response, **_: response)
     return raw
 
 
@@ -55,7 +57,8 @@ async def history_batches(
 async def claim_all_pending(
     client: aioredis.Redis, stream: bytes, group: str, consumer: str, chunk: int
 ) -> int:
-    """Move every pending entry of the group on ``stream`` to ``consumer``."""
+    """Move every pending entry of the group on ``stream`` to ``consumer``
+    (``client``: a ``raw_ranges`` one)."""
     claimed, cursor = 0, "0-0"
     while True:
         reply = await client.execute_command(
