@@ -256,6 +256,19 @@ def signal_ts(client: redis.Redis, symbol: str) -> list[int]:
     return [int(f["ts"]) for _, f in client.xrange(KEYS.signals(symbol, "1h"))]
 
 
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "quantum_daemon", "--config", str(config), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+def took_over(daemon: DaemonProcess, symbol: str) -> int:
+    return sum(
+        1
+        for e in daemon.events
+        if e.get("event") == "ingest.took_over" and e.get("symbol") == symbol
+    )
+
+
 def owner_of(daemon: DaemonProcess, symbol: str) -> bool:
     return any(
         e.get("event") == "ownership.claimed" and e.get("symbol") == symbol for e in daemon.events
@@ -292,20 +305,7 @@ def test_two_daemons_share_the_series_and_one_takes_over_after_sigkill(
             ts = signal_ts(redis_client, s)
             assert ts == sorted(set(ts)) and ts[-1] == every[s][119]
         # every daemon has its own heartbeat; status lists them all
-        status = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "quantum_daemon",
-                "--config",
-                str(configs["alpha"][0]),
-                "status",
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        status = cli(configs["alpha"][0], "status", "--json")
         report = json.loads(status.stdout)
         assert sorted(d["instance"] for d in report["daemons"]) == ["alpha", "beta"]
         assert report["owners"] == {f"{s}:1h": owner[s] for s in symbols}
@@ -325,10 +325,18 @@ def test_two_daemons_share_the_series_and_one_takes_over_after_sigkill(
                 if e.get("event", "").startswith("control.")
                 and e.get("event") != "control.forwarded"
             )
-        # SIGKILL one: its series move to the other, nothing lost or doubled
-        signal_ts_before_kill = signal_ts(redis_client, "BTCUSDT")
+        # an operator moves ETHUSDT to BTCUSDT's owner, which loads its history
         victim = owner["BTCUSDT"]
         heir = "beta" if victim == "alpha" else "alpha"
+        eth = every["ETHUSDT"]
+        moved = cli(configs[heir][0], "owners", "move", "ETHUSDT:1h", victim, "--wait", "20")
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        daemons[victim].wait_for("ingest.took_over", timeout=20, symbol="ETHUSDT")
+        publish_frame(redis_client, KEYS.bars("ETHUSDT", "1h"), frames["ETHUSDT"].iloc[120:130])
+        wait_until(lambda: stored_ts(tmp_path / victim, "ETHUSDT") == eth[:130], 30, "moved")
+        wait_until(lambda: signal_ts(redis_client, "ETHUSDT")[-1:] == [eth[129]], 30, "signal")
+        # SIGKILL it: both its series move to the other, nothing lost or doubled
+        signal_ts_before_kill = signal_ts(redis_client, "BTCUSDT")
         daemons[victim].proc.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
         daemons[victim].wait(timeout=10)
         killed_at = time.monotonic()
@@ -339,8 +347,9 @@ def test_two_daemons_share_the_series_and_one_takes_over_after_sigkill(
         stream = KEYS.signals("BTCUSDT", "1h")
         daemons[heir].wait_for("signal.already_published", timeout=30, stream=stream)
         assert signal_ts(redis_client, "BTCUSDT") == signal_ts_before_kill
-        for s in symbols:
-            publish_frame(redis_client, KEYS.bars(s, "1h"), frames[s].iloc[120:])
+        wait_until(lambda: took_over(daemons[heir], "ETHUSDT") == 2, 10, "ETHUSDT back")
+        publish_frame(redis_client, KEYS.bars("BTCUSDT", "1h"), frames["BTCUSDT"].iloc[120:])
+        publish_frame(redis_client, KEYS.bars("ETHUSDT", "1h"), frames["ETHUSDT"].iloc[130:])
         for s in symbols:
             wait_until(lambda s=s: signal_ts(redis_client, s)[-1:] == [every[s][-1]], 60, s)
             assert stored_ts(tmp_path / heir, s) == every[s]

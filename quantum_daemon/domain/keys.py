@@ -115,6 +115,11 @@ class Keys:
         """The counter every lease's fencing token is drawn from."""
         return f"{self.prefix}:owner:fence"
 
+    @property
+    def owner_moves(self) -> str:
+        """Hash of operators' moves: ``{SYMBOL}:{TF}`` -> the instance to own it."""
+        return f"{self.prefix}:owner:moves"
+
     def control_inbox(self, instance: str) -> str:
         """Commands forwarded to the daemon ``instance`` (it owns their model)."""
         return f"{self.prefix}:control:{instance}"

@@ -23,6 +23,12 @@ daemons starting together want different series). A series changes owner
 only when its lease expires (its owner died or stalled for ``lease_s``) or
 its owner releases it (a graceful stop, an operator's move): a daemon never
 takes a live lease. One daemon alone owns every series.
+
+An operator moves a series with ``quantum-daemon owners move SYMBOL:TF
+INSTANCE``, which writes the wish into the hash ``{prefix}:owner:moves``.
+At its next tick the owner releases the series (when the target is live),
+no other daemon claims it, and the target claims it whatever its share, then
+deletes the wish.
 """
 
 from __future__ import annotations
@@ -220,32 +226,61 @@ class SeriesOwnership:
                 log.warning("ownership.lost", symbol=series[0], tf=series[1], lease=lease.value)
         return lost
 
-    async def claim(self, candidates: Iterable[Series]) -> list[Series]:
-        """Take unowned candidates, in this daemon's order, up to its share."""
-        wanted = sorted(set(candidates), key=lambda s: preference(self.instance, s))
-        share = fair_share(len(wanted), len(self.live))
-        gained: list[Series] = []
+    async def moves(self) -> dict[Series, str]:
+        """Operators' wishes whose target is a live daemon: series -> instance."""
+        raw = await self.client.hgetall(self.keys.owner_moves)
+        wishes: dict[Series, str] = {}
+        for name, target in raw.items():
+            symbol, _, tf = _text(name).partition(":")
+            if symbol and tf and _text(target) in self.live:
+                wishes[(symbol, tf)] = _text(target)
+        return wishes
+
+    async def hand_over(self, moves: dict[Series, str]) -> list[Series]:
+        """Release the series an operator moves to another live daemon."""
+        going = [s for s, target in moves.items() if target != self.instance and s in self.held]
+        await self.release(going)
+        return going
+
+    async def claim(
+        self, candidates: Iterable[Series], moves: dict[Series, str] | None = None
+    ) -> list[Series]:
+        """Take the series moved to this daemon, then unowned candidates in
+        this daemon's order up to its share (none that is moved elsewhere)."""
+        moves = moves or {}
+        mine = sorted(s for s, target in moves.items() if target == self.instance)
+        gained = [s for s in mine if s not in self.held and await self._take(s)]
+        for series in gained:
+            await self.client.hdel(self.keys.owner_moves, f"{series[0]}:{series[1]}")
+        wanted = sorted(
+            (s for s in set(candidates) if s not in moves),
+            key=lambda s: preference(self.instance, s),
+        )
+        share = fair_share(len(set(candidates)), len(self.live))
         for series in wanted:
             if len(self.held) >= share:
                 break
-            if series in self.held:
-                continue
-            sent = time.monotonic()
-            value = await self.client.eval(
-                CLAIM_LUA,
-                2,
-                self.keys.owner(*series),
-                self.keys.owner_fence,
-                self.instance,
-                self.ttl_ms,
-            )
-            if value is None:
-                continue
-            self.held[series] = Lease(_text(value), self._deadline(sent))
-            gained.append(series)
-            self.totals.claimed += 1
-            log.info("ownership.claimed", symbol=series[0], tf=series[1], lease=_text(value))
+            if series not in self.held and await self._take(series):
+                gained.append(series)
         return gained
+
+    async def _take(self, series: Series) -> bool:
+        """Take the series' lease if nobody holds it."""
+        sent = time.monotonic()
+        value = await self.client.eval(
+            CLAIM_LUA,
+            2,
+            self.keys.owner(*series),
+            self.keys.owner_fence,
+            self.instance,
+            self.ttl_ms,
+        )
+        if value is None:
+            return False
+        self.held[series] = Lease(_text(value), self._deadline(sent))
+        self.totals.claimed += 1
+        log.info("ownership.claimed", symbol=series[0], tf=series[1], lease=_text(value))
+        return True
 
     async def release(self, series: Sequence[Series]) -> None:
         for one in series:
@@ -274,7 +309,9 @@ class SeriesOwnership:
     async def tick(self, candidates: Iterable[Series]) -> tuple[list[Series], list[Series]]:
         await self.register()
         lost = await self.renew()
-        gained = await self.claim(candidates)
+        moves = await self.moves()
+        lost += await self.hand_over(moves)
+        gained = await self.claim(candidates, moves)
         return gained, lost
 
     async def run(
