@@ -93,12 +93,12 @@ def read_daemons(cfg: Any, timeout: float) -> dict[str, Any]:
             raw, ttl_ms = client.get(key), client.pttl(key)
             if raw is not None:
                 daemons.append({"key": key, "ttl_ms": ttl_ms, **json.loads(raw)})
-        owners = {}
+        owners: dict[str, str] = {}
         for key in sorted(client.scan_iter(match=keys.owner_pattern, count=1000)):
             series = keys.parse_owner(key)
             value = client.get(key)
             if series is not None and value is not None:
-                owners[":".join(series)] = value.rpartition(" ")[0]
+                owners[":".join(series)] = str(value).rpartition(" ")[0]
     except (redis.RedisError, OSError) as exc:
         return {"daemons": [], "owners": {}, "daemons_error": f"redis: {exc}"}
     finally:
