@@ -362,3 +362,11 @@ def test_two_daemons_share_the_series_and_one_takes_over_after_sigkill(
     finally:
         for d in daemons.values():
             d.kill()
+
+
+def test_a_bad_instance_name_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.toml", "redis://127.0.0.1:1/0", tmp_path / "d", 0)
+    config.write_text(config.read_text().replace("[daemon]\n", '[daemon]\ninstance = "a b"\n'))
+    checked = cli(config, "check-config")
+    assert checked.returncode == 78
+    assert "daemon.instance" in checked.stderr + checked.stdout

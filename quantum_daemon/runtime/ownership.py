@@ -34,6 +34,7 @@ deletes the wish.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import socket
@@ -50,6 +51,7 @@ from quantum_daemon.domain.config import Config
 from quantum_daemon.domain.ids import ModelKey
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.runtime.aio import sleep_or_stop
+from quantum_daemon.runtime.backoff import Backoff
 from quantum_daemon.runtime.liveness import beat
 from quantum_daemon.runtime.logs import get_logger
 
@@ -61,6 +63,7 @@ Series = tuple[str, str]
 OwnershipHook = Callable[[list[Series], list[Series]], Awaitable[None]]
 
 RENEWALS_PER_LEASE = 3
+CANDIDATE_POLL_S = 0.2  # how often new candidates (a stream discovered) are looked for
 SAFETY_MARGIN = 0.2  # of lease_s: clock rate differences, the reply's way back
 
 # KEYS[1] lease, KEYS[2] fence counter; ARGV[1] instance, ARGV[2] ttl ms.
@@ -321,21 +324,48 @@ class SeriesOwnership:
         on_change: OwnershipHook,
     ) -> None:
         """Register, wait ``settle_s`` for peers starting too, then every
-        ``lease_s / 3``: renew, claim, and tell ``on_change``."""
-        settled = False
+        ``lease_s / 3`` (and at once when new candidates appear): renew,
+        claim, and hand the changes to ``on_change``. The changes are applied
+        by a task of their own, so that a long history load never holds up
+        a renewal."""
+        changes: asyncio.Queue[tuple[list[Series], list[Series]] | None] = asyncio.Queue()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(_apply(changes, on_change), name="ownership-apply")
+            try:
+                await self._keep(stop, candidates, changes)
+            finally:
+                changes.put_nowait(None)
+
+    async def _keep(
+        self,
+        stop: asyncio.Event,
+        candidates: Callable[[], Iterable[Series]],
+        changes: asyncio.Queue[tuple[list[Series], list[Series]] | None],
+    ) -> None:
+        if self.settle_s > 0:
+            with contextlib.suppress(RedisError, OSError):
+                await self.register()
+            await sleep_or_stop(stop, self.settle_s)
         while not stop.is_set():
             beat()
+            seen = set(candidates())
             try:
-                if not settled and self.settle_s > 0:
-                    await self.register()
-                    await sleep_or_stop(stop, self.settle_s)
-                settled = True
-                gained, lost = await self.tick(candidates())
+                gained, lost = await self.tick(seen)
                 if gained or lost:
-                    await on_change(gained, lost)
+                    changes.put_nowait((gained, lost))
             except (RedisError, OSError) as exc:
                 log.warning("ownership.redis_error", error=str(exc))
-            await sleep_or_stop(stop, self.renew_s)
+            await self._wait(stop, candidates, seen)
+
+    async def _wait(
+        self, stop: asyncio.Event, candidates: Callable[[], Iterable[Series]], seen: set[Series]
+    ) -> None:
+        """Until the next renewal, or sooner when new candidates appear."""
+        deadline = time.monotonic() + self.renew_s
+        while not stop.is_set() and time.monotonic() < deadline:
+            if not set(candidates()) <= seen:
+                return
+            await sleep_or_stop(stop, min(CANDIDATE_POLL_S, self.renew_s))
 
     def status(self) -> dict[str, Any]:
         return {
@@ -345,6 +375,23 @@ class SeriesOwnership:
             "owned": [f"{s}:{t}" for s, t in self.owned()],
             "totals": vars(self.totals).copy(),
         }
+
+
+async def _apply(
+    changes: asyncio.Queue[tuple[list[Series], list[Series]] | None], on_change: OwnershipHook
+) -> None:
+    """Apply each change; one that Redis failed is applied again (taking
+    over and giving up are idempotent) until it went through."""
+    while (item := await changes.get()) is not None:
+        backoff = Backoff(cap=5.0)
+        while True:
+            try:
+                await on_change(*item)
+                break
+            except (RedisError, OSError) as exc:
+                delay = backoff.next_delay()
+                log.warning("ownership.change_failed", error=str(exc), retry_in_s=round(delay, 3))
+                await asyncio.sleep(delay)
 
 
 def _text(value: Any) -> str:
