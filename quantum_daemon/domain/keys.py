@@ -71,6 +71,11 @@ class Keys:
     def trust(self, family: str) -> str:
         return f"{self.prefix}:trust:{family}"
 
+    def trust_series(self, family: str, symbol: str, tf: str) -> str:
+        """The family's weight on one series, moved by that series' scores
+        only (``trust`` is the aggregate over every series)."""
+        return f"{self.prefix}:trust:{family}:{symbol}:{tf}"
+
     @property
     def trust_history(self) -> str:
         return f"{self.prefix}:trust:history"
