@@ -43,7 +43,12 @@ from quantum_daemon.ingest.metrics import IngestMetrics
 from quantum_daemon.ingest.reading import StreamReader
 from quantum_daemon.ingest.retry import TRANSIENT_REDIS, RedisRetry
 from quantum_daemon.ingest.streams import ensure_group, group_state, shown_name
-from quantum_daemon.ingest.takeover import claim_all_pending, history_batches, raw_ranges
+from quantum_daemon.ingest.takeover import (
+    claim_all_pending,
+    history_batches,
+    history_start,
+    raw_ranges,
+)
 from quantum_daemon.runtime.aio import sleep_or_stop
 from quantum_daemon.runtime.consumers import consumer_name
 from quantum_daemon.runtime.liveness import beat
@@ -158,8 +163,11 @@ class IngestService:
             found = self.candidates.get(stream) or Series.of(symbol, tf, self.cfg.max_future_s)
             if not await ensure_group(self.redis, stream, self.cfg.group):
                 continue
-            loaded = 0
-            async for batch in history_batches(self._ranges, stream, found, self.cfg.batch_size):
+            loaded, chunk = 0, self.cfg.batch_size
+            start = await history_start(
+                self._ranges, stream, chunk, functools.partial(self._stored_among, symbol, tf)
+            )
+            async for batch in history_batches(self._ranges, stream, found, chunk, start):
                 outcome = await self._committer.store(batch)
                 self._record(batch, outcome)
                 loaded += sum(outcome.inserted.values())
@@ -168,9 +176,22 @@ class IngestService:
             )
             self.streams[stream] = found
             log.info(
-                "ingest.took_over", symbol=symbol, tf=tf, history_inserted=loaded, claimed=claimed
+                "ingest.took_over",
+                symbol=symbol,
+                tf=tf,
+                history_from=start.decode(),
+                history_inserted=loaded,
+                claimed=claimed,
             )
         self._reader.reread_pending()
+
+    async def _stored_among(self, symbol: str, tf: str, stamps: list[int]) -> set[int]:
+        """Which of the bar times ``stamps`` the store holds (in its writer
+        thread: after every batch handed to it before)."""
+        bars = await self._committer.in_writer(
+            self.store.read_bars, symbol, tf, min(stamps), max(stamps) + 1
+        )
+        return set(bars.ts.tolist()) & set(stamps)
 
     def give_up(self, series: list[tuple[str, str]]) -> None:
         """Stop reading series this daemon no longer owns (their entries

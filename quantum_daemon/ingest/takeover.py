@@ -3,11 +3,14 @@
 The new owner must end with every bar of the stream in its own store, once,
 whatever the old owner had read, acknowledged or left pending:
 
-1. its history: every entry still in the stream (``XRANGE``, in chunks),
-   stored like any batch; a bar already stored is a no-op (the store's key
-   is (symbol, tf, ts)). Its rejections are not dead-lettered again: the
-   reader that first took such an entry did that, or the entry is still
-   pending and step 2 brings it;
+1. its history: the entries of the stream after the newest chunk of it
+   that its store holds completely (``history_start``, scanning back with
+   ``XREVRANGE``: a daemon that owned the series before, or restarts, loads
+   only what came since; a new one loads the whole stream), read forward
+   (``XRANGE``, in chunks) and stored like any batch; a bar already stored
+   is a no-op (the store's key is (symbol, tf, ts)). Its rejections are not
+   dead-lettered again: the reader that first took such an entry did that,
+   or the entry is still pending and step 2 brings it;
 2. the group's pending entries of every consumer on that stream
    (``XAUTOCLAIM`` with no idle time: the lease says their reader is gone),
    which the pending pass then stores (no-ops) and acknowledges;
@@ -20,7 +23,7 @@ step 3. Nothing needs the old owner's store.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -34,16 +37,34 @@ def raw_ranges(client: aioredis.Redis) -> aioredis.Redis:
     as sent (XRANGE: [[id, [name, value, ...]], ...], the form the batch
     processor reads; XAUTOCLAIM: [cursor, ids, deleted])."""
     raw = aioredis.Redis(connection_pool=client.connection_pool)
-    for command in ("XRANGE", "XAUTOCLAIM"):
+    for command in ("XRANGE", "XREVRANGE", "XAUTOCLAIM"):
         raw.set_response_callback(command, lambda response, **_: response)
     return raw
 
 
+Present = Callable[[list[int]], Awaitable[set[int]]]  # of these bar ts, the stored ones
+
+
+async def history_start(raw: aioredis.Redis, stream: bytes, chunk: int, present: Present) -> bytes:
+    """Where the history to load starts: after the newest chunk of entries
+    whose bars are all stored already, else at the stream's first entry."""
+    end: Any = b"+"
+    while True:
+        entries: Any = await raw.xrevrange(stream, max=end, min=b"-", count=chunk)
+        if not entries:
+            return b"-"
+        stamps = [ts for ts in map(_entry_ts, entries) if ts is not None]
+        if stamps and set(stamps) <= await present(stamps):
+            return b"(" + _bytes(entries[0][0])  # XREVRANGE: the newest first
+        if len(entries) < chunk:
+            return b"-"
+        end = b"(" + _bytes(entries[-1][0])
+
+
 async def history_batches(
-    raw: aioredis.Redis, stream: bytes, series: Series, chunk: int
+    raw: aioredis.Redis, stream: bytes, series: Series, chunk: int, start: bytes = b"-"
 ) -> AsyncIterator[ReadBatch]:
-    """The stream's entries from its first on, ``chunk`` at a time."""
-    start: Any = b"-"
+    """The stream's entries from ``start`` on, ``chunk`` at a time."""
     while True:
         entries: Any = await raw.xrange(stream, min=start, max=b"+", count=chunk)
         if not entries:
@@ -68,6 +89,18 @@ async def claim_all_pending(
         claimed += len(ids)
         if cursor == "0-0":
             return claimed
+
+
+def _entry_ts(entry: Any) -> int | None:
+    """The ``ts`` field of a raw entry, None where there is no valid one."""
+    fields = entry[1] or ()
+    for name, value in zip(fields[::2], fields[1::2], strict=False):
+        if name in (b"ts", "ts"):
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return None
+    return None
 
 
 def _bytes(value: Any) -> bytes:

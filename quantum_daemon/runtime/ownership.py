@@ -342,10 +342,7 @@ class SeriesOwnership:
         candidates: Callable[[], Iterable[Series]],
         changes: asyncio.Queue[tuple[list[Series], list[Series]] | None],
     ) -> None:
-        if self.settle_s > 0:
-            with contextlib.suppress(RedisError, OSError):
-                await self.register()
-            await sleep_or_stop(stop, self.settle_s)
+        await self._settle(stop)
         while not stop.is_set():
             beat()
             seen = set(candidates())
@@ -356,6 +353,16 @@ class SeriesOwnership:
             except (RedisError, OSError) as exc:
                 log.warning("ownership.redis_error", error=str(exc))
             await self._wait(stop, candidates, seen)
+
+    async def _settle(self, stop: asyncio.Event) -> None:
+        """Stay registered for ``settle_s`` before the first claim, so that
+        peers starting meanwhile are counted in the fair share."""
+        deadline = time.monotonic() + self.settle_s
+        while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            beat()
+            with contextlib.suppress(RedisError, OSError):
+                await self.register()
+            await sleep_or_stop(stop, min(left, self.renew_s))
 
     async def _wait(
         self, stop: asyncio.Event, candidates: Callable[[], Iterable[Series]], seen: set[Series]
