@@ -385,3 +385,21 @@ def test_a_bad_instance_name_is_a_config_error_naming_the_key(tmp_path: Path) ->
     checked = cli(config, "check-config")
     assert checked.returncode == 78
     assert "daemon.instance" in checked.stderr + checked.stdout
+
+
+def test_a_restarted_daemon_takes_its_own_leases_back_at_once(redis_url: str) -> None:
+    async def scenario() -> None:
+        (before,) = owners(redis_url, 1, lease_s=30.0)
+        (after,) = owners(redis_url, 1, lease_s=30.0)  # the same instance name, a new life
+        (other,) = [SeriesOwnership(aioredis.Redis.from_url(redis_url), KEYS, "d9", 30.0)]
+        for d in (before, after, other):
+            await d.register()
+        assert len(await before.claim(SERIES[:1])) == 1  # then it "dies" holding it
+        assert await other.claim(SERIES[:1]) == []  # a live lease of another: no
+        assert await after.claim(SERIES[:1]) == SERIES[:1]
+        assert after.fence(SERIES[0]) != before.fence(SERIES[0])  # a new token
+        assert await before.renew() == SERIES[:1]  # the old life is fenced out
+        for d in (before, after, other):
+            await d.client.aclose()
+
+    run(scenario())

@@ -22,7 +22,9 @@ in an order of its own (rendezvous hashing of instance and series, so that
 daemons starting together want different series). A series changes owner
 only when its lease expires (its owner died or stalled for ``lease_s``) or
 its owner releases it (a graceful stop, an operator's move): a daemon never
-takes a live lease. One daemon alone owns every series.
+takes a live lease. One daemon alone owns every series. A lease found
+under this daemon's own instance name was left by its previous life (the
+data dir's lock allows one daemon per dir): a restart takes it at once.
 
 An operator moves a series with ``quantum-daemon owners move SYMBOL:TF
 INSTANCE``, which writes the wish into the hash ``{prefix}:owner:moves``.
@@ -66,9 +68,12 @@ RENEWALS_PER_LEASE = 3
 CANDIDATE_POLL_S = 0.2  # how often new candidates (a stream discovered) are looked for
 SAFETY_MARGIN = 0.2  # of lease_s: clock rate differences, the reply's way back
 
-# KEYS[1] lease, KEYS[2] fence counter; ARGV[1] instance, ARGV[2] ttl ms.
+# KEYS[1] lease, KEYS[2] fence counter; ARGV[1] instance, ARGV[2] ttl ms. A
+# lease under this daemon's own name is its previous life's (one daemon per
+# data dir, and the name is per data dir): a restart takes it at once.
 CLAIM_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then return false end
 local value = ARGV[1] .. ' ' .. redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
 return value
