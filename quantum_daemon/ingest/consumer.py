@@ -47,6 +47,7 @@ from quantum_daemon.ingest.takeover import (
     claim_all_pending,
     history_batches,
     history_start,
+    last_delivered,
     raw_ranges,
 )
 from quantum_daemon.runtime.aio import sleep_or_stop
@@ -163,14 +164,7 @@ class IngestService:
             found = self.candidates.get(stream) or Series.of(symbol, tf, self.cfg.max_future_s)
             if not await ensure_group(self.redis, stream, self.cfg.group):
                 continue
-            loaded, chunk = 0, self.cfg.batch_size
-            start = await history_start(
-                self._ranges, stream, chunk, functools.partial(self._stored_among, symbol, tf)
-            )
-            async for batch in history_batches(self._ranges, stream, found, chunk, start):
-                outcome = await self._committer.store(batch)
-                self._record(batch, outcome)
-                loaded += sum(outcome.inserted.values())
+            start, loaded = await self._load_history(symbol, tf, stream, found)
             claimed = await claim_all_pending(
                 self._ranges, stream, self.cfg.group, self.consumer, self.cfg.batch_size
             )
@@ -184,6 +178,25 @@ class IngestService:
                 claimed=claimed,
             )
         self._reader.reread_pending()
+
+    async def _load_history(
+        self, symbol: str, tf: str, stream: bytes, series: Series
+    ) -> tuple[bytes, int]:
+        """Store what the group delivered on ``stream`` so far (docs/scaling.md);
+        (where the load started, bars inserted)."""
+        end = await last_delivered(self.redis, stream, self.cfg.group)
+        if end == b"0-0":
+            return b"", 0  # nothing delivered yet: the group brings it all
+        chunk, start = self.cfg.batch_size, b"-"  # an empty store: all, without a scan
+        if (symbol, tf) in await self._committer.in_writer(self.store.last_ts):
+            present = functools.partial(self._stored_among, symbol, tf)
+            start = await history_start(self._ranges, stream, chunk, present, end)
+        loaded = 0
+        async for batch in history_batches(self._ranges, stream, series, chunk, start, end):
+            outcome = await self._committer.store(batch)
+            self._record(batch, outcome)
+            loaded += sum(outcome.inserted.values())
+        return start, loaded
 
     async def _stored_among(self, symbol: str, tf: str, stamps: list[int]) -> set[int]:
         """Which of the bar times ``stamps`` the store holds (in its writer

@@ -3,14 +3,15 @@
 The new owner must end with every bar of the stream in its own store, once,
 whatever the old owner had read, acknowledged or left pending:
 
-1. its history: the entries of the stream after the newest chunk of it
-   that its store holds completely (``history_start``, scanning back with
-   ``XREVRANGE``: a daemon that owned the series before, or restarts, loads
-   only what came since; a new one loads the whole stream), read forward
-   (``XRANGE``, in chunks) and stored like any batch; a bar already stored
-   is a no-op (the store's key is (symbol, tf, ts)). Its rejections are not
-   dead-lettered again: the reader that first took such an entry did that,
-   or the entry is still pending and step 2 brings it;
+1. its history: the entries the group has delivered already (up to its
+   ``last-delivered-id``; the later ones come in step 3), from after the
+   newest chunk of them that its store holds completely (``history_start``,
+   scanning back with ``XREVRANGE``: a daemon that owned the series before,
+   or restarts, loads only what came since; a new one loads them all), read
+   forward (``XRANGE``, in chunks) and stored like any batch; a bar already
+   stored is a no-op (the store's key is (symbol, tf, ts)). Its rejections
+   are not dead-lettered again: the reader that was delivered such an entry
+   did that, or the entry is still pending and step 2 brings it;
 2. the group's pending entries of every consumer on that stream
    (``XAUTOCLAIM`` with no idle time: the lease says their reader is gone),
    which the pending pass then stores (no-ops) and acknowledges;
@@ -45,12 +46,22 @@ def raw_ranges(client: aioredis.Redis) -> aioredis.Redis:
 Present = Callable[[list[int]], Awaitable[set[int]]]  # of these bar ts, the stored ones
 
 
-async def history_start(raw: aioredis.Redis, stream: bytes, chunk: int, present: Present) -> bytes:
-    """Where the history to load starts: after the newest chunk of entries
-    whose bars are all stored already, else at the stream's first entry."""
-    end: Any = b"+"
+async def last_delivered(client: aioredis.Redis, stream: bytes, group: str) -> bytes:
+    """The group's ``last-delivered-id`` on ``stream`` (``0-0``: none yet)."""
+    for info in await client.xinfo_groups(stream):
+        if _bytes(info["name"]).decode(errors="replace") == group:
+            return _bytes(info["last-delivered-id"])
+    return b"0-0"
+
+
+async def history_start(
+    raw: aioredis.Redis, stream: bytes, chunk: int, present: Present, end: bytes = b"+"
+) -> bytes:
+    """Where the history (up to ``end``) to load starts: after the newest
+    chunk of entries whose bars are all stored already, else at the first."""
+    top: Any = end
     while True:
-        entries: Any = await raw.xrevrange(stream, max=end, min=b"-", count=chunk)
+        entries: Any = await raw.xrevrange(stream, max=top, min=b"-", count=chunk)
         if not entries:
             return b"-"
         stamps = [ts for ts in map(_entry_ts, entries) if ts is not None]
@@ -58,15 +69,20 @@ async def history_start(raw: aioredis.Redis, stream: bytes, chunk: int, present:
             return b"(" + _bytes(entries[0][0])  # XREVRANGE: the newest first
         if len(entries) < chunk:
             return b"-"
-        end = b"(" + _bytes(entries[-1][0])
+        top = b"(" + _bytes(entries[-1][0])
 
 
 async def history_batches(
-    raw: aioredis.Redis, stream: bytes, series: Series, chunk: int, start: bytes = b"-"
+    raw: aioredis.Redis,
+    stream: bytes,
+    series: Series,
+    chunk: int,
+    start: bytes = b"-",
+    end: bytes = b"+",
 ) -> AsyncIterator[ReadBatch]:
-    """The stream's entries from ``start`` on, ``chunk`` at a time."""
+    """The stream's entries from ``start`` to ``end``, ``chunk`` at a time."""
     while True:
-        entries: Any = await raw.xrange(stream, min=start, max=b"+", count=chunk)
+        entries: Any = await raw.xrange(stream, min=start, max=end, count=chunk)
         if not entries:
             return
         yield ReadBatch([StreamEntries(stream, series, list(entries))], "history", time.monotonic())
