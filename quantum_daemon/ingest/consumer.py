@@ -51,7 +51,7 @@ from quantum_daemon.ingest.takeover import (
     raw_ranges,
 )
 from quantum_daemon.runtime.aio import sleep_or_stop
-from quantum_daemon.runtime.consumers import consumer_name
+from quantum_daemon.runtime.consumers import claim_from_dead_local_consumers, consumer_name
 from quantum_daemon.runtime.liveness import beat
 from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.storage.bar_store import BarStore
@@ -165,6 +165,11 @@ class IngestService:
             if not await ensure_group(self.redis, stream, self.cfg.group):
                 continue
             start, loaded = await self._load_history(symbol, tf, stream, found)
+            # dead consumers of this host are removed (their entries taken),
+            # then whatever any other consumer still has pending is taken
+            await claim_from_dead_local_consumers(
+                self.redis, stream, self.cfg.group, self.consumer, self.cfg.batch_size
+            )
             claimed = await claim_all_pending(
                 self._ranges, stream, self.cfg.group, self.consumer, self.cfg.batch_size
             )
