@@ -183,9 +183,7 @@ class Daemon:
             ingest.give_up(lost)
             await ingest.take_over(gained)
 
-        self.loops["ownership"] = lambda stop: ownership.run(
-            stop, ingest.candidate_series, changed
-        )
+        self.loops["ownership"] = lambda stop: ownership.run(stop, ingest.candidate_series, changed)
         self.status_sections["ownership"] = ownership.status
         if self.inference is not None:
             self.inference.server.fence = ownership.fence
