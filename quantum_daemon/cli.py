@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "run",
     "check_config",
     "status",
+    "owners",
     "train",
     "models",
     "replay",

@@ -34,6 +34,7 @@ from quantum_daemon.runtime.heartbeat import heartbeat_loop, loop_lag_monitor, w
 from quantum_daemon.runtime.instance_lock import InstanceLock, InstanceLocked
 from quantum_daemon.runtime.liveness import Liveness, LoopDied, running
 from quantum_daemon.runtime.logs import get_logger
+from quantum_daemon.runtime.ownership import Series, SeriesOwnership
 from quantum_daemon.runtime.redis_link import RedisLink
 from quantum_daemon.runtime.sdnotify import Notifier
 from quantum_daemon.runtime.telemetry import DaemonMetrics
@@ -87,6 +88,7 @@ class Daemon:
         self.failsafe = FailsafeExit()
         self._sigint_count = 0
         self.link: RedisLink | None = None
+        self.ownership: SeriesOwnership | None = None
         self.store: BarStore | None = None
         self.ingest: IngestService | None = None
         self.feed: FeedService | None = None
@@ -104,6 +106,8 @@ class Daemon:
             self._prepare_data_dir()
             stack.enter_context(InstanceLock(self.cfg.storage.data_dir))
             self.link = await stack.enter_async_context(RedisLink(self.cfg.redis, self.metrics))
+            self.ownership = SeriesOwnership.of(self.cfg, self.link.client)
+            stack.push_async_callback(self.ownership.leave)  # after ingest stopped
             self.store = stack.enter_context(BarStore.in_dir(self.cfg.storage.data_dir))
             self.ingest = await stack.enter_async_context(self._ingest_service())
             if self.cfg.feed.enabled:
@@ -113,6 +117,7 @@ class Daemon:
             if self.cfg.webhooks.enabled:
                 self.webhooks = await stack.enter_async_context(self._webhook_service())
             self.api = await stack.enter_async_context(self._api_server())
+            self._register_ownership()
             self._register_core_loops()
             async with asyncio.TaskGroup() as tg:
                 tasks = [
@@ -158,11 +163,33 @@ class Daemon:
     def _ingest_service(self) -> IngestService:
         assert self.link is not None and self.store is not None
         service = IngestService(
-            self.cfg, self.link.client, self.store, IngestMetrics(self.metrics.registry)
+            self.cfg,
+            self.link.client,
+            self.store,
+            IngestMetrics(self.metrics.registry),
+            owned_only=True,
         )
         self.loops["ingest"] = service.run
         self.status_sections["ingest"] = service.status
         return service
+
+    def _register_ownership(self) -> None:
+        """Series ownership (runtime.ownership): ingest reads, inference
+        publishes and control applies only what this daemon owns."""
+        assert self.ownership is not None and self.ingest is not None
+        ownership, ingest = self.ownership, self.ingest
+
+        async def changed(gained: list[Series], lost: list[Series]) -> None:
+            ingest.give_up(lost)
+            await ingest.take_over(gained)
+
+        self.loops["ownership"] = lambda stop: ownership.run(stop, ingest.candidate_series, changed)
+        self.status_sections["ownership"] = ownership.status
+        if self.inference is not None:
+            self.inference.server.fence = ownership.fence
+        if self.lifecycle is not None:
+            self.lifecycle.control.inbox = self.keys.control_inbox(ownership.instance)
+            self.lifecycle.control.route = lambda command: ownership.forward_to(command.model_id)
 
     def _feed_service(self) -> FeedService:
         # Imported here: ccxt (the feed extra) loads only when the feed is on.
@@ -221,6 +248,8 @@ class Daemon:
             self.keys.heartbeat,
             self.cfg.daemon,
             lambda: self.readiness()[0],
+            own_key=self.keys.heartbeat_of(self.ownership.instance) if self.ownership else None,
+            describe=self._heartbeat_fields,
         )
         self.loops["watchdog"] = lambda stop: watchdog_loop(
             stop,
@@ -231,6 +260,15 @@ class Daemon:
         self.loops["loop-lag"] = lambda stop: loop_lag_monitor(
             stop, self.metrics.observe_lag, self.cfg.daemon.loop_lag_warn_ms
         )
+
+    def _heartbeat_fields(self) -> dict[str, Any]:
+        if self.ownership is None:
+            return {}
+        return {
+            "instance": self.ownership.instance,
+            "api_port": self.api.port if self.api else None,
+            "owned": [f"{s}:{t}" for s, t in self.ownership.owned()],
+        }
 
     def _extra_routes(self) -> list[Any]:
         routes: list[Any] = self.signal_stream.routes()

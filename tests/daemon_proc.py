@@ -60,12 +60,15 @@ class DaemonProcess:
 
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.raw_lines.append(line)
-            try:
-                self.events.append(json.loads(line))
-            except ValueError:
-                pass
+        try:
+            for line in self.proc.stdout:
+                self.raw_lines.append(line)
+                try:
+                    self.events.append(json.loads(line))
+                except ValueError:
+                    pass
+        except ValueError:  # closed by _close while a child process still held the pipe
+            return
 
     def wait_for(self, event: str, timeout: float = 20.0, **match: Any) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -103,6 +103,7 @@ def test_six_families_keep_the_contracts_keys_and_a_replay_scores_nothing_twice(
     found = {k: redis_client.type(k) for k in redis_client.scan_iter("quantum:trust*")}
     expected = (
         {KEYS.trust(f): "string" for f in FAMILIES}
+        | {KEYS.trust_series(f, SYMBOL, TF): "string" for f in FAMILIES}
         | {KEYS.trust_events(f): "stream" for f in FAMILIES}
         | {KEYS.trust_history: "hash"}
     )

@@ -148,7 +148,7 @@ def test_ingest_training_and_signals_under_the_least_privilege_user(tmp_path: Pa
         "+xreadgroup",
         "~quantum:signals:*",
         "+evalsha +eval",
-        "~quantum:daemon:heartbeat",
+        "~quantum:daemon:*",
     ],
 )
 def test_a_missing_permission_stops_the_daemon_with_exit_78(tmp_path: Path, missing: str) -> None:

@@ -124,8 +124,10 @@ def test_trust_keys_exactly_as_specified_after_a_replay(
                 assert await store.client.xlen(KEYS.trust_events(family)) <= 100
 
     run(redis_url, scenario, history_len=50)
+    symbol, tf = market.bars.symbol, market.bars.tf
     expected = (
         {KEYS.trust(f): "string" for f in FAMILIES}
+        | {KEYS.trust_series(f, symbol, tf): "string" for f in FAMILIES}
         | {KEYS.trust_events(f): "stream" for f in FAMILIES}
         | {KEYS.trust_history: "hash", KEYS.scored: "zset"}
     )
@@ -291,6 +293,47 @@ def test_concurrent_rounds_both_land(redis_url: str, redis_client: redis.Redis) 
     assert redis_client.xlen(KEYS.trust_events("lgbm")) == 20
     weights = [float(w) for w in redis_client.mget([KEYS.trust(f) for f in FAMILIES])]
     assert math.fsum(weights) == pytest.approx(1.0)
+
+
+def test_two_daemons_scoring_their_own_series_overwrite_no_trust_key(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Each series' weights move by its own scores only; the aggregate by
+    all of them; two writers on two series at once lose nothing."""
+    live = ("xgb", "lgbm")
+
+    def score(family: str, symbol: str, ts: int, loss: float) -> Score:
+        return Score(family, f"{family}_{symbol}_1h", "v1", symbol, ts, loss)
+
+    async def writer(symbol: str, good: str) -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        store = TrustStore(client, KEYS, TrustConfig())
+        try:
+            for ts in range(1, 31):
+                scores = [score(f, symbol, ts, 0.05 if f == good else 0.6) for f in live]
+                await store.apply(scores, live, ts)
+        finally:
+            await client.aclose()
+
+    async def scenario() -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+        await asyncio.gather(writer("AAAUSDT", "xgb"), writer("BBBUSDT", "lgbm"))
+        client = aioredis.Redis.from_url(redis_url)
+        store = TrustStore(client, KEYS, TrustConfig())
+        try:
+            return (
+                await store.series_weights("AAAUSDT", "1h"),
+                await store.series_weights("BBBUSDT", "1h"),
+                await store.weights(),
+            )
+        finally:
+            await client.aclose()
+
+    a, b, aggregate = asyncio.run(scenario())
+    assert a["xgb"] > 0.9 and b["lgbm"] > 0.9  # each series follows its own best family
+    assert a["xgb"] == pytest.approx(b["lgbm"])  # mirror images: the same 30 rounds each
+    assert math.fsum(aggregate.values()) == pytest.approx(1.0)
+    assert redis_client.zcard(KEYS.scored) == 120  # every score applied once
+    assert redis_client.xlen(KEYS.trust_events("xgb")) == 60
 
 
 def test_scores_older_than_the_retention_window_count_as_scored(

@@ -1,7 +1,10 @@
 """``quantum-daemon status``: is the daemon alive and ready?
 
 Reads the heartbeat key in Redis and the API's ``/readyz`` and ``/api/status``.
-Exit 0 when healthy (fresh heartbeat and ready), 1 otherwise. The report is
+Exit 0 when healthy (fresh heartbeat and ready), 1 otherwise. Several daemons
+may share the Redis (docs/scaling.md, "Ownership"): ``daemons`` lists every
+one's own heartbeat (``quantum:daemon:heartbeat:{instance}``) with the series
+it owns, and ``owners`` each series' lease. The report is
 printed through the config's redaction (``domain/secrets.py``): an error
 message that quotes the Redis URL shows no password.
 """
@@ -38,6 +41,7 @@ def status(args: argparse.Namespace) -> int:
     report = {
         "healthy": healthy,
         "heartbeat": heartbeat,
+        **read_daemons(cfg, args.timeout),
         "readyz": ready_body,
         "status": status_body,
     }
@@ -67,6 +71,39 @@ def read_heartbeat(cfg: Any, timeout: float) -> dict[str, Any]:
     if raw is None:
         return {"alive": False, "error": "no heartbeat key (daemon not running or expired)"}
     return {"alive": True, "ttl_ms": ttl_ms, **json.loads(raw)}
+
+
+def read_daemons(cfg: Any, timeout: float) -> dict[str, Any]:
+    """Every daemon's own heartbeat, and the owner of every series' lease."""
+    import redis
+
+    from quantum_daemon.domain.keys import Keys
+
+    keys = Keys(cfg.redis.prefix)
+    client = redis.Redis.from_url(
+        cfg.redis.url,
+        **cfg.redis.client_options(),
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        decode_responses=True,
+    )
+    try:
+        daemons = []
+        for key in sorted(client.scan_iter(match=keys.heartbeat_pattern, count=1000)):
+            raw, ttl_ms = client.get(key), client.pttl(key)
+            if raw is not None:
+                daemons.append({"key": key, "ttl_ms": ttl_ms, **json.loads(raw)})
+        owners: dict[str, str] = {}
+        for key in sorted(client.scan_iter(match=keys.owner_pattern, count=1000)):
+            series = keys.parse_owner(key)
+            value = client.get(key)
+            if series is not None and value is not None:
+                owners[":".join(series)] = str(value).rpartition(" ")[0]
+    except (redis.RedisError, OSError) as exc:
+        return {"daemons": [], "owners": {}, "daemons_error": f"redis: {exc}"}
+    finally:
+        client.close()
+    return {"daemons": daemons, "owners": owners}
 
 
 def http_get_json(url: str, timeout: float) -> tuple[int, Any]:

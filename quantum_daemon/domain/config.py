@@ -106,6 +106,10 @@ EXCHANGE_ID = Check(
 )
 ISO_TIME = Check(_iso_time_valid, "an ISO 8601 time such as '2024-08-01T00:00:00Z', or ''")
 HTTP_URL = Check(lambda v: v == "" or v.startswith(("http://", "https://")), "an http(s):// URL")
+INSTANCE_ID = Check(
+    lambda v: v == "" or re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", v) is not None,
+    "'' (host and data dir) or 1-64 letters, digits, '.', '_', '-'",
+)
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,13 @@ class DaemonConfig:
     grace_s: PositiveFloat = 10.0
     loop_lag_warn_ms: PositiveFloat = 250.0
     stall_s: PositiveFloat = 60.0  # a loop without progress this long is stalled
+    # Series ownership between daemons on one Redis (docs/scaling.md "Ownership"):
+    # this daemon's name ('' = host + a digest of the data dir, stable across
+    # restarts), how long a series lease lives unrenewed, and how long a
+    # starting daemon waits for its peers before it claims series.
+    instance: Annotated[str, INSTANCE_ID] = ""
+    lease_s: PositiveFloat = 15.0
+    settle_s: NonNegativeFloat = 0.0
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,11 @@ class Keys:
     def trust(self, family: str) -> str:
         return f"{self.prefix}:trust:{family}"
 
+    def trust_series(self, family: str, symbol: str, tf: str) -> str:
+        """The family's weight on one series, moved by that series' scores
+        only (``trust`` is the aggregate over every series)."""
+        return f"{self.prefix}:trust:{family}:{symbol}:{tf}"
+
     @property
     def trust_history(self) -> str:
         return f"{self.prefix}:trust:history"
@@ -81,6 +86,48 @@ class Keys:
     @property
     def heartbeat(self) -> str:
         return f"{self.prefix}:daemon:heartbeat"
+
+    def heartbeat_of(self, instance: str) -> str:
+        """One daemon's own heartbeat (several daemons share a Redis)."""
+        return f"{self.prefix}:daemon:heartbeat:{instance}"
+
+    @property
+    def heartbeat_pattern(self) -> str:
+        return f"{self.prefix}:daemon:heartbeat:*"
+
+    @property
+    def instances(self) -> str:
+        """Sorted set of live daemon instances, scored by when they expire (ms)."""
+        return f"{self.prefix}:daemon:instances"
+
+    def owner(self, symbol: str, tf: str) -> str:
+        """The lease of a series: ``{instance} {fencing token}`` with a TTL."""
+        return f"{self.prefix}:owner:{symbol}:{tf}"
+
+    @property
+    def owner_pattern(self) -> str:
+        return f"{self.prefix}:owner:*:*"
+
+    def parse_owner(self, key: str) -> tuple[str, str] | None:
+        head = f"{self.prefix}:owner:"
+        if not key.startswith(head) or key == self.owner_fence:
+            return None
+        symbol, sep, tf = key[len(head) :].partition(":")
+        return (symbol, tf) if sep and symbol and tf and ":" not in tf else None
+
+    @property
+    def owner_fence(self) -> str:
+        """The counter every lease's fencing token is drawn from."""
+        return f"{self.prefix}:owner:fence"
+
+    @property
+    def owner_moves(self) -> str:
+        """Hash of operators' moves: ``{SYMBOL}:{TF}`` -> the instance to own it."""
+        return f"{self.prefix}:owner:moves"
+
+    def control_inbox(self, instance: str) -> str:
+        """Commands forwarded to the daemon ``instance`` (it owns their model)."""
+        return f"{self.prefix}:control:{instance}"
 
     @property
     def scored(self) -> str:

@@ -32,7 +32,8 @@ from quantum_daemon.domain.config import Config
 from quantum_daemon.domain.ids import ModelKey
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.domain.timeframes import timeframe_ms
-from quantum_daemon.inference.context import Answered, InferenceState, Series, stream_fields
+from quantum_daemon.inference.context import Answered, InferenceState, Series
+from quantum_daemon.inference.fenced import FENCE_REFUSED, PUBLISH_LUA, publish_args
 from quantum_daemon.inference.messages import PredictAnswer, PredictRequest, RequestFailed
 from quantum_daemon.inference.metrics import InferenceMetrics
 from quantum_daemon.inference.process import WorkerDied, WorkerLink
@@ -71,6 +72,9 @@ class Server:
         self.waiting_bars: dict[Series, int] = {}  # series -> bars stored since it was served
         self._wakeup = asyncio.Event()
         self._logged_errors: set[tuple[str, str]] = set()
+        # The lease value of a series this daemon owns, None when it owns it
+        # not (runtime.ownership); unset: publish unfenced (one daemon's parts).
+        self.fence: Callable[[Series], str | None] | None = None
 
     def bars_stored(self, symbol: str, tf: str, count: int, last_ts: int | None = None) -> None:
         """Ingest's ``on_stored`` hook, on the event loop: new bars of a series."""
@@ -173,29 +177,45 @@ class Server:
 
     async def _publish(self, batch: list[tuple[tuple[Signal, ...], float]]) -> None:
         """Add the signals of a batch's series (each with the time its bars
-        were stored) to their streams in one pipeline."""
-        if not batch:
+        were stored) to their streams in one pipeline, each series' part
+        fenced by its lease (``inference.fenced``)."""
+        owned = []
+        for signals, stored_at in batch:
+            series = (signals[0].symbol, signals[0].tf)
+            fence = "" if self.fence is None else self.fence(series)
+            if fence is None:
+                stream = self.keys.signals(*series)
+                log.warning("signal.not_owner", stream=stream, bars=[s.ts for s in signals])
+                continue
+            owned.append((signals, stored_at, series, fence))
+        if not owned:
             return
         maxlen = self.cfg.inference.signals_maxlen
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             try:
                 async with self.client.pipeline(transaction=False) as pipe:
-                    for signals, _ in batch:
-                        key = self.keys.signals(signals[0].symbol, signals[0].tf)
-                        for signal in signals:
-                            pipe.xadd(key, stream_fields(signal), maxlen=maxlen, approximate=True)
-                    await pipe.execute()
+                    for signals, _, series, fence in owned:
+                        args = publish_args(fence, signals, maxlen)
+                        lease, stream = self.keys.owner(*series), self.keys.signals(*series)
+                        pipe.eval(PUBLISH_LUA, 2, lease, stream, *args)
+                    added = await pipe.execute()
                 break
             except (RedisError, OSError) as exc:
                 log.warning("signal.publish_failed", attempt=attempt, error=str(exc))
                 if attempt == PUBLISH_ATTEMPTS:
-                    for signals, _ in batch:
-                        key = self.keys.signals(signals[0].symbol, signals[0].tf)
-                        log.error("signal.dropped", stream=key, bars=[s.ts for s in signals])
+                    for signals, _, series, _ in owned:
+                        stream = self.keys.signals(*series)
+                        log.error("signal.dropped", stream=stream, bars=[s.ts for s in signals])
                     return
                 await asyncio.sleep(0.05 * attempt)
         published_at = self.clock()
-        for signals, stored_at in batch:
+        for (signals, stored_at, series, _), n in zip(owned, added, strict=True):
+            stream = self.keys.signals(*series)
+            if int(n) == FENCE_REFUSED:
+                log.warning("signal.fenced", stream=stream, bars=[s.ts for s in signals])
+                continue
+            if int(n) < len(signals):
+                log.info("signal.already_published", stream=stream, skipped=len(signals) - int(n))
             self._published(signals, published_at - stored_at)
 
     def _published(self, signals: tuple[Signal, ...], seconds: float) -> None:

@@ -42,9 +42,16 @@ from quantum_daemon.ingest.ledger import IngestTotals, Ledger
 from quantum_daemon.ingest.metrics import IngestMetrics
 from quantum_daemon.ingest.reading import StreamReader
 from quantum_daemon.ingest.retry import TRANSIENT_REDIS, RedisRetry
-from quantum_daemon.ingest.streams import group_state, shown_name
+from quantum_daemon.ingest.streams import ensure_group, group_state, shown_name
+from quantum_daemon.ingest.takeover import (
+    claim_all_pending,
+    history_batches,
+    history_start,
+    last_delivered,
+    raw_ranges,
+)
 from quantum_daemon.runtime.aio import sleep_or_stop
-from quantum_daemon.runtime.consumers import consumer_name
+from quantum_daemon.runtime.consumers import claim_from_dead_local_consumers, consumer_name
 from quantum_daemon.runtime.liveness import beat
 from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.storage.bar_store import BarStore
@@ -80,6 +87,7 @@ class IngestService:
         store: BarStore,
         metrics: IngestMetrics,
         consumer: str | None = None,
+        owned_only: bool = False,
     ) -> None:
         self.cfg = config.ingest
         self.reconnect_max_s = config.redis.reconnect_max_s
@@ -88,12 +96,16 @@ class IngestService:
         self.store = store
         self.metrics = metrics
         self.consumer = consumer or consumer_name()
-        self.streams: dict[bytes, Series] = {}
+        self.streams: dict[bytes, Series] = {}  # the streams read
+        # With series ownership (several daemons on one Redis) the streams
+        # found are candidates, and only those this daemon owns are read.
+        self.candidates: dict[bytes, Series] = {} if owned_only else self.streams
         self.refused_streams: dict[bytes, str] = {}  # name -> why discovery does not read it
         self.ledger = Ledger(metrics)
         self.totals: IngestTotals = self.ledger.totals
         self.prepared = False
         self._reader = StreamReader(redis, self.cfg, self.consumer, self.streams)
+        self._ranges = raw_ranges(redis)
         self._committer = BatchCommitter(
             store, redis, self.cfg, self.keys, metrics, self.reconnect_max_s
         )
@@ -135,7 +147,76 @@ class IngestService:
     async def refresh_streams(self) -> None:
         """Configured streams, plus existing bar streams when ``discover``;
         groups created where missing."""
-        await refresh_streams(self.redis, self.cfg, self.keys, self.streams, self.refused_streams)
+        await refresh_streams(
+            self.redis, self.cfg, self.keys, self.candidates, self.refused_streams
+        )
+
+    # -- ownership (runtime.ownership, ingest.takeover) -----------------------
+
+    def candidate_series(self) -> list[tuple[str, str]]:
+        return [(s.symbol, s.tf) for s in self.candidates.values()]
+
+    async def take_over(self, series: list[tuple[str, str]]) -> None:
+        """Start reading series this daemon now owns: their history first,
+        then every pending entry of the group, then new entries."""
+        for symbol, tf in series:
+            stream = self.keys.bars(symbol, tf).encode()
+            found = self.candidates.get(stream) or Series.of(symbol, tf, self.cfg.max_future_s)
+            if not await ensure_group(self.redis, stream, self.cfg.group):
+                continue
+            start, loaded = await self._load_history(symbol, tf, stream, found)
+            # dead consumers of this host are removed (their entries taken),
+            # then whatever any other consumer still has pending is taken
+            await claim_from_dead_local_consumers(
+                self.redis, stream, self.cfg.group, self.consumer, self.cfg.batch_size
+            )
+            claimed = await claim_all_pending(
+                self._ranges, stream, self.cfg.group, self.consumer, self.cfg.batch_size
+            )
+            self.streams[stream] = found
+            log.info(
+                "ingest.took_over",
+                symbol=symbol,
+                tf=tf,
+                history_from=start.decode(),
+                history_inserted=loaded,
+                claimed=claimed,
+            )
+        self._reader.reread_pending()
+
+    async def _load_history(
+        self, symbol: str, tf: str, stream: bytes, series: Series
+    ) -> tuple[bytes, int]:
+        """Store what the group delivered on ``stream`` so far (docs/scaling.md);
+        (where the load started, bars inserted)."""
+        end = await last_delivered(self.redis, stream, self.cfg.group)
+        if end == b"0-0":
+            return b"", 0  # nothing delivered yet: the group brings it all
+        chunk, start = self.cfg.batch_size, b"-"  # an empty store: all, without a scan
+        if (symbol, tf) in await self._committer.in_writer(self.store.last_ts):
+            present = functools.partial(self._stored_among, symbol, tf)
+            start = await history_start(self._ranges, stream, chunk, present, end)
+        loaded = 0
+        async for batch in history_batches(self._ranges, stream, series, chunk, start, end):
+            outcome = await self._committer.store(batch)
+            self._record(batch, outcome)
+            loaded += sum(outcome.inserted.values())
+        return start, loaded
+
+    async def _stored_among(self, symbol: str, tf: str, stamps: list[int]) -> set[int]:
+        """Which of the bar times ``stamps`` the store holds (in its writer
+        thread: after every batch handed to it before)."""
+        bars = await self._committer.in_writer(
+            self.store.read_bars, symbol, tf, min(stamps), max(stamps) + 1
+        )
+        return set(bars.ts.tolist()) & set(stamps)
+
+    def give_up(self, series: list[tuple[str, str]]) -> None:
+        """Stop reading series this daemon no longer owns (their entries
+        read and not yet acknowledged are the next owner's: it claims them)."""
+        for symbol, tf in series:
+            if self.streams.pop(self.keys.bars(symbol, tf).encode(), None) is not None:
+                log.info("ingest.gave_up", symbol=symbol, tf=tf)
 
     async def _recreate_groups(self) -> None:
         await recreate_groups(self.redis, self.cfg.group, self.streams)
@@ -175,9 +256,15 @@ class IngestService:
         and acknowledge batch by batch until nothing new is left."""
         if not self.prepared:
             await self.prepare()
-        while (batch := await self._reader.read_new(block_ms=None)) is not None:
+        while (batch := await self._next_idle_batch()) is not None:
             await self._handle(batch)
         return self.totals
+
+    async def _next_idle_batch(self) -> ReadBatch | None:
+        """Pending entries first (after a take-over), then new ones."""
+        if self._reader.pending_left and (batch := await self._reader.read_pending()):
+            return batch
+        return await self._reader.read_new(block_ms=None)
 
     async def _prepare_until_done(self, stop: asyncio.Event) -> bool:
         backoff = self._retry.backoff()

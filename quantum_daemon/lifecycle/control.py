@@ -199,6 +199,10 @@ def reply_event(command: Command | None, entry_id: str, error: str | None, **fie
 
 
 Handler = Callable[[Command], Awaitable[list[str]]]
+# The instance a command must go to (another daemon owns its model's series),
+# or None to apply it here (docs/scaling.md, "Ownership").
+Router = Callable[[Command], Awaitable[str | None]]
+FORWARDED_ID = "forwarded_id"  # in an inbox entry: the id the sender waits on
 
 
 class ControlConsumer:
@@ -215,6 +219,8 @@ class ControlConsumer:
         consumer: str | None = None,
         block_ms: int = 200,
         reconnect_max_s: float = 10.0,
+        inbox: str | None = None,
+        route: Router | None = None,
     ) -> None:
         self.client = client
         self.keys = keys
@@ -226,22 +232,31 @@ class ControlConsumer:
         self.reconnect_max_s = reconnect_max_s
         self.applied = 0
         self.rejected = 0
+        self.forwarded = 0
+        self.inbox = inbox  # commands other daemons forwarded to this one
+        self.route = route
+
+    @property
+    def streams(self) -> list[str]:
+        return [self.keys.control] + ([self.inbox] if self.inbox else [])
 
     async def ensure_group(self) -> None:
-        try:
-            await self.client.xgroup_create(self.keys.control, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for stream in self.streams:
+            try:
+                await self.client.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = Backoff(cap=self.reconnect_max_s)
         while not stop.is_set():
             try:
                 await self.ensure_group()
-                await claim_from_dead_local_consumers(
-                    self.client, self.keys.control, self.group, self.consumer, CLAIM_CHUNK
-                )
+                for stream in self.streams:
+                    await claim_from_dead_local_consumers(
+                        self.client, stream, self.group, self.consumer, CLAIM_CHUNK
+                    )
                 await self.drain_pending()
                 while not stop.is_set():
                     await self.read_once(">", self.block_ms)
@@ -261,42 +276,70 @@ class ControlConsumer:
 
     async def read_once(self, cursor: str, block_ms: int | None) -> int:
         reply: Any = await self.client.xreadgroup(
-            self.group, self.consumer, {self.keys.control: cursor}, count=10, block=block_ms
+            self.group,
+            self.consumer,
+            dict.fromkeys(self.streams, cursor),
+            count=10,
+            block=block_ms,
         )
         handled = 0
-        for _, entries in reply or []:
+        items = reply.items() if isinstance(reply, dict) else reply or []
+        for stream, entries in items:
             for entry_id, fields in entries:
-                await self.handle(_text(entry_id), fields or {})
+                await self.handle(_text(entry_id), fields or {}, _text(stream))
                 handled += 1
         return handled
 
-    async def handle(self, entry_id: str, fields: Mapping[Any, Any]) -> None:
-        """Apply one entry and answer it; only a Redis error (answering,
-        acknowledging) escapes, and the entry then stays pending."""
+    async def handle(
+        self, entry_id: str, fields: Mapping[Any, Any], stream: str | None = None
+    ) -> None:
+        """Apply one entry and answer it, or forward it to the daemon that
+        owns its model; only a Redis error (answering, acknowledging,
+        forwarding) escapes, and the entry then stays pending."""
+        stream = stream or self.keys.control
         command: Command | None = None
+        answer_id = entry_id
         try:
-            command = parse_command(entry_id, fields)
+            if stream == self.inbox:
+                answer_id, fields = _unwrap(entry_id, fields)
+            command = parse_command(answer_id, fields)
+            if stream != self.inbox and self.route is not None:
+                owner = await self.route(command)
+                if owner is not None:
+                    await self._forward(owner, entry_id, command)
+                    return
             done = await self.handler(command)
         except RedisError:
             raise  # the loop reconnects; the entry stays pending
         except Exception as exc:
             error = refusal(exc)
-            reply = reply_event(command, entry_id, error)
+            reply = reply_event(command, answer_id, error)
             self.rejected += 1
-            log.warning("control.rejected", command_id=entry_id, error=error)
+            log.warning("control.rejected", command_id=answer_id, error=error)
         else:
-            reply = reply_event(command, entry_id, None, did=done)
+            reply = reply_event(command, answer_id, None, did=done)
             self.applied += 1
             log.info(
                 "control.applied",
                 command=command.name,
                 model_id=command.model_id,
                 version=command.version,
-                command_id=entry_id,
+                command_id=answer_id,
                 did=done,
             )
         await self.publisher.publish(reply)
-        await self.client.xack(self.keys.control, self.group, entry_id)
+        await self.client.xack(stream, self.group, entry_id)
+
+    async def _forward(self, owner: str, entry_id: str, command: Command) -> None:
+        """Hand the command to its owner's inbox, then acknowledge it here
+        (one ``MULTI``: it is forwarded once, or stays pending here)."""
+        body: dict[Any, Any] = {**command.fields(), FORWARDED_ID: entry_id}
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.keys.control_inbox(owner), body, maxlen=CONTROL_MAXLEN, approximate=True)
+            pipe.xack(self.keys.control, self.group, entry_id)
+            await pipe.execute()
+        self.forwarded += 1
+        log.info("control.forwarded", command_id=entry_id, owner=owner, model_id=command.model_id)
 
 
 def refusal(exc: Exception) -> str:
@@ -312,6 +355,13 @@ def refusal(exc: Exception) -> str:
         return f"could not apply: {exc.strerror or type(exc).__name__}"
     log.error("control.handler_failed", error=repr(exc), exc_info=exc)
     return f"internal error: {type(exc).__name__}"
+
+
+def _unwrap(entry_id: str, fields: Mapping[Any, Any]) -> tuple[str, Mapping[Any, Any]]:
+    """(the id the sender waits on, the command's own fields) of an inbox entry."""
+    rest = {_text(k): v for k, v in fields.items()}
+    original = rest.pop(FORWARDED_ID, None)
+    return (_text(original) if original is not None else entry_id), rest
 
 
 def _text(value: Any) -> str:

@@ -36,23 +36,45 @@ def heartbeat_payload(ready: bool, started_at: float, now: float) -> dict[str, A
     }
 
 
+# Deletes the shared heartbeat only while it is still this process's own
+# (several daemons on one Redis each write it; the last writer's stays).
+DELETE_OWN_LUA = """
+local raw = redis.call('GET', KEYS[1])
+if raw and cjson.decode(raw)['pid'] == tonumber(ARGV[1]) and
+   cjson.decode(raw)['host'] == ARGV[2] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 async def heartbeat_loop(
     stop: asyncio.Event,
     link: RedisLink,
     key: str,
     cfg: DaemonConfig,
     is_ready: Callable[[], bool],
+    own_key: str | None = None,
+    describe: Callable[[], dict[str, Any]] | None = None,
 ) -> None:
+    """Every ``heartbeat_interval_s``: the shared ``key`` (any daemon alive)
+    and this daemon's ``own_key`` (its instance), with a TTL."""
     started_at = time.time()
+    ttl_ms = int(cfg.heartbeat_ttl_s * 1000)
     while not stop.is_set():
-        payload = json.dumps(heartbeat_payload(is_ready(), started_at, time.time()))
+        body = heartbeat_payload(is_ready(), started_at, time.time())
+        payload = json.dumps({**body, **(describe() if describe else {})})
         try:
-            await link.client.set(key, payload, px=int(cfg.heartbeat_ttl_s * 1000))
+            await link.client.set(key, payload, px=ttl_ms)
+            if own_key is not None:
+                await link.client.set(own_key, payload, px=ttl_ms)
         except (RedisError, OSError) as exc:
             log.debug("heartbeat.failed", error=str(exc))
         await sleep_or_stop(stop, cfg.heartbeat_interval_s)
     try:
-        await link.client.delete(key)
+        await link.client.eval(DELETE_OWN_LUA, 1, key, os.getpid(), socket.gethostname())
+        if own_key is not None:
+            await link.client.delete(own_key)
     except (RedisError, OSError):
         pass
 

@@ -4,6 +4,12 @@ Keys (``Keys``):
 
 - ``quantum:trust:{family}``: string, the family's current weight; present
   exactly for the live families (their weights sum to one);
+- ``quantum:trust:{family}:{SYMBOL}:{TF}``: string, the family's weight on
+  one series, moved by that series' scores only (same rule, same round);
+  present exactly for the live families of a series that was scored. With
+  several daemons (docs/scaling.md) each series' keys are written by its
+  owner alone, and ``quantum:trust:{family}`` stays the aggregate over all
+  series that the original readers expect;
 - ``quantum:trust:history``: hash, field per family -> JSON list of
   ``[round_ts, weight]`` pairs, the last ``[trust] history_len``;
 - ``quantum:trust:events:{family}``: stream of the family's last 100 updates
@@ -19,7 +25,9 @@ and the scored set, read them, compute the new state with the pure
 ``plan_round`` (``trust.align`` then ``trust.update``), and write everything
 in one ``MULTI``/``EXEC``; a concurrent writer makes it retry. The history
 is appended to and trimmed by a small Lua script inside the same ``EXEC``, so
-the daemon never parses it on the hot path. Candidates' (shadow) scores are
+the daemon never parses it on the hot path. The per-series weights of the
+round's series are watched, read and written in the same transaction: two
+daemons scoring at once never overwrite each other's keys. Candidates' (shadow) scores are
 marked as scored but never move a weight.
 """
 
@@ -28,8 +36,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -37,6 +45,7 @@ from redis.exceptions import WatchError
 
 from quantum_daemon.core import trust
 from quantum_daemon.domain.config import FAMILIES, TrustConfig
+from quantum_daemon.domain.ids import ModelKey
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.domain.timeframes import DAY_MS
 from quantum_daemon.runtime.backoff import Backoff
@@ -130,6 +139,8 @@ class RoundPlan:
     events: tuple[tuple[str, dict[str, str]], ...]  # (family, fields)
     scored: Mapping[str, int]  # member -> bar_ts
     trim_scored_below: int | None
+    series_weights: Mapping[str, float] = field(default_factory=dict)  # key -> weight
+    series_deletes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -192,6 +203,43 @@ def plan_round(
         scored={s.member: s.bar_ts for s in fresh},
         trim_scored_below=_trim_floor(state, fresh, retention_ms),
     )
+
+
+SeriesKey = Callable[[str, str, str], str]  # (family, symbol, tf) -> key
+
+
+def series_of(score: Score) -> tuple[str, str] | None:
+    """(symbol, tf) of the score's model, None for a name that is no model id."""
+    try:
+        key = ModelKey.parse(score.model)
+    except ValueError:
+        return None
+    return key.symbol, key.tf
+
+
+def plan_series(
+    stored: Mapping[tuple[str, str], Mapping[str, float]],
+    fresh: Sequence[Score],
+    live: Sequence[str],
+    config: TrustConfig,
+    key_of: SeriesKey,
+) -> tuple[dict[str, float], tuple[str, ...]]:
+    """The per-series weights a round writes, and the keys it deletes: each
+    scored series' weights moved by its own fresh scores only; pure."""
+    by_series: dict[tuple[str, str], list[Score]] = {}
+    for score in fresh:
+        series = series_of(score)
+        if series is not None and not score.shadow:
+            by_series.setdefault(series, []).append(score)
+    writes: dict[str, float] = {}
+    deletes: list[str] = []
+    for (symbol, tf), scores in by_series.items():
+        before = trust.align(dict(stored.get((symbol, tf), {})), live)
+        losses = _family_losses([s for s in scores if s.family in before])
+        after = trust.update(before, losses, config.learning_rate, config.share)
+        writes |= {key_of(f, symbol, tf): w for f, w in after.items()}
+        deletes += [key_of(f, symbol, tf) for f in stored.get((symbol, tf), {}) if f not in after]
+    return writes, tuple(deletes)
 
 
 def _split_fresh(
@@ -301,14 +349,28 @@ class TrustStore:
             await self.weights(), await self.history(), {f: e for f, e in events.items() if e}
         )
 
+    async def series_weights(self, symbol: str, tf: str) -> dict[str, float]:
+        """The families' weights on one series."""
+        keys = [self.keys.trust_series(f, symbol, tf) for f in self.families]
+        values = await self.client.mget(keys)
+        return {f: float(v) for f, v in zip(self.families, values, strict=True) if v is not None}
+
     async def _attempt(
         self, scores: Sequence[Score], live: Sequence[str], round_ts: int
     ) -> TrustRound:
         weight_keys = [self.keys.trust(f) for f in self.families]
+        series = sorted({s for s in map(series_of, scores) if s is not None})
+        series_keys = [self.keys.trust_series(f, *one) for one in series for f in self.families]
         async with self.client.pipeline(transaction=True) as pipe:
-            await pipe.watch(*weight_keys, self.keys.scored)
+            await pipe.watch(*weight_keys, *series_keys, self.keys.scored)
             state = await self._read(pipe, weight_keys, [s.member for s in scores])
             plan = plan_round(state, scores, live, round_ts, self.config, self.retention_ms)
+            if series:
+                stored = await self._read_series(pipe, series, series_keys)
+                writes, deletes = plan_series(
+                    stored, plan.round.fresh, live, self.config, self.keys.trust_series
+                )
+                plan = replace(plan, series_weights=writes, series_deletes=deletes)
             if not plan.scored and not plan.round.changed:
                 await pipe.unwatch()
                 return plan.round
@@ -331,7 +393,21 @@ class TrustStore:
             newest_scored_ts=int(newest[0][1]) if newest else None,
         )
 
+    async def _read_series(
+        self, pipe: Any, series: Sequence[tuple[str, str]], keys: list[str]
+    ) -> dict[tuple[str, str], dict[str, float]]:
+        values = iter(await pipe.mget(keys))
+        stored: dict[tuple[str, str], dict[str, float]] = {}
+        for one in series:
+            row = {f: next(values) for f in self.families}
+            stored[one] = {f: float(v) for f, v in row.items() if v is not None}
+        return stored
+
     def _write(self, pipe: Any, plan: RoundPlan) -> None:
+        for key, weight in plan.series_weights.items():
+            pipe.set(key, repr(weight))
+        for key in plan.series_deletes:
+            pipe.delete(key)
         for family, weight in plan.set_weights.items():
             pipe.set(self.keys.trust(family), repr(weight))
         for family in plan.delete_families:
