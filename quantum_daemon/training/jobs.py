@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from quantum_daemon.core.promotion import HeadToHead
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import EvaluationConfig, TuningConfig
+from quantum_daemon.domain.ids import MULTI_SYMBOL
 from quantum_daemon.domain.signals import RecordedSignals
 from quantum_daemon.domain.timeframes import timeframe_ms
 
@@ -60,10 +61,12 @@ class TrainJobSpec:
     active: ActiveRef | None = None
     signals: RecordedSignals | None = None  # rl_sizer: the recorded ensemble signal
     tuning: TuningConfig | None = None  # search the family's space first (training.tuning)
+    # a multi-symbol model: the bars of every symbol (``bars`` is the first's)
+    series: tuple[Bars, ...] = ()
 
     @property
     def symbol(self) -> str:
-        return self.bars.symbol
+        return MULTI_SYMBOL if self.series else self.bars.symbol
 
     @property
     def tf(self) -> str:
@@ -110,6 +113,7 @@ def run_job(spec: TrainJobSpec) -> TrainJobResult:
             now=spec.version_time,
             signals=spec.signals,
             tuning=spec.tuning,
+            series=spec.series,
         )
     )
     h2h = None if spec.active is None else head_to_head(spec, Path(trained.artifact_dir))
@@ -124,7 +128,7 @@ def run_job(spec: TrainJobSpec) -> TrainJobResult:
         metrics=trained.metrics,
         head_to_head=h2h,
         seconds=time.perf_counter() - started,
-        n_bars=len(spec.bars),
+        n_bars=sum(len(b) for b in spec.series) if spec.series else len(spec.bars),
         pid=os.getpid(),
     )
 
@@ -158,6 +162,10 @@ def head_to_head(spec: TrainJobSpec, new_dir: Path) -> HeadToHead:
     from quantum_daemon.storage.artifacts import ArtifactCorrupt
 
     assert spec.active is not None
+    if spec.series:
+        from quantum_daemon.training.multi_jobs import head_to_head_multi
+
+        return head_to_head_multi(spec, new_dir)
     try:
         active, active_meta = load_model(Path(spec.active.path), spec.signals)
     except ArtifactCorrupt as exc:
