@@ -72,9 +72,7 @@ class MultiModels:
 def _key_of(name: str, where: str) -> ModelKey:
     family, _, tf = name.rpartition("_")
     if not family:
-        raise ConfigError(
-            f"config key '{where}': a multi model is named family_TF, e.g. lgbm_1h"
-        )
+        raise ConfigError(f"config key '{where}': a multi model is named family_TF, e.g. lgbm_1h")
     if family in SINGLE_ONLY_FAMILIES:
         raise ConfigError(
             f"config key '{where}': {family} trains on one symbol only (its strategy is one "

@@ -85,7 +85,8 @@ def load_model(
     if version.metadata.get("symbol") == MULTI_SYMBOL:  # a global model (``models.multi``)
         from quantum_daemon.models.multi import multi_family
 
-        return multi_family(name).load(version.path, version.metadata), version.metadata
+        multi = multi_family(name).load(version.path, version.metadata)
+        return cast(Family, multi), version.metadata  # it answers as a Family does
     model = calibrated_family(name).load(version.path, version.metadata)
     if signals is not None and name in SIZER_FAMILIES:
         _use_signals(model, signals)

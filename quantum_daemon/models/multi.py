@@ -136,10 +136,7 @@ class MultiCalibrated:
         info = self.inner.fit_multi(own)
         for symbol, train_set in data.items():
             self._calibrate(symbol, train_set, method)
-        summary = {
-            f"calibration_{k}": v
-            for k, v in _mean_report(self.report).items()
-        }
+        summary = {f"calibration_{k}": v for k, v in _mean_report(self.report).items()}
         return FitInfo(info.best_iteration, info.val_loss, {**info.extra, **summary})
 
     def _calibrate(self, symbol: str, data: TrainSet, method: Any) -> None:
@@ -191,7 +188,8 @@ def multi_family(name: str) -> type[MultiCalibrated]:
     """The multi-symbol class of family ``name``, ``p_up`` calibrated per symbol."""
     inner = family_class(name)
     namespace = {"name": inner.name, "inner_class": inner, "__module__": __name__}
-    return cast(type[MultiCalibrated], type(f"MultiCalibrated{inner.__name__}", (MultiCalibrated,), namespace))
+    made = type(f"MultiCalibrated{inner.__name__}", (MultiCalibrated,), namespace)
+    return cast(type[MultiCalibrated], made)
 
 
 def _first(data: Mapping[str, TrainSet]) -> TrainSet:

@@ -215,9 +215,7 @@ def _pool(
         val_starts.append(offset + val_idx + 1)
         blocks.append(block)
         offset += len(block)
-    return _Pooled(
-        np.concatenate(blocks), np.concatenate(train_starts), np.concatenate(val_starts)
-    )
+    return _Pooled(np.concatenate(blocks), np.concatenate(train_starts), np.concatenate(val_starts))
 
 
 class MultiNHiTSFamily(MultiNeuralFamily):

@@ -74,9 +74,7 @@ class MultiTreeFamily:
         fitted = self._trees._train(params, first.seed, pooled, first.on_validation)
         self._fitted, self._params, self._symbols, self._scale = fitted, params, symbols, scale
         self._seed, self._horizon = first.seed, first.horizon
-        self._sigma = {
-            s: _spread(rows[s].y_val - self._raw_mu(s, rows[s].x_val)) for s in symbols
-        }
+        self._sigma = {s: _spread(rows[s].y_val - self._raw_mu(s, rows[s].x_val)) for s in symbols}
         return FitInfo(
             best_iteration=fitted.n_trees,
             val_loss=fitted.val_loss,

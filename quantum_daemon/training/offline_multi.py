@@ -29,14 +29,13 @@ from typing import TYPE_CHECKING, Any
 from quantum_daemon.core.evaluation.report import finite_or_none, metrics_json, returns_csv
 from quantum_daemon.core.evaluation.walkforward import EvaluationReport, EvaluationSettings
 from quantum_daemon.core.evaluation.walkforward_multi import MultiEvaluation, walk_forward_multi
+from quantum_daemon.core.promotion import PER_SYMBOL_KEY
 from quantum_daemon.domain.ids import MULTI_SYMBOL
 from quantum_daemon.models.multi import multi_family
 from quantum_daemon.storage import artifacts
 
 if TYPE_CHECKING:
     from quantum_daemon.training.offline import OfflineResult, OfflineSpec
-
-PER_SYMBOL_KEY = "per_symbol"
 
 
 def train_offline_multi(spec: OfflineSpec) -> OfflineResult:
@@ -149,8 +148,7 @@ def _metadata(
             "ece": finite_or_none(reports[weakest].ece),
         },
         PER_SYMBOL_KEY: {
-            s: {"data_window": windows[s], "metrics": metrics[PER_SYMBOL_KEY][s]}
-            for s in reports
+            s: {"data_window": windows[s], "metrics": metrics[PER_SYMBOL_KEY][s]} for s in reports
         },
         "model": state,
     }

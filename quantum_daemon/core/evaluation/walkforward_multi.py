@@ -64,9 +64,7 @@ def walk_forward_multi(
             outcomes[symbol].append(FoldOutcome(fold, info, refit))
             visible = bars.slice(0, int(fold.test_idx[-1]) + 1)
             forecasts[symbol].append(model.predict(visible, fold.test_idx))
-    reports = {
-        s: _report(series[s], settings, tuple(outcomes[s]), forecasts[s]) for s in series
-    }
+    reports = {s: _report(series[s], settings, tuple(outcomes[s]), forecasts[s]) for s in series}
     return MultiEvaluation(reports, fitted[0] if fitted else None)
 
 
