@@ -1,0 +1,302 @@
+"""Global models (``{family}_multi_{TF}``, ``[models.multi]``): configured and
+checked, trained over several symbols (trees and torch), saved and loaded
+with their symbol coding, judged per symbol on the single-symbol windows,
+scheduled without a storm, and served per symbol by a real inference worker."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from quantum_daemon.core.ensemble import parse_signal
+from quantum_daemon.core.evaluation.splits import walk_forward_folds
+from quantum_daemon.core.evaluation.walkforward import EvaluationSettings, split_plan
+from quantum_daemon.core.evaluation.walkforward_multi import train_sets
+from quantum_daemon.core.promotion import Verdict, judge
+from quantum_daemon.core.scheduling import Scheduler, SchedulerPolicy, Trigger
+from quantum_daemon.domain.config import (
+    EX_CONFIG,
+    ConfigError,
+    EvaluationConfig,
+    PromotionConfig,
+    load,
+)
+from quantum_daemon.domain.ids import ModelKey
+from quantum_daemon.domain.keys import Keys
+from quantum_daemon.domain.timeframes import timeframe_ms
+from quantum_daemon.models.families import load_model
+from quantum_daemon.models.multi import UnknownSymbol
+from quantum_daemon.storage.registry.registry import Registry
+from quantum_daemon.training.offline import OfflineResult, OfflineSpec, train_offline
+from tests.cli_helpers import run_cli
+from tests.conftest import make_bars
+from tests.inference_helpers import Feeder, inference, make_config
+
+SYMBOLS = ("AAAUSDT", "BBBUSDT", "CCCUSDT")
+HORIZON = 4
+TINY_TORCH = {"max_steps": 20, "lookback": 32, "eval_every": 10, "batch_size": 64}
+KEYS = Keys()
+
+
+def three_series(n: int) -> tuple:
+    # different volatilities: the per-symbol target scaling has something to do
+    return tuple(
+        make_bars(n, seed=10 + i, symbol=s, vol=0.005 * (i + 1)) for i, s in enumerate(SYMBOLS)
+    )
+
+
+def train_multi(
+    family: str, series: tuple, data_dir: Path, params: dict | None = None, windows: int = 2
+) -> OfflineResult:
+    return train_offline(
+        OfflineSpec(
+            family=family,
+            bars=series[0],
+            series=series,
+            data_dir=data_dir,
+            evaluation=EvaluationConfig(horizon=HORIZON, n_test_windows=windows),
+            params=params or {},
+        )
+    )
+
+
+# -- config ---------------------------------------------------------------------------------
+
+GOOD = """
+[ingest]
+symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+[models]
+symbols = ["BTCUSDT"]
+[models.multi]
+lgbm_1h = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+nhits_1h = ["ETHUSDT", "SOLUSDT"]
+[models.params."lgbm_multi_1h"]
+num_leaves = 7
+"""
+
+BAD_MULTI = {
+    "sizer as multi": ('rl_sizer_1h = ["BTCUSDT", "ETHUSDT"]', "models.multi.rl_sizer_1h"),
+    "evo as multi": ('evo_model_1h = ["BTCUSDT", "ETHUSDT"]', "models.multi.evo_model_1h"),
+    "unknown family": ('forest_1h = ["BTCUSDT", "ETHUSDT"]', "models.multi.forest_1h"),
+    "bad timeframe": ('lgbm_7m = ["BTCUSDT", "ETHUSDT"]', "models.multi.lgbm_7m"),
+    "no timeframe": ('lgbm = ["BTCUSDT", "ETHUSDT"]', "models.multi.lgbm"),
+    "one symbol": ('lgbm_1h = ["BTCUSDT"]', "models.multi.lgbm_1h"),
+    "twice": ('lgbm_1h = ["BTCUSDT", "BTCUSDT"]', "models.multi.lgbm_1h"),
+    "not a list": ('lgbm_1h = "BTCUSDT"', "models.multi.lgbm_1h"),
+    "bad symbol": ('lgbm_1h = ["BTCUSDT", "eth/usdt"]', "models.multi.lgbm_1h"),
+    "not ingested": ('lgbm_1h = ["BTCUSDT", "XRPUSDT"]', "models.multi.lgbm_1h"),
+}
+
+
+def test_a_multi_model_is_configured_with_its_symbols_and_params(tmp_path: Path) -> None:
+    path = tmp_path / "multi.toml"
+    path.write_text(GOOD)
+    models = load(path, env={}).models
+    assert models.multi.symbols_of("lgbm_multi_1h") == ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+    assert models.multi.symbols_of("nhits_multi_1h") == ("ETHUSDT", "SOLUSDT")
+    assert models.multi.symbols_of("lgbm_BTCUSDT_1h") == ()
+    ids = [k.model_id for k in models.keys()]
+    assert "lgbm_multi_1h" in ids and "nhits_multi_1h" in ids and "lgbm_BTCUSDT_1h" in ids
+    assert models.params.for_model("lgbm", "lgbm_multi_1h")["num_leaves"] == 7
+    assert "num_leaves" not in models.params.for_model("lgbm", "lgbm_BTCUSDT_1h")
+    assert load(None, env={}).models.multi.models == {}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_MULTI))
+def test_a_bad_multi_model_is_refused_naming_its_key(name: str, tmp_path: Path) -> None:
+    line, key = BAD_MULTI[name]
+    path = tmp_path / "bad.toml"
+    path.write_text(f'[ingest]\nsymbols = ["BTCUSDT", "ETHUSDT"]\n[models.multi]\n{line}\n')
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load(path, env={})
+
+
+def test_check_config_exits_78_on_a_multi_sizer(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('[models.multi]\nrl_sizer_1h = ["BTCUSDT", "ETHUSDT"]\n')
+    result = run_cli(tmp_path, "check-config")
+    assert result.returncode == EX_CONFIG
+    assert "models.multi.rl_sizer_1h" in result.stderr and "one symbol" in result.stderr
+
+
+# -- scheduling -----------------------------------------------------------------------------
+
+
+def test_a_multi_model_retrains_on_its_cadence_from_any_symbols_bars() -> None:
+    key = ModelKey("lgbm", "multi", "1h")
+    single = ModelKey("lgbm", "AAAUSDT", "1h")
+    scheduler = Scheduler(
+        [key, single],
+        SchedulerPolicy(retrain_every_bars=5, min_bars=10),
+        {key.model_id: SYMBOLS},
+    )
+    for symbol in SYMBOLS:
+        scheduler.set_available(symbol, "1h", 9)
+    scheduler.start(0.0, {})
+    assert not scheduler.is_ready(scheduler.pending()[0], 0.0)  # every series needs min_bars
+    for symbol in SYMBOLS:
+        scheduler.bars_stored(symbol, "1h", 1, 1.0)
+    ready = [r.model_id for r in scheduler.pending() if scheduler.is_ready(r, 1.0)]
+    assert set(ready) == {key.model_id, single.model_id}
+    assert scheduler.next_job(1.0, lambda k: True) is not None
+    assert scheduler.next_job(1.0, lambda k: True) is not None
+    for model_id in (key.model_id, single.model_id):
+        scheduler.job_finished(model_id, 2.0, True, True)
+    # four rounds of bars over the three symbols: 12 bars, but 4 of each series
+    for _ in range(4):
+        for symbol in SYMBOLS:
+            scheduler.bars_stored(symbol, "1h", 1, 3.0)
+    assert scheduler.pending() == []
+    scheduler.bars_stored("CCCUSDT", "1h", 1, 4.0)  # the fifth bar of one series
+    (request,) = scheduler.pending()
+    assert request.model_id == key.model_id and request.reasons == {Trigger.BARS}
+    for symbol in ("AAAUSDT", "BBBUSDT"):
+        scheduler.bars_stored(symbol, "1h", 1, 5.0)
+    assert sorted(r.model_id for r in scheduler.pending()) == sorted(
+        [key.model_id, single.model_id]
+    )  # still one request for the multi model, merged
+
+
+# -- no look-ahead across symbols -----------------------------------------------------------
+
+
+def test_a_windows_fit_reads_no_symbol_past_the_earliest_symbols_fit() -> None:
+    settings = EvaluationSettings(horizon=HORIZON, n_test_windows=2)
+    early = make_bars(600, seed=1, symbol="AAAUSDT")
+    late = make_bars(600, seed=2, symbol="BBBUSDT", start_ms=int(early.ts[0]) + 50 * 3_600_000)
+    series = {"AAAUSDT": early, "BBBUSDT": late}
+    folds = {s: walk_forward_folds(split_plan(len(b), settings))[0] for s, b in series.items()}
+    sets = train_sets(series, folds, settings, 0, {})
+    cutoff = int(early.ts[folds["AAAUSDT"].fit_end - 1])  # the earlier series' own fit end
+    assert len(sets["AAAUSDT"].bars) == folds["AAAUSDT"].fit_end
+    assert int(sets["BBBUSDT"].bars.ts[-1]) <= cutoff < int(late.ts[folds["BBBUSDT"].fit_end - 1])
+    h_ms = HORIZON * timeframe_ms("1h")
+    for train_set in sets.values():
+        last_target = train_set.bars.ts[train_set.val_idx[-1]] + h_ms
+        assert last_target <= cutoff
+        assert train_set.train_idx[-1] + HORIZON < train_set.val_idx[0]  # the embargo holds
+
+
+# -- training, saving, loading, judging -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("family", "params"),
+    [("lgbm", {}), ("xgb", {"num_boost_round": 40}), ("patchtst", TINY_TORCH)],
+)
+def test_a_multi_model_trains_saves_loads_and_is_judged_per_symbol(
+    family: str, params: dict, tmp_path: Path
+) -> None:
+    series = three_series(700)
+    result = train_multi(family, series, tmp_path, params)
+    assert result.model_id == f"{family}_multi_1h"
+    per_symbol = result.metrics["per_symbol"]
+    assert set(per_symbol) == set(SYMBOLS)
+    weakest = result.metrics["weakest_symbol"]
+    assert result.metrics["sharpe"] == per_symbol[weakest]["sharpe"]
+    assert min(m["sharpe"] for m in per_symbol.values()) == per_symbol[weakest]["sharpe"]
+    # each symbol is judged on the very test decisions a single-symbol model of it gets
+    settings = EvaluationSettings(horizon=HORIZON, n_test_windows=2)
+    single_tests = np.concatenate(
+        [f.test_idx for f in walk_forward_folds(split_plan(700, settings))]
+    )
+    model, meta = load_model(result.artifact_dir)
+    for bars in series:
+        window = meta["per_symbol"][bars.symbol]["data_window"]["evaluation_test"]
+        assert window["first_ts"] == int(bars.ts[single_tests[0]])
+        assert window["last_ts"] == int(bars.ts[single_tests[-1]])
+        assert per_symbol[bars.symbol]["n_test_bars"] == single_tests.size
+    assert meta["symbol"] == "multi" and meta["symbols"] == list(SYMBOLS)
+    assert meta["model"]["symbol_codes"] == {s: i for i, s in enumerate(SYMBOLS)}
+    assert model.symbols == SYMBOLS
+    # the loaded model answers each symbol with its own scaling: one forecast per symbol
+    idx = np.array([650, 699])
+    answers = [model.predict(bars, idx) for bars in series]
+    for forecast in answers:
+        assert np.all(np.isfinite(forecast.mu)) and np.all(
+            (forecast.p_up > 0) & (forecast.p_up < 1)
+        )
+    assert not np.allclose(answers[0].mu, answers[2].mu)
+    with pytest.raises(UnknownSymbol, match="DDDUSDT"):
+        model.predict(make_bars(700, seed=9, symbol="DDDUSDT"), idx)
+    # what was saved is what was fitted
+    again, _ = load_model(result.artifact_dir)
+    np.testing.assert_allclose(again.predict(series[1], idx).mu, answers[1].mu, rtol=1e-12)
+
+
+def test_the_target_is_scaled_per_symbol(tmp_path: Path) -> None:
+    result = train_multi("lgbm", three_series(700), tmp_path, windows=1)
+    _, meta = load_model(result.artifact_dir)
+    scale = meta["model"]["target_scale"]
+    # the symbols' volatilities are 1x, 2x, 3x: so are their target scales, roughly
+    assert scale["AAAUSDT"] < scale["BBBUSDT"] < scale["CCCUSDT"]
+    assert 2.0 < scale["CCCUSDT"] / scale["AAAUSDT"] < 4.0
+    sigma = meta["model"]["residual_sigma"]
+    assert sigma["AAAUSDT"] < sigma["CCCUSDT"]
+
+
+def test_a_multi_version_must_pass_the_gates_on_every_symbol() -> None:
+    good = {
+        "trades": 20,
+        "profit_factor": 1.5,
+        "total_return": 0.1,
+        "sharpe": 2.0,
+        "mase": 0.9,
+        "baselines": {"buy_and_hold": {"sharpe": 0.5}},
+        "ece": 0.05,
+    }
+    bad = {**good, "trades": 2}
+    cfg = PromotionConfig(min_dsr=0.0)
+    passed = judge({**good, "per_symbol": {"AAAUSDT": good, "BBBUSDT": good}}, None, None, cfg)
+    assert passed.stage == "candidate"
+    failed = judge({**good, "per_symbol": {"AAAUSDT": good, "BBBUSDT": bad}}, None, None, cfg)
+    assert failed.stage == "rejected" and failed.failed_gate == "min_trades"
+    assert "BBBUSDT" in failed.reason
+
+
+# -- serving --------------------------------------------------------------------------------
+
+
+def test_a_multi_model_serves_each_of_its_symbols_in_the_inference_worker(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    series = (*three_series(720), make_bars(720, seed=99, symbol="DDDUSDT"))
+    history = tuple(b.slice(0, 700) for b in series[:3])
+    registry = Registry(tmp_path)
+    trained = [
+        train_multi("lgbm", history, tmp_path, windows=1),
+        train_multi("nhits", history, tmp_path, TINY_TORCH, windows=1),
+    ]
+    for result in trained:
+        registry.register(result.model_id, result.version)
+        registry.apply_verdict(result.model_id, result.version, Verdict("candidate", (), True, ""))
+    cfg = make_config(redis_url, tmp_path, horizon=HORIZON)
+
+    async def scenario() -> None:
+        async with inference(cfg, families=()) as (service, store):
+            feeders = [Feeder(service, store, bars) for bars in series]
+            for feeder in feeders:
+                feeder.store_until(700)
+            await service.run_until_idle()
+            for stop in range(701, 706):
+                for feeder in feeders:
+                    await feeder.feed(stop)
+
+    asyncio.run(scenario())
+    context = make_config(redis_url, tmp_path).inference.context_bars
+    for bars in series[:3]:
+        signals = [parse_signal(f) for _, f in redis_client.xrange(KEYS.signals(bars.symbol, "1h"))]
+        assert [s.ts for s in signals][-1] == int(bars.ts[704])
+        last = signals[-1]
+        assert {c.model for c in last.contributions} == {"lgbm_multi_1h", "nhits_multi_1h"}
+        window = bars.slice(705 - context - 1, 705)
+        for c in last.contributions:
+            model, _ = load_model(registry.version_path(c.model, c.version))
+            expected = model.predict(window, np.array([len(window) - 1]))
+            assert c.mu == pytest.approx(float(expected.mu[0]), rel=1e-6, abs=1e-9)
+    # a symbol the models were not fitted on gets no answer from them
+    other = [parse_signal(f) for _, f in redis_client.xrange(KEYS.signals("DDDUSDT", "1h"))]
+    assert len(other) >= 5 and all(not s.contributions for s in other)
