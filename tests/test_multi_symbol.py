@@ -6,6 +6,8 @@ scheduled without a storm, and served per symbol by a real inference worker."""
 from __future__ import annotations
 
 import asyncio
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from quantum_daemon.core.evaluation.walkforward import EvaluationSettings, split
 from quantum_daemon.core.evaluation.walkforward_multi import train_sets
 from quantum_daemon.core.promotion import Verdict, judge
 from quantum_daemon.core.scheduling import Scheduler, SchedulerPolicy, Trigger
+from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import (
     EX_CONFIG,
     ConfigError,
@@ -300,3 +303,90 @@ def test_a_multi_model_serves_each_of_its_symbols_in_the_inference_worker(
     # a symbol the models were not fitted on gets no answer from them
     other = [parse_signal(f) for _, f in redis_client.xrange(KEYS.signals("DDDUSDT", "1h"))]
     assert len(other) >= 5 and all(not s.contributions for s in other)
+
+
+# -- the daemon path ------------------------------------------------------------------------
+
+PACKAGED = Path(__file__).resolve().parents[1] / "quantum_daemon" / "data"
+DAEMON_MULTI = """
+[ingest]
+symbols = ["BTCUSDT", "ETHUSDT"]
+[models]
+families = []
+[models.multi]
+lgbm_1h = ["BTCUSDT", "ETHUSDT"]
+[training]
+workers = 1
+history_bars = 800
+[evaluation]
+n_test_windows = 1
+[promotion]
+min_trades = 0
+min_profit_factor = 0.0
+beat_baselines = false
+max_ece = 1.0
+min_dsr = 0.0
+"""
+
+
+def test_the_daemon_trains_a_multi_model_and_publishes_its_signals_per_symbol(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis
+) -> None:
+    from quantum_daemon.storage.bar_files import read_bar_file
+    from quantum_daemon.storage.events import parse_entry
+    from tests.daemon_proc import DaemonProcess, api_port, write_config
+    from tests.ingest_helpers import publish
+
+    series = []
+    for name in ("BTC_USDT-1h.feather", "ETH_USDT-1h.feather"):
+        file = read_bar_file(PACKAGED / name)
+        series.append(Bars.from_frame(file.frame, file.symbol, file.tf).slice(0, 830))
+    config = write_config(
+        tmp_path / "config.toml", redis_url, tmp_path / "data", api_port(), DAEMON_MULTI
+    )
+    daemon = DaemonProcess(config).start()
+
+    def promoted() -> bool:
+        kinds = [parse_entry(f) for _, f in redis_client.xrange(KEYS.events)]
+        return any(e.type == "model.promoted" and e.model_id == "lgbm_multi_1h" for e in kinds)
+
+    def signals_of(symbol: str) -> list:
+        return [parse_signal(f) for _, f in redis_client.xrange(KEYS.signals(symbol, "1h"))]
+
+    def answered(symbol: str) -> bool:
+        return any(c.model == "lgbm_multi_1h" for s in signals_of(symbol) for c in s.contributions)
+
+    try:
+        daemon.wait_for("daemon.ready", timeout=60)
+        for bars in series:
+            publish(redis_client, bars.slice(0, 820))
+        wait_until(promoted, timeout_s=180)
+        for bars in series:
+            publish(redis_client, bars.slice(820, 830))
+        wait_until(lambda: all(answered(b.symbol) for b in series), timeout_s=120)
+        daemon.send(signal.SIGTERM)
+        assert daemon.wait(timeout=60) == 0
+    finally:
+        daemon.kill()
+    started = [
+        e
+        for _, f in redis_client.xrange(KEYS.events)
+        if (e := parse_entry(f)).type == "training.started"
+    ]
+    assert [e.model_id for e in started] == ["lgbm_multi_1h"]  # one job for both symbols' bars
+    for bars in series:
+        last = signals_of(bars.symbol)[-1]
+        assert last.ts == int(bars.ts[829])
+        (contribution,) = last.contributions
+        assert contribution.model == "lgbm_multi_1h"
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"not within {timeout_s}s")
