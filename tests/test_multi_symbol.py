@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,8 @@ from tests.inference_helpers import Feeder, inference, make_config
 
 SYMBOLS = ("AAAUSDT", "BBBUSDT", "CCCUSDT")
 HORIZON = 4
-TINY_TORCH = {"max_steps": 20, "lookback": 32, "eval_every": 10, "batch_size": 64}
+TINY_TORCH = {"max_steps": 10, "lookback": 32, "eval_every": 5, "batch_size": 64}
+SMALL_TREES = {"num_boost_round": 60}
 KEYS = Keys()
 
 
@@ -188,7 +190,7 @@ def test_a_windows_fit_reads_no_symbol_past_the_earliest_symbols_fit() -> None:
 
 @pytest.mark.parametrize(
     ("family", "params"),
-    [("lgbm", {}), ("xgb", {"num_boost_round": 40}), ("patchtst", TINY_TORCH)],
+    [("lgbm", SMALL_TREES), ("xgb", SMALL_TREES), ("patchtst", TINY_TORCH)],
 )
 def test_a_multi_model_trains_saves_loads_and_is_judged_per_symbol(
     family: str, params: dict, tmp_path: Path
@@ -231,7 +233,7 @@ def test_a_multi_model_trains_saves_loads_and_is_judged_per_symbol(
 
 
 def test_the_target_is_scaled_per_symbol(tmp_path: Path) -> None:
-    result = train_multi("lgbm", three_series(700), tmp_path, windows=1)
+    result = train_multi("lgbm", three_series(700), tmp_path, SMALL_TREES, windows=1)
     _, meta = load_model(result.artifact_dir)
     scale = meta["model"]["target_scale"]
     # the symbols' volatilities are 1x, 2x, 3x: so are their target scales, roughly
@@ -260,6 +262,47 @@ def test_a_multi_version_must_pass_the_gates_on_every_symbol() -> None:
     assert "BBBUSDT" in failed.reason
 
 
+def test_a_multi_job_meets_the_active_version_head_to_head_on_every_symbol(
+    tmp_path: Path,
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from quantum_daemon.training.jobs import ActiveRef, TrainJobSpec, _score, run_job
+
+    series = three_series(700)
+    first = train_multi("lgbm", series, tmp_path, SMALL_TREES, windows=1)
+    spec = TrainJobSpec(
+        job_id="job-1",
+        family="lgbm",
+        bars=series[0],
+        series=series,
+        data_dir=str(tmp_path),
+        version_time=datetime.now(UTC) + timedelta(seconds=5),
+        evaluation=EvaluationConfig(horizon=HORIZON, n_test_windows=1),
+        params={**SMALL_TREES, "num_leaves": 4},
+        active=ActiveRef(first.version, str(first.artifact_dir)),
+    )
+    result = run_job(spec)
+    assert (result.model_id, result.symbol, result.n_bars) == ("lgbm_multi_1h", "multi", 2100)
+    h2h = result.head_to_head
+    assert h2h is not None and h2h.active_version == first.version
+    test_size = round(0.15 * 700)  # each symbol's test window, all unseen by both versions
+    assert h2h.n_decisions == len(SYMBOLS) * test_size
+    new, _ = load_model(Path(result.artifact_dir))
+    active, _ = load_model(first.artifact_dir)
+    idx = np.arange(700 - 1 - test_size, 700 - 1)
+    per_symbol = [
+        (
+            _score(replace(spec, bars=b, series=()), new, idx)[0],
+            _score(replace(spec, bars=b, series=()), active, idx)[0],
+        )
+        for b in series
+    ]
+    assert h2h.new_sharpe == pytest.approx(np.mean([p[0] for p in per_symbol]))
+    assert h2h.active_sharpe == pytest.approx(np.mean([p[1] for p in per_symbol]))
+    assert h2h.new_sharpe != h2h.active_sharpe  # other parameters, another model
+
+
 # -- serving --------------------------------------------------------------------------------
 
 
@@ -270,7 +313,7 @@ def test_a_multi_model_serves_each_of_its_symbols_in_the_inference_worker(
     history = tuple(b.slice(0, 700) for b in series[:3])
     registry = Registry(tmp_path)
     trained = [
-        train_multi("lgbm", history, tmp_path, windows=1),
+        train_multi("lgbm", history, tmp_path, SMALL_TREES, windows=1),
         train_multi("nhits", history, tmp_path, TINY_TORCH, windows=1),
     ]
     for result in trained:
@@ -315,6 +358,8 @@ symbols = ["BTCUSDT", "ETHUSDT"]
 families = []
 [models.multi]
 lgbm_1h = ["BTCUSDT", "ETHUSDT"]
+[models.params.lgbm]
+num_boost_round = 60
 [training]
 workers = 1
 history_bars = 800
