@@ -312,9 +312,20 @@ def test_a_multi_model_serves_each_of_its_symbols_in_the_inference_worker(
     series = (*three_series(720), make_bars(720, seed=99, symbol="DDDUSDT"))
     history = tuple(b.slice(0, 700) for b in series[:3])
     registry = Registry(tmp_path)
+    singles = [  # the ensemble holds single- and multi-symbol models side by side
+        OfflineSpec(
+            family=family,
+            bars=bars,
+            data_dir=tmp_path,
+            evaluation=EvaluationConfig(horizon=HORIZON, n_test_windows=1),
+            params=SMALL_TREES,
+        )
+        for family, bars in (("xgb", history[0]), ("lgbm", history[1]))
+    ]
     trained = [
         train_multi("lgbm", history, tmp_path, SMALL_TREES, windows=1),
         train_multi("nhits", history, tmp_path, TINY_TORCH, windows=1),
+        *(train_offline(spec) for spec in singles),
     ]
     for result in trained:
         registry.register(result.model_id, result.version)
@@ -333,11 +344,17 @@ def test_a_multi_model_serves_each_of_its_symbols_in_the_inference_worker(
 
     asyncio.run(scenario())
     context = make_config(redis_url, tmp_path).inference.context_bars
+    expected_models = {
+        "AAAUSDT": {"lgbm_multi_1h", "nhits_multi_1h", "xgb_AAAUSDT_1h"},
+        # one model per family in a series' ensemble: the symbol's own lgbm wins
+        "BBBUSDT": {"lgbm_BBBUSDT_1h", "nhits_multi_1h"},
+        "CCCUSDT": {"lgbm_multi_1h", "nhits_multi_1h"},
+    }
     for bars in series[:3]:
         signals = [parse_signal(f) for _, f in redis_client.xrange(KEYS.signals(bars.symbol, "1h"))]
         assert [s.ts for s in signals][-1] == int(bars.ts[704])
         last = signals[-1]
-        assert {c.model for c in last.contributions} == {"lgbm_multi_1h", "nhits_multi_1h"}
+        assert {c.model for c in last.contributions} == expected_models[bars.symbol]
         window = bars.slice(705 - context - 1, 705)
         for c in last.contributions:
             model, _ = load_model(registry.version_path(c.model, c.version))
