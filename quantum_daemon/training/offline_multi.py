@@ -109,8 +109,8 @@ def _metadata(
     reports = evaluation.reports
     weakest = weakest_symbol(reports)
     windows = {
-        s: _data_window(spec_bars, reports[s].folds[-1].fold, reports[s])
-        for s, spec_bars in ((b.symbol, b) for b in spec.series)
+        b.symbol: _data_window(b, reports[b.symbol].folds[-1].fold, reports[b.symbol])
+        for b in spec.series
     }
     last = reports[weakest].folds[-1]
     metrics = multi_metrics(reports, "", "", spec.family)
