@@ -452,3 +452,46 @@ def wait_until(check: Callable[[], bool], timeout_s: float) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"not within {timeout_s}s")
+
+
+# -- the simulation -------------------------------------------------------------------------
+
+
+def test_the_simulation_runs_a_multi_model_beside_the_single_symbol_ones(tmp_path: Path) -> None:
+    from quantum_daemon.domain.config import ModelsConfig
+    from quantum_daemon.domain.multi_models import MultiModels
+    from quantum_daemon.domain.params.catalog import ParamTables
+    from tests.test_simulate import HISTORY, config, run_sim, walk
+
+    both = ("BTCUSDT", "ETHUSDT")
+    base = config(tmp_path)
+    cfg = replace(
+        base,
+        models=ModelsConfig(
+            families=("lgbm",),
+            symbols=both,
+            retrain_every_bars=60,
+            params=ParamTables(families={"xgb": SMALL_TREES, "lgbm": SMALL_TREES}),
+            multi=MultiModels({"xgb_multi_1h": both, "lgbm_multi_1h": both}),
+        ),
+    )
+    bars = [walk(HISTORY + 130, seed=5), walk(HISTORY + 130, seed=6, symbol="ETHUSDT")]
+    sim = run_sim(cfg, bars, tmp_path / "sim")
+    trained = [e.model_id for e in sim.timeline if e.kind == "trained"]
+    # one job per retrain for the multi model, on the single models' cadence
+    assert trained.count("xgb_multi_1h") == trained.count("lgbm_BTCUSDT_1h") >= 2
+    for symbol in both:
+        records = sim.bars[(symbol, "1h")]
+        answered = [r for r in records if any(m == "xgb_multi_1h" for m, _ in r.forecasts)]
+        assert answered, symbol
+        for r in records:  # one model per family and stage: the symbol's own lgbm wins
+            lgbm = [(m, st) for (m, _), (st, _) in r.forecasts.items() if m.startswith("lgbm_")]
+            assert len({st for _, st in lgbm}) == len(lgbm)
+    # the version's live losses are the mean over its symbols' views
+    for (model_id, version, _), _view in sim.views.items():
+        main = sim.versions[(model_id, version)]
+        views = [sim.views[(model_id, version, s)] for s in both]
+        for ts, loss in main.losses.items():
+            known = [v.losses[ts] for v in views if ts in v.losses]
+            assert loss == pytest.approx(float(np.mean(known)))
+    assert sim.model_records.get("xgb_multi_1h")
