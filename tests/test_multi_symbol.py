@@ -86,15 +86,34 @@ num_leaves = 7
 BAD_MULTI = {
     "sizer as multi": ('rl_sizer_1h = ["BTCUSDT", "ETHUSDT"]', "models.multi.rl_sizer_1h"),
     "evo as multi": ('evo_model_1h = ["BTCUSDT", "ETHUSDT"]', "models.multi.evo_model_1h"),
+    "sizer family alone": ('rl_sizer = ["BTCUSDT", "ETHUSDT"]', "models.multi.rl_sizer"),
     "unknown family": ('forest_1h = ["BTCUSDT", "ETHUSDT"]', "models.multi.forest_1h"),
     "bad timeframe": ('lgbm_7m = ["BTCUSDT", "ETHUSDT"]', "models.multi.lgbm_7m"),
-    "no timeframe": ('lgbm = ["BTCUSDT", "ETHUSDT"]', "models.multi.lgbm"),
+    "no timeframe": ('forest = ["BTCUSDT", "ETHUSDT"]', "models.multi.forest"),
+    "one symbol, family alone": ('lgbm = ["BTCUSDT"]', "models.multi.lgbm"),
     "one symbol": ('lgbm_1h = ["BTCUSDT"]', "models.multi.lgbm_1h"),
     "twice": ('lgbm_1h = ["BTCUSDT", "BTCUSDT"]', "models.multi.lgbm_1h"),
     "not a list": ('lgbm_1h = "BTCUSDT"', "models.multi.lgbm_1h"),
     "bad symbol": ('lgbm_1h = ["BTCUSDT", "eth/usdt"]', "models.multi.lgbm_1h"),
     "not ingested": ('lgbm_1h = ["BTCUSDT", "XRPUSDT"]', "models.multi.lgbm_1h"),
 }
+
+
+def test_a_global_model_replaces_its_familys_single_models_on_its_symbols(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "replace.toml"
+    path.write_text(
+        '[ingest]\nsymbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]\ntimeframes = ["1h", "4h"]\n'
+        '[models]\nfamilies = ["lgbm", "xgb"]\nsymbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]\n'
+        'timeframes = ["1h", "4h"]\n'
+        '[models.multi]\nlgbm = ["BTCUSDT", "ETHUSDT"]\n'  # a family alone: every timeframe
+    )
+    ids = {k.model_id for k in load(path, env={}).models.keys()}
+    assert {"lgbm_multi_1h", "lgbm_multi_4h"} <= ids
+    assert {"lgbm_SOLUSDT_1h", "lgbm_SOLUSDT_4h", "xgb_BTCUSDT_1h", "xgb_ETHUSDT_4h"} <= ids
+    assert not ids & {"lgbm_BTCUSDT_1h", "lgbm_ETHUSDT_1h", "lgbm_BTCUSDT_4h"}
+    assert len(ids) == 2 + 2 + 6  # global lgbm x2, lgbm on SOL x2, xgb everywhere x6
 
 
 def test_a_multi_model_is_configured_with_its_symbols_and_params(tmp_path: Path) -> None:
@@ -105,7 +124,8 @@ def test_a_multi_model_is_configured_with_its_symbols_and_params(tmp_path: Path)
     assert models.multi.symbols_of("nhits_multi_1h") == ("ETHUSDT", "SOLUSDT")
     assert models.multi.symbols_of("lgbm_BTCUSDT_1h") == ()
     ids = [k.model_id for k in models.keys()]
-    assert "lgbm_multi_1h" in ids and "nhits_multi_1h" in ids and "lgbm_BTCUSDT_1h" in ids
+    assert "lgbm_multi_1h" in ids and "nhits_multi_1h" in ids and "xgb_BTCUSDT_1h" in ids
+    assert "lgbm_BTCUSDT_1h" not in ids  # the global lgbm answers on BTCUSDT
     assert models.params.for_model("lgbm", "lgbm_multi_1h")["num_leaves"] == 7
     assert "num_leaves" not in models.params.for_model("lgbm", "lgbm_BTCUSDT_1h")
     assert load(None, env={}).models.multi.models == {}
@@ -472,7 +492,7 @@ def test_the_simulation_runs_a_multi_model_beside_the_single_symbol_ones(tmp_pat
             symbols=both,
             retrain_every_bars=60,
             params=ParamTables(families={"xgb": SMALL_TREES, "lgbm": SMALL_TREES}),
-            multi=MultiModels({"xgb_multi_1h": both, "lgbm_multi_1h": both}),
+            multi=MultiModels({"xgb_multi_1h": both}),
         ),
     )
     bars = [walk(HISTORY + 130, seed=5), walk(HISTORY + 130, seed=6, symbol="ETHUSDT")]
@@ -482,11 +502,10 @@ def test_the_simulation_runs_a_multi_model_beside_the_single_symbol_ones(tmp_pat
     assert trained.count("xgb_multi_1h") == trained.count("lgbm_BTCUSDT_1h") >= 2
     for symbol in both:
         records = sim.bars[(symbol, "1h")]
-        answered = [r for r in records if any(m == "xgb_multi_1h" for m, _ in r.forecasts)]
-        assert answered, symbol
-        for r in records:  # one model per family and stage: the symbol's own lgbm wins
-            lgbm = [(m, st) for (m, _), (st, _) in r.forecasts.items() if m.startswith("lgbm_")]
-            assert len({st for _, st in lgbm}) == len(lgbm)
+        both_kinds = {f"lgbm_{symbol}_1h", "xgb_multi_1h"}
+        # the series' ensemble holds its own lgbm and the global xgb side by side
+        assert any({m for m, _ in r.forecasts} == both_kinds for r in records), symbol
+        assert all({m for m, _ in r.forecasts} <= both_kinds for r in records)
     # the version's live losses are the mean over its symbols' views
     for (model_id, version, _), _view in sim.views.items():
         main = sim.versions[(model_id, version)]

@@ -46,7 +46,7 @@ from quantum_daemon.domain.ids import (
     model_keys,
     symbol_of_pair,
 )
-from quantum_daemon.domain.multi_models import MultiModels
+from quantum_daemon.domain.multi_models import MultiModels, with_multi
 from quantum_daemon.domain.params.catalog import ParamTables
 from quantum_daemon.domain.secrets import Redactor, url_secrets
 
@@ -232,9 +232,15 @@ class ModelsConfig:
     # (``{family}_multi_{TF}``; domain/multi_models.py, docs/families.md)
     multi: MultiModels = field(default_factory=MultiModels)
 
+    def __post_init__(self) -> None:
+        # ``[models.multi] lgbm = [...]``: one global model per timeframe
+        object.__setattr__(self, "multi", self.multi.for_timeframes(self.timeframes))
+
     def keys(self) -> list[ModelKey]:
-        """Every configured model: each family x symbol x timeframe, then the multi models."""
-        return model_keys(self.families, self.symbols, self.timeframes) + self.multi.keys()
+        """Every configured model: each family x symbol x timeframe that no
+        global model covers, then the global models (``multi_models.with_multi``)."""
+        singles = model_keys(self.families, self.symbols, self.timeframes)
+        return with_multi(singles, self.multi.models)
 
 
 def _tuning_targets_valid(names: tuple[str, ...]) -> bool:

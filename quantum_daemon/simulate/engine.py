@@ -48,7 +48,8 @@ from quantum_daemon.core.scheduling import Scheduler, SchedulerPolicy
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import Config
 from quantum_daemon.domain.families import SIZER_FAMILIES
-from quantum_daemon.domain.ids import ModelKey, model_keys
+from quantum_daemon.domain.ids import model_keys
+from quantum_daemon.domain.multi_models import with_multi
 from quantum_daemon.domain.timeframes import timeframe_ms
 from quantum_daemon.models.sizer_book import SizerBook
 from quantum_daemon.simulate.decay import DecayDesk
@@ -100,8 +101,7 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk, DecayDesk, MultiDesk):
         self.registry = Registry(data_dir)
         symbols = [s.bars.symbol for s in series]
         self.multi = multi_models(cfg, symbols, self.tf)  # global models ([models.multi])
-        self.keys = model_keys(self.families, symbols, [self.tf])
-        self.keys += [ModelKey.parse(model_id) for model_id in self.multi]
+        self.keys = with_multi(model_keys(self.families, symbols, [self.tf]), self.multi)
         self.views: dict[tuple[str, str, str], VersionRecord] = {}
         self._multi_nets: dict[tuple[str, str, int], dict[str, float]] = {}
         policy = SchedulerPolicy(
