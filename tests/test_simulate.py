@@ -174,6 +174,12 @@ def test_the_same_inputs_give_the_same_summary_byte_for_byte(tmp_path: Path) -> 
     assert list(signals.columns[:3]) == ["ts", "symbol", "tf"] and len(signals) > 0
     timeline = pd.read_csv(outs[0] / "timeline.csv")
     assert {"trained", "evaluated"} <= set(timeline["event"])
+    returns = pd.read_csv(outs[0] / "variant_returns.csv")
+    assert set(returns["variant"]) == set(summary["variants"])
+    assert returns.groupby("variant")["trial"].first().sum() == summary["n_trials"]
+    for name, net in returns.groupby("variant")["net"]:  # the figures (10 digits) come from these
+        expected = summary["variants"][name]["total_return"]
+        assert np.prod(1.0 + net.to_numpy()) - 1.0 == pytest.approx(expected, abs=1e-9)
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
 """The report folder of a simulation: ``summary.json``, ``signals.csv``,
-``timeline.csv`` and ``report.html`` (one self-contained page, inline SVG).
+``timeline.csv``, ``variant_returns.csv`` (each variant's net return per bar)
+and ``report.html`` (one self-contained page, inline SVG).
 
 ``summary.json`` holds only what the bars, the config and the seed decide
 (no wall time, no path), so the same inputs give the same bytes; timings go
@@ -28,6 +29,8 @@ SIGNAL_FIELDS = (
     "contributions", "versions", "status", "reason", "shadow",
 )  # fmt: skip
 TIMELINE_FIELDS = ("time", "ts", "event", "model_id", "version", "detail")
+VARIANT_RETURNS_FILE = "variant_returns.csv"
+VARIANT_RETURNS_FIELDS = ("variant", "trial", "hindsight", "ts", "net")
 
 
 def write_report(
@@ -52,6 +55,7 @@ def write_report(
     (out / "run.json").write_text(json.dumps(dict(run_info), indent=2, sort_keys=True) + "\n")
     write_signals(out / "signals.csv", sim)
     write_timeline(out / "timeline.csv", sim)
+    write_variant_returns(out / VARIANT_RETURNS_FILE, results)
     (out / "report.html").write_text(render_html(document, sim, results), encoding="utf-8")
     return document
 
@@ -118,6 +122,17 @@ def write_timeline(path: Path, sim: Simulation) -> None:
         writer.writerow(TIMELINE_FIELDS)
         for e in sim.timeline:
             writer.writerow([_iso(e.ts), e.ts, e.kind, e.model_id, e.version, e.detail])
+
+
+def write_variant_returns(path: Path, results: Sequence[VariantResult]) -> None:
+    """Every variant's portfolio net return per bar, the series its figures
+    (and a deflated Sharpe over several runs' trials) are computed from."""
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(VARIANT_RETURNS_FIELDS)
+        for r in results:
+            for ts, net in zip(r.ts.tolist(), r.net.tolist(), strict=True):
+                writer.writerow([r.name, int(r.trial), int(r.hindsight), int(ts), repr(float(net))])
 
 
 def _cell(value: Any) -> str:
