@@ -34,6 +34,7 @@ from quantum_daemon.domain.keys import Keys
 from quantum_daemon.domain.timeframes import timeframe_ms
 from quantum_daemon.models.families import load_model
 from quantum_daemon.models.multi import UnknownSymbol
+from quantum_daemon.storage.events import parse_entry
 from quantum_daemon.storage.registry.registry import Registry
 from quantum_daemon.training.offline import OfflineResult, OfflineSpec, train_offline
 from tests.cli_helpers import run_cli
@@ -415,7 +416,6 @@ def test_the_daemon_trains_a_multi_model_and_publishes_its_signals_per_symbol(
     tmp_path: Path, redis_url: str, redis_client: redis.Redis
 ) -> None:
     from quantum_daemon.storage.bar_files import read_bar_file
-    from quantum_daemon.storage.events import parse_entry
     from tests.daemon_proc import DaemonProcess, api_port, write_config
     from tests.ingest_helpers import publish
 
@@ -514,3 +514,43 @@ def test_the_simulation_runs_a_multi_model_beside_the_single_symbol_ones(tmp_pat
             known = [v.losses[ts] for v in views if ts in v.losses]
             assert loss == pytest.approx(float(np.mean(known)))
     assert sim.model_records.get("xgb_multi_1h")
+
+
+def test_a_stale_global_model_leaves_the_ensemble_of_its_symbols(
+    redis_url: str, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from quantum_daemon.domain.config import IngestConfig, ModelsConfig
+    from quantum_daemon.domain.multi_models import MultiModels
+
+    pair = ("AAAUSDT", "BBBUSDT")
+    series = three_series(740)[:2]
+    result = train_multi("lgbm", tuple(b.slice(0, 700) for b in series), tmp_path, SMALL_TREES, 1)
+    registry = Registry(tmp_path)
+    registry.register(result.model_id, result.version)
+    registry.apply_verdict(result.model_id, result.version, Verdict("candidate", (), True, ""))
+    with registry.files.edit(result.model_id) as state:  # as if trained 600 bars ago
+        state.versions[result.version].data_last_ts = int(series[0].ts[100])
+    base = make_config(redis_url, tmp_path, horizon=HORIZON)
+    cfg = dataclasses.replace(
+        base,
+        promotion=dataclasses.replace(base.promotion, max_age_bars=30),
+        ingest=IngestConfig(symbols=pair),
+        models=ModelsConfig(multi=MultiModels({result.model_id: pair})),
+    )
+
+    async def scenario() -> None:
+        async with inference(cfg, families=()) as (service, store):
+            feeder = Feeder(service, store, series[1])  # one of its symbols is enough
+            feeder.store_until(700)
+            await service.run_until_idle()
+            await feeder.feed(730)
+            assert service.totals.predictions > 0 and service.totals.stale == 1
+
+    asyncio.run(scenario())
+    assert registry.active_version(result.model_id) is None
+    events = [parse_entry(f) for _, f in redis_client.xrange(KEYS.events)]
+    [retired] = [e for e in events if e.type == "model.retired"]
+    assert retired.model_id == result.model_id
+    assert retired.data["reason"].startswith("stale: no successful training for")
