@@ -97,8 +97,9 @@ def run_arm(name: str, cfg: Config, args: argparse.Namespace) -> ArmRun:
         progress=False,
     )
     started = time.monotonic()
-    code = simulate(cfg, request)
-    if code != 0:
+    if args.reuse and (out / "summary.json").is_file():
+        print(f"    reusing {out}", file=sys.stderr)
+    elif (code := simulate(cfg, request)) != 0:
         raise SystemExit(f"arm {name}: simulate exited {code}")
     returns, trials = read_variant_returns(out / VARIANT_RETURNS_FILE)
     ledger = Registry(out / "registry").zoo_trials()
@@ -153,6 +154,14 @@ def table(runs: Sequence[ArmRun]) -> list[str]:
                 f"{_pct(fig['max_drawdown'])} | {fig['trades']} | {_num(fig['dsr'], 4)} | "
                 f"{_num(dsr, 4)} |"
             )
+    lines += ["", "90% interval, out of sample (forecasts scored, coverage, mean pinball):", ""]
+    for run in runs:
+        per_family = run.summary.get("intervals") or {}
+        cells = [
+            f"{f} {v['n']} / {_num(v['coverage_90'], 3)} / {_num(v['pinball'], 5)}"
+            for f, v in sorted(per_family.items())
+        ]
+        lines.append(f"- {run.name}: " + ("; ".join(cells) or "none"))
     lines.append("")
     for run in runs:
         models = run.summary["models"]
@@ -186,6 +195,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--trials", type=int, default=10, help="tuned arm: parameter sets per job")
     parser.add_argument("--tune-s", type=float, default=120.0, help="tuned arm: search seconds")
     parser.add_argument("--out", type=Path, default=Path("study"))
+    parser.add_argument(
+        "--reuse", action="store_true", help="an arm whose folder has a summary.json is not rerun"
+    )
     return parser.parse_args(argv)
 
 

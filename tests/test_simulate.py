@@ -172,6 +172,11 @@ def test_the_same_inputs_give_the_same_summary_byte_for_byte(tmp_path: Path) -> 
     assert summary["models"]["lgbm_BTCUSDT_1h"]["trained"] >= 3
     signals = pd.read_csv(outs[0] / "signals.csv")
     assert list(signals.columns[:3]) == ["ts", "symbol", "tf"] and len(signals) > 0
+    live = signals[signals["status"] != "flat"]
+    assert len(live) > 0 and (live["q05"] < live["q95"]).all()  # the pooled intervals
+    intervals = summary["intervals"]["lgbm"]
+    assert intervals["n"] > 0 and 0.0 <= intervals["coverage_90"] <= 1.0
+    assert summary["models"]["lgbm_BTCUSDT_1h"]["coverage_90"] == intervals["coverage_90"]
     timeline = pd.read_csv(outs[0] / "timeline.csv")
     assert {"trained", "evaluated"} <= set(timeline["event"])
     returns = pd.read_csv(outs[0] / "variant_returns.csv")

@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -37,6 +38,11 @@ from quantum_daemon.domain.ids import BadIdentifier, check_model_id, check_versi
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.lifecycle.control import CONTROL_MAXLEN, Command, apply_to_registry
 from quantum_daemon.storage.events import parse_entry, publish_sync
+from quantum_daemon.storage.prediction_records import (
+    RECORDS_FILE,
+    live_intervals_json,
+    read_interval_scores,
+)
 from quantum_daemon.storage.registry.registry import Registry, RegistryError
 
 TABLE_METRICS = ("trades", "sharpe", "dsr", "profit_factor")
@@ -116,11 +122,17 @@ def refused_ids(model_id: str, version: str | None = None) -> int | None:
 def show_model(args: argparse.Namespace) -> int:
     if (refused := refused_ids(args.model_id)) is not None:
         return refused
+    data_dir = _config(args).storage.data_dir
     try:
-        body = Registry(_config(args).storage.data_dir).show(args.model_id)
+        body = Registry(data_dir).show(args.model_id)
     except RegistryError as exc:
         print(f"quantum-daemon: {exc}", file=sys.stderr)
         return EX_FAILURE
+    # each version's live interval record: scored forecasts, 90 % coverage,
+    # mean pinball (null before any is scored)
+    scores = read_interval_scores(Path(data_dir) / RECORDS_FILE)
+    for version in body["versions"]:
+        version["live_intervals"] = live_intervals_json(scores, args.model_id, version["version"])
     print(json.dumps(body, indent=1, default=str))
     return EX_OK
 

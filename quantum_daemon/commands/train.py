@@ -12,6 +12,11 @@ first with the ``[tuning]`` budget (``--tune-trials`` overrides
 ``max_trials``), also when ``[tuning]`` is off; a model that ``[tuning]``
 names tunes without it (docs/tuning.md).
 
+With ``[features] context`` on, an ``xgb`` / ``lgbm`` model reads its
+reference symbols' bars of the same timeframe from ``--reference FILE...``
+or, without it, from the bar store (docs/features.md); a reference series
+with no bars there is exit 65 naming it.
+
 Exit codes (``domain/errors.py``): 0 done, 2 neither ``--family`` nor
 ``--now``, 65 unusable data (too few bars), 66 no input (file or series
 missing), 78 bad configuration or a bad hyper-parameter.
@@ -42,6 +47,14 @@ def register(sub: Any) -> None:
     )
     parser.add_argument(
         "--data", type=Path, help="bar file (CSV, Freqtrade JSON, feather, parquet)"
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="bar files of the [features] reference symbols (default: the bar store)",
     )
     parser.add_argument("--symbol", help="symbol, e.g. BTCUSDT (default: from the file name)")
     parser.add_argument("--tf", help="timeframe, e.g. 1h (default: from the file name)")
@@ -142,6 +155,10 @@ def _run(args: argparse.Namespace, cfg: Any, bars: Any, params: dict[str, Any]) 
         tuning = _tuning(args, cfg, mid)
     except ConfigError as exc:
         return _fail(str(exc), exc.exit_code)
+    try:
+        context = _feature_context(args, cfg, bars)
+    except ValueError as exc:
+        return _fail(str(exc), EX_DATAERR)
 
     spec = OfflineSpec(
         family=args.family,
@@ -154,6 +171,7 @@ def _run(args: argparse.Namespace, cfg: Any, bars: Any, params: dict[str, Any]) 
         n_trials=args.n_trials,
         report_dir=args.report,
         tuning=tuning,
+        context=context,
     )
     try:
         result = train_offline(spec)
@@ -206,6 +224,45 @@ def _bars_from_store(args: argparse.Namespace, data_dir: Path) -> Any:
         raise _NoInput(f"no bar store at {path}; pass --data FILE or ingest bars first")
     with BarStore(path) as store:
         return store.read_bars(args.symbol, args.tf, start_ms=args.start, end_ms=args.end)
+
+
+def _feature_context(args: argparse.Namespace, cfg: Any, bars: Any) -> Any:
+    """``[features]``' context of the model: reference bars from ``--reference``
+    files, else from the bar store (None: off for this model)."""
+    from quantum_daemon.core.context_features import (
+        empty_bars,
+        feature_context,
+        reference_window,
+    )
+
+    files = {b.symbol: b for b in map(_reference_file, args.reference)}
+
+    def read(symbol: str, target: Any) -> Any:
+        if symbol in files:
+            return reference_window(files[symbol], target)
+        path = Path(cfg.storage.data_dir) / "bars.sqlite3"
+        if not path.is_file():
+            return empty_bars(symbol, target.tf)
+        from quantum_daemon.storage.bar_store import BarStore
+
+        end = int(target.ts[-1]) + 1
+        with BarStore(path) as store:
+            return store.read_bars(symbol, target.tf, start_ms=int(target.ts[0]), end_ms=end)
+
+    return feature_context(cfg.features, args.family, bars, read)
+
+
+def _reference_file(path: Path) -> Any:
+    from quantum_daemon.domain.bars import Bars
+    from quantum_daemon.storage.bar_files import BarFileError, read_bar_file
+
+    if not path.is_file():
+        raise ValueError(f"reference bar file not found: {path}")
+    try:
+        file = read_bar_file(path)
+    except BarFileError as exc:
+        raise ValueError(str(exc)) from None
+    return Bars.from_frame(file.frame, file.symbol, file.tf)
 
 
 def _time_mask(ts: Any, start: int | None, end: int | None) -> Any:

@@ -12,6 +12,13 @@ Brier score is convex in ``p_up``, so the ensemble's loss is at most the
 trust-weighted average of the families' losses. ``rl_sizer`` consumes the
 ensemble and is never part of it.
 
+Members with forecast intervals (``core.conformal``) are pooled by quantile
+averaging under the same weights, renormalized over the members that have
+them: ``q_tau = sum_f w_f q_tau_f``. The pinball loss is convex in the
+quantile too, so the pooled quantile's loss is at most the weighted average
+of the members'. The signal carries them as ``q05``/``q50``/``q95`` (absent
+where no member has intervals).
+
 The signal for ``quantum:signals:{SYMBOL}:{TF}`` carries the ensemble, the
 position (``rl_sizer``'s when one is active, else the plain rule's, which is
 always included as ``plain_position`` so position families can be scored
@@ -42,6 +49,8 @@ from quantum_daemon.core.trust import align
 from quantum_daemon.domain.families import SIZER_FAMILIES
 from quantum_daemon.domain.forecasting import Forecast
 
+Quantiles = tuple[float, float, float]  # q05, q50, q95 of the horizon log return
+QUANTILE_FIELDS = ("q05", "q50", "q95")
 PLAIN_RULE = "plain_rule"
 # a signal's status: an active ensemble, none, or one the kill switch holds flat
 LIVE, FLAT, KILLED = "live", "flat", "killed"
@@ -56,6 +65,7 @@ class MemberForecast:
     version: str
     mu: float
     p_up: float
+    quantiles: Quantiles | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,7 @@ class EnsembleForecast:
     mu: float
     p_up: float
     contributions: tuple[Contribution, ...]
+    quantiles: Quantiles | None = None
 
 
 def combine(members: Sequence[MemberForecast], weights: Mapping[str, float]) -> EnsembleForecast:
@@ -91,7 +102,23 @@ def combine(members: Sequence[MemberForecast], weights: Mapping[str, float]) -> 
     )
     mu = math.fsum(c.weight * c.mu for c in contributions)
     p_up = math.fsum(c.weight * c.p_up for c in contributions)
-    return EnsembleForecast(mu, min(max(p_up, 0.0), 1.0), contributions)
+    quantiles = pool_quantiles(pooled, w)
+    return EnsembleForecast(mu, min(max(p_up, 0.0), 1.0), contributions, quantiles)
+
+
+def pool_quantiles(
+    members: Sequence[MemberForecast], weights: Mapping[str, float]
+) -> Quantiles | None:
+    """Quantile averaging over the members with quantiles, their weights renormalized."""
+    have = [m for m in members if m.quantiles is not None]
+    total = math.fsum(weights[m.family] for m in have)
+    if not have or total <= 0.0:
+        return None
+    pooled = [
+        math.fsum(weights[m.family] * m.quantiles[k] for m in have if m.quantiles) / total
+        for k in range(len(QUANTILE_FIELDS))
+    ]
+    return (pooled[0], pooled[1], pooled[2])
 
 
 def pool_forecasts(forecasts: Mapping[str, Forecast], weights: Mapping[str, float]) -> Forecast:
@@ -139,6 +166,10 @@ class Signal:
     status: str = LIVE
     reason: str = ""
     shadow: ShadowView | None = None
+    # the pooled forecast intervals (None: no member has them, or flat)
+    q05: float | None = None
+    q50: float | None = None
+    q95: float | None = None
 
     def view(self) -> tuple[float, float, float] | None:
         """(mu, p_up, plain position) of the forecast behind the signal: the
@@ -175,9 +206,10 @@ def build_signal(
     if sizer is not None:
         position, source = min(max(sizer.position, -1.0), 1.0), "rl_sizer"
         versions["rl_sizer"] = sizer.version
+    q05, q50, q95 = ensemble.quantiles or (None, None, None)
     return Signal(
         symbol, tf, ts, ensemble.mu, ensemble.p_up, position, source, plain,
-        ensemble.contributions, versions, latency_ms,
+        ensemble.contributions, versions, latency_ms, q05=q05, q50=q50, q95=q95,
     )  # fmt: skip
 
 
@@ -213,8 +245,14 @@ def held_flat(signal: Signal, reason: str) -> Signal:
 
 def signal_fields(signal: Signal) -> dict[str, str]:
     """Stream fields of a signal: numbers as decimal strings, nested parts as
-    JSON; the ``shadow_*`` fields only where the signal has a shadow view."""
-    return _base_fields(signal) | _shadow_fields(signal.shadow)
+    JSON; the ``shadow_*`` fields only where the signal has a shadow view,
+    ``q05``/``q50``/``q95`` only where it has intervals."""
+    return _base_fields(signal) | _quantile_fields(signal) | _shadow_fields(signal.shadow)
+
+
+def _quantile_fields(signal: Signal) -> dict[str, str]:
+    values = {name: getattr(signal, name) for name in QUANTILE_FIELDS}
+    return {k: repr(v) for k, v in values.items() if v is not None}
 
 
 def _shadow_fields(shadow: ShadowView | None) -> dict[str, str]:
@@ -264,7 +302,14 @@ def parse_signal(fields: Mapping[str, str] | Mapping[bytes, bytes]) -> Signal:
         status=f.get("status", LIVE),  # entries written before the field: live
         reason=f.get("reason", ""),
         shadow=_parse_shadow(f),
+        q05=_optional_float(f, "q05"),
+        q50=_optional_float(f, "q50"),
+        q95=_optional_float(f, "q95"),
     )
+
+
+def _optional_float(f: Mapping[str, str], key: str) -> float | None:
+    return float(f[key]) if key in f else None
 
 
 def _parse_shadow(f: Mapping[str, str]) -> ShadowView | None:

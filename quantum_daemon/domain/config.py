@@ -48,6 +48,7 @@ from quantum_daemon.domain.ids import (
 )
 from quantum_daemon.domain.multi_models import MultiModels, with_multi
 from quantum_daemon.domain.params.catalog import ParamTables
+from quantum_daemon.domain.ray_config import RayTrainingConfig
 from quantum_daemon.domain.secrets import Redactor, url_secrets
 
 FAMILIES = ("xgb", "lgbm", "nhits", "patchtst", "evo_model", "rl_sizer")
@@ -215,6 +216,7 @@ class TrainingConfig:
     worker_threads: PositiveInt = 1
     gpu: Literal["auto", "off"] = "auto"
     history_bars: PositiveInt = 2105
+    ray: RayTrainingConfig = field(default_factory=RayTrainingConfig)  # [training.ray]
 
 
 @dataclass(frozen=True)
@@ -284,6 +286,47 @@ class TuningConfig:
     def plan_for(self, family: str, model_id: str) -> TuningConfig | None:
         """This section when ``model_id`` tunes, else None (what a job spec carries)."""
         return self if self.applies_to(family, model_id) else None
+
+
+CONTEXT_FAMILIES = ("xgb", "lgbm")  # the families that read context features
+
+
+def _context_targets_valid(names: tuple[str, ...]) -> bool:
+    for name in names:
+        if name in CONTEXT_FAMILIES:
+            continue
+        try:
+            check_model_id(name)
+        except (BadIdentifier, ValueError):
+            return False
+        if ModelKey.parse(name).family not in CONTEXT_FAMILIES:
+            return False
+    return True
+
+
+CONTEXT_TARGETS = Check(
+    _context_targets_valid,
+    f"families among {list(CONTEXT_FAMILIES)} or their model ids (family_SYMBOL_TF)",
+)
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """Context features of the tree families (docs/features.md): reference
+    symbols' returns and volatility, coarser-timeframe bars. Off by default."""
+
+    context: bool = False
+    # symbols whose bars (same timeframe) every other symbol's model reads
+    reference_symbols: Annotated[tuple[str, ...], SYMBOLS] = ("BTCUSDT",)
+    # coarse bars aggregated from the model's own bars (those longer than its timeframe)
+    coarse_timeframes: Timeframes = ("4h", "1d")
+    # which models use them when on: families or model ids; empty: every xgb and lgbm model
+    models: Annotated[tuple[str, ...], CONTEXT_TARGETS] = ()
+
+    def applies_to(self, family: str, model_id: str) -> bool:
+        if not self.context or family not in CONTEXT_FAMILIES:
+            return False
+        return not self.models or family in self.models or model_id in self.models
 
 
 @dataclass(frozen=True)
@@ -451,6 +494,7 @@ class Config:
     feed: FeedConfig = field(default_factory=FeedConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     tuning: TuningConfig = field(default_factory=TuningConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
     def __post_init__(self) -> None:
         if self.tuning.enabled and self.tuning.timeout_s >= self.training.job_timeout_s:
@@ -460,6 +504,7 @@ class Config:
             )
         if not self.ingest.discover:
             _check_multi_is_ingested(self.models.multi, self.ingest)
+        _check_references_are_ingested(self.features, self.ingest)
         if not self.feed.enabled:
             return
         if not self.ingest.discover:
@@ -469,6 +514,18 @@ class Config:
                 "config key 'feed.request_timeout_s' must be < daemon.stall_s "
                 f"({self.daemon.stall_s}): a request that long would look like a stalled loop"
             )
+
+
+def _check_references_are_ingested(features: FeaturesConfig, ingest: IngestConfig) -> None:
+    """Context features read the reference symbols' bars from the bar store."""
+    if not features.context or ingest.discover:
+        return
+    missing = [s for s in features.reference_symbols if s not in ingest.symbols]
+    if missing:
+        raise ConfigError(
+            f"config key 'features.reference_symbols': {missing} not in ingest.symbols; "
+            "the context features read their bars from the bar store"
+        )
 
 
 def _check_feed_is_ingested(feed: FeedConfig, ingest: IngestConfig) -> None:

@@ -49,11 +49,15 @@ class TrainSet:
 class Forecast:
     """Per decision index: ``mu`` (expected log return over the horizon) and
     ``p_up`` (probability that it is > 0). Position-producing families may also
-    fill ``position`` in [-1, 1]."""
+    fill ``position`` in [-1, 1]. ``q05``/``q50``/``q95``: quantiles of the
+    horizon log return where the model has intervals (``core.conformal``)."""
 
     mu: np.ndarray
     p_up: np.ndarray
     position: np.ndarray | None = None
+    q05: np.ndarray | None = None
+    q50: np.ndarray | None = None
+    q95: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from quantum_daemon.domain.families import SIZER_FAMILIES
@@ -49,9 +50,23 @@ def newer_indices(ts: np.ndarray, after_ts: int | None, limit: int) -> np.ndarra
 def forecast(live: LiveModel, bars: Bars, idx: np.ndarray) -> ModelAnswer:
     fc = live.model.predict(bars, idx)
     position = None if fc.position is None else tuple(float(v) for v in fc.position)
-    return model_answer(
+    answer = model_answer(
         live, tuple(float(v) for v in fc.mu), tuple(float(v) for v in fc.p_up), position
     )
+    return replace(answer, quantiles=quantile_rows(fc.q05, fc.q50, fc.q95))
+
+
+def quantile_rows(
+    q05: np.ndarray | None, q50: np.ndarray | None, q95: np.ndarray | None
+) -> tuple[tuple[float, float, float], ...] | None:
+    """Per bar (q05, q50, q95); None unless all three are given and finite
+    (too short a history for the volatility: the forecast stands without them)."""
+    if q05 is None or q50 is None or q95 is None:
+        return None
+    rows = tuple((float(a), float(b), float(c)) for a, b, c in zip(q05, q50, q95, strict=True))
+    if not all(math.isfinite(v) for row in rows for v in row):
+        return None
+    return rows
 
 
 def collect(

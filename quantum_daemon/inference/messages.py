@@ -80,7 +80,9 @@ class PredictRequest:
 class ModelAnswer:
     """One live model's outputs, one value per answered bar. Position
     families (``evo_model``, ``rl_sizer``) fill ``position``; the sizer's
-    ``mu``/``p_up`` are the ensemble values it sized."""
+    ``mu``/``p_up`` are the ensemble values it sized. ``quantiles``: per bar
+    (q05, q50, q95) of the horizon log return, where the version has
+    forecast intervals."""
 
     model_id: str
     family: str
@@ -90,6 +92,7 @@ class ModelAnswer:
     mu: tuple[float, ...]
     p_up: tuple[float, ...]
     position: tuple[float, ...] | None = None
+    quantiles: tuple[tuple[float, float, float], ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,10 @@ A prediction made at the close of bar ``t`` is settled by a later bar:
   the position's costed return over that bar with the plain rule's position
   on the same signal (``scoring.score_position``), on the same [0, 1] scale.
 
+A forecast with intervals is also scored by the pinball loss of its
+``q05``/``q50``/``q95`` and whether ``[q05, q95]`` covered the return (not
+part of the trust loss: the live coverage per version).
+
 A settling bar that is missing from the store (a gap) makes the prediction
 void: it is never scored. Scores are grouped by their settling bar: one
 trust round per bar, at that bar's close time.
@@ -21,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from quantum_daemon.core.conformal import LEVELS, pinball_loss
 from quantum_daemon.core.ensemble import plain_position
 from quantum_daemon.core.evaluation.backtest import DEFAULT_POSITION_THRESHOLD
 from quantum_daemon.core.scoring import (
@@ -65,8 +70,24 @@ def settle(
         loss = _loss(p, bars.close, i, j, cost_rate)
         k = where.get(p.ts + step)
         net = None if k is None else record_return(p, bars.close, i, k, cost_rate, threshold)
-        out.append(Settled(p.model_id, p.version, p.symbol, p.ts, loss, net))
+        pinball, covered = interval_score(p, bars.close, i, j)
+        out.append(Settled(p.model_id, p.version, p.symbol, p.ts, loss, net, pinball, covered))
     return out
+
+
+def interval_score(
+    p: DuePrediction, close: np.ndarray, i: int, j: int
+) -> tuple[float | None, bool | None]:
+    """(mean pinball loss of q05 / q50 / q95, outcome inside [q05, q95]) of
+    a forecast with intervals against its realized horizon log return."""
+    if p.quantiles is None or p.position is not None:
+        return None, None
+    realized = realized_log_return(float(close[i]), float(close[j]))
+    losses = [
+        float(pinball_loss(np.array([realized]), np.array([q]), level)[0])
+        for q, level in zip(p.quantiles, LEVELS, strict=True)
+    ]
+    return math.fsum(losses) / len(losses), p.quantiles[0] <= realized <= p.quantiles[2]
 
 
 def record_return(

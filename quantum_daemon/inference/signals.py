@@ -21,10 +21,16 @@ from quantum_daemon.inference.rounds import due_ts
 from quantum_daemon.storage.prediction_records import NO_VIEW, DecisionRow, PredictionRow
 
 
+def member_at(m: ModelAnswer, k: int) -> MemberForecast:
+    """One model's answer on the ``k``-th bar, with its quantiles if it has them."""
+    quantiles = None if m.quantiles is None else m.quantiles[k]
+    return MemberForecast(m.family, m.model_id, m.version, m.mu[k], m.p_up[k], quantiles)
+
+
 def members_at(models: Sequence[ModelAnswer], k: int) -> list[MemberForecast]:
     """The active forecasters' answers on the ``k``-th bar: the ensemble's members."""
     return [
-        MemberForecast(m.family, m.model_id, m.version, m.mu[k], m.p_up[k])
+        member_at(m, k)
         for m in models
         if m.stage == Stage.ACTIVE and m.family not in SIZER_FAMILIES
     ]
@@ -46,10 +52,7 @@ def shadow_members_at(models: Sequence[ModelAnswer], k: int) -> list[MemberForec
         if m.stage == Stage.CANDIDATE and m.family not in SIZER_FAMILIES:
             if m.family not in newest or m.version > newest[m.family].version:
                 newest[m.family] = m
-    return [
-        MemberForecast(m.family, m.model_id, m.version, m.mu[k], m.p_up[k])
-        for m in newest.values()
-    ]
+    return [member_at(m, k) for m in newest.values()]
 
 
 def signals_of(
@@ -114,6 +117,7 @@ def prediction_rows(answer: PredictAnswer, step_ms: int) -> list[PredictionRow]:
                     mu=m.mu[k],
                     p_up=m.p_up[k],
                     position=position,
+                    quantiles=None if m.quantiles is None else m.quantiles[k],
                 )
             )
     return rows

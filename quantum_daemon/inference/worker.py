@@ -12,7 +12,10 @@ model of the series for ``mu``, ``p_up`` and, for position families, a
 position. ``rl_sizer`` sizes the trust-weighted ensemble of the active
 forecasters (``ensemble.combine``, each bar under its weights from the
 request: ``PredictRequest.bar_weights``), keeping its book per series in
-memory.
+memory. A version fitted with context features (``[features] context``)
+gets its reference symbols' bars over the same window from the store; one
+whose reference series has no bars there answers nothing and says why
+(``ContextMissing``, in the answer's errors).
 
 Before each request, and every second while idle, the worker looks at the
 registry's state stamp; a change reloads the models that changed and sends
@@ -196,6 +199,7 @@ class InferenceServer:
         if idx.size == 0:
             return predict_answer(request, bars, idx, (), (), started)
         weights = request.bar_weights([int(t) for t in bars.ts[idx]])
+        self.give_reference(live, bars)
         answers, errors = self.ask_models(live, bars, idx, weights)
         return predict_answer(request, bars, idx, answers, errors, started)
 
@@ -212,6 +216,19 @@ class InferenceServer:
         for live in sorted(of_series, key=lambda m: m.info.symbol == symbol):
             chosen[(live.info.family, live.info.stage)] = live.info.model_id
         return [m for m in of_series if chosen[(m.info.family, m.info.stage)] == m.info.model_id]
+
+    def give_reference(self, live: Sequence[LiveModel], bars: Bars) -> None:
+        """Hand every context version its reference symbols' bars over ``bars``' span."""
+        from quantum_daemon.core.context_features import ContextSpec, FeatureContext
+        from quantum_daemon.models.families import reference_symbols, use_context
+
+        needed = sorted({s for m in live for s in reference_symbols(m.model)})
+        if not needed or len(bars) == 0:
+            return
+        start, end = int(bars.ts[0]), int(bars.ts[-1]) + 1
+        reference = {s: self.store.read_bars(s, bars.tf, start, end) for s in needed}
+        for model in live:
+            use_context(model.model, FeatureContext(ContextSpec(), reference))
 
     def ask_models(
         self,

@@ -23,6 +23,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -45,10 +46,11 @@ from quantum_daemon.lifecycle.jobs import JobRunner
 from quantum_daemon.lifecycle.metrics import LifecycleMetrics
 from quantum_daemon.lifecycle.scheduler import SchedulerLoop
 from quantum_daemon.lifecycle.specs import BarSource, JobSpecs
-from quantum_daemon.lifecycle.views import JobRecord, jobs_view, models_view
+from quantum_daemon.lifecycle.views import JobRecord, jobs_view, models_view, with_live_intervals
 from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.storage import artifacts
 from quantum_daemon.storage.events import EventPublisher, OutboxFlusher
+from quantum_daemon.storage.prediction_records import RECORDS_FILE, read_interval_scores
 from quantum_daemon.storage.registry.registry import Registry
 from quantum_daemon.training.executor import Executor, JobFn
 from quantum_daemon.training.jobs import run_job
@@ -309,7 +311,10 @@ class LifecycleService:
 
     def routes(self) -> list[web.RouteDef]:
         async def models(_: web.Request) -> web.StreamResponse:
-            return json_response({"models": self.models})
+            # live coverage moves with every scored bar: read at request time
+            records = Path(self.cfg.storage.data_dir) / RECORDS_FILE
+            scores = await asyncio.to_thread(read_interval_scores, records)
+            return json_response({"models": with_live_intervals(self.models, scores)})
 
         async def jobs(_: web.Request) -> web.StreamResponse:
             return json_response(self.jobs_view())

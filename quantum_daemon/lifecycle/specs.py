@@ -2,9 +2,10 @@
 
 The spec carries the series' last ``history_bars`` bars as arrays, a
 reference to the model's active version (for the head-to-head), the recorded
-ensemble signals for the families that learn from them, and the name its new
-version will take. A multi-symbol model's spec carries the bars of each of
-its symbols (``series``). Store and registry reads run in threads.
+ensemble signals for the families that learn from them, the reference
+symbols' bars over the same span where ``[features] context`` applies, and
+the name its new version will take. A multi-symbol model's spec carries the
+bars of each of its symbols (``series``). Store and registry reads run in threads.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
+from quantum_daemon.core.context_features import FeatureContext, feature_context
 from quantum_daemon.core.scheduling import TrainRequest
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import Config
@@ -94,6 +96,10 @@ class JobSpecs:
             active=ActiveRef(active, str(path)) if active and path else None,
             signals=signals,
             series=series,
+            # a global model takes no context features (docs/families.md)
+            context=None
+            if series
+            else await asyncio.to_thread(self.feature_context, key.family, bars),
         )
 
     async def multi_series(self, key: ModelKey) -> tuple[Bars, ...]:
@@ -107,6 +113,17 @@ class JobSpecs:
                 for symbol in symbols
             ]
         )
+
+    def feature_context(self, family: str, bars: Bars) -> FeatureContext | None:
+        """The context features' spec and reference bars (None: off for the model)."""
+        if len(bars) == 0:
+            return None
+
+        def read(symbol: str, target: Bars) -> Bars:
+            end = int(target.ts[-1]) + 1
+            return self.store.read_bars(symbol, target.tf, start_ms=int(target.ts[0]), end_ms=end)
+
+        return feature_context(self.cfg.features, family, bars, read)
 
     async def recorded_signals(self, key: ModelKey, last_ts: int | None) -> RecordedSignals:
         """The series' recorded ensemble signals up to the job's last bar

@@ -9,6 +9,7 @@ from typing import Any
 
 from quantum_daemon.core.scheduling import Scheduler, TrainRequest
 from quantum_daemon.domain.stages import Stage
+from quantum_daemon.storage.prediction_records import IntervalScore, live_intervals_json
 from quantum_daemon.storage.registry.registry import Registry
 
 
@@ -49,6 +50,24 @@ def models_view(registry: Registry) -> list[dict[str, Any]]:
         if info.stage == Stage.ACTIVE:
             model["active"] = info.version
     return list(by_model.values())
+
+
+def with_live_intervals(
+    models: Iterable[Mapping[str, Any]], scores: Mapping[tuple[str, str], IntervalScore]
+) -> list[dict[str, Any]]:
+    """``models_view``'s models, each version with its ``live_intervals``
+    (``prediction_records.interval_scores``), as copies."""
+    return [{**model, "versions": _versions_with(model, scores)} for model in models]
+
+
+def _versions_with(
+    model: Mapping[str, Any], scores: Mapping[tuple[str, str], IntervalScore]
+) -> list[dict[str, Any]]:
+    mid = model["model_id"]
+    return [
+        {**v, "live_intervals": live_intervals_json(scores, mid, v["version"])}
+        for v in model["versions"]
+    ]
 
 
 def jobs_view(

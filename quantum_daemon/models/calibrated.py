@@ -11,12 +11,17 @@ splitter ends fitting's bars at the last validation target, so every
 validation outcome is known and no test bar is read.
 
 ``predict`` applies the calibrator to the inner ``p_up``; ``mu`` and
-``position`` are the inner family's. ``save`` writes the inner family's files
-only: the calibrator is plain numbers in ``metadata()["calibration"]`` beside
-the validation ECE before and after (the latter in sample: the calibrator was
-fitted on those bars). ``load`` rebuilds both from the metadata; a version
-saved without ``calibration`` loads with the identity. Attributes the wrapper
-does not define (``rl_sizer``'s ``decide``, ...) are the inner model's.
+``position`` are the inner family's. The same fit calibrates forecast
+intervals on the validation window (``models.intervals``: split conformal
+on volatility-scaled residuals of ``mu``), and ``predict`` adds their
+``q05``/``q50``/``q95``; they are stored in ``metadata()["intervals"]``.
+``save`` writes the inner family's files only: the calibrator is plain
+numbers in ``metadata()["calibration"]`` beside the validation ECE before
+and after (the latter in sample: the calibrator was fitted on those bars).
+``load`` rebuilds both from the metadata; a version saved without
+``calibration`` loads with the identity, one without ``intervals`` without
+quantiles. Attributes the wrapper does not define (``rl_sizer``'s
+``decide``, ...) are the inner model's.
 
 numpy only: the inner family imports its own library.
 """
@@ -38,8 +43,16 @@ from quantum_daemon.core.calibration import (
     expected_calibration_error,
     fit_calibrator,
 )
+from quantum_daemon.core.conformal import ConformalIntervals
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.models.base import Family, FitInfo, Forecast, TrainSet
+from quantum_daemon.models.intervals import (
+    INTERVALS_KEY,
+    fit_intervals,
+    intervals_from_metadata,
+    intervals_metadata,
+    with_quantiles,
+)
 
 CALIBRATION_KEY = "calibration"  # the hyper-parameter and the metadata key
 DEFAULT_METHOD: Method = "platt"
@@ -81,6 +94,8 @@ class Calibrated:
         self.method: Method = check_method(method)
         self.calibrator = Calibrator()
         self.report: dict[str, Any] = {"method": "identity", "n_val": 0}
+        self.intervals: ConformalIntervals | None = None
+        self.horizon: int | None = None
 
     def fit(self, data: TrainSet) -> FitInfo:
         params = dict(data.params)
@@ -88,8 +103,13 @@ class Calibrated:
         info = self.inner.fit(dataclasses.replace(data, params=params))
         val = np.asarray(data.val_idx, dtype=np.int64)
         visible = data.bars.slice(0, int(val[-1]) + 1) if val.size else data.bars
-        raw = np.asarray(self.inner.predict(visible, val).p_up, dtype=np.float64)
+        raw_forecast = self.inner.predict(visible, val)
+        raw = np.asarray(raw_forecast.p_up, dtype=np.float64)
         up = realized_up(data.bars.close, val, data.horizon)
+        self.horizon = data.horizon
+        self.intervals = fit_intervals(
+            data.bars, val, data.horizon, np.asarray(raw_forecast.mu, dtype=np.float64)
+        )
         self.method = method
         self.calibrator = fit_calibrator(raw, up, method)
         self.report = {
@@ -100,11 +120,18 @@ class Calibrated:
             "val_ece": _finite(expected_calibration_error(self.calibrator.apply(raw), up, N_BINS)),
         }
         summary = {f"calibration_{k}": v for k, v in self.report.items()}
+        if self.intervals is not None:
+            summary["intervals_n_cal"] = self.intervals.n_cal
         return FitInfo(info.best_iteration, info.val_loss, {**info.extra, **summary})
 
     def predict(self, bars: Bars, idx: np.ndarray) -> Forecast:
         raw = self.inner.predict(bars, idx)
-        return Forecast(mu=raw.mu, p_up=self.calibrator.apply(raw.p_up), position=raw.position)
+        calibrated = Forecast(
+            mu=raw.mu, p_up=self.calibrator.apply(raw.p_up), position=raw.position
+        )
+        if self.horizon is None:
+            return calibrated
+        return with_quantiles(calibrated, self.intervals, bars, idx, self.horizon)
 
     def save(self, directory: Path) -> list[Path]:
         return self.inner.save(directory)
@@ -115,20 +142,28 @@ class Calibrated:
             raise TypeError("Calibrated.load needs calibrated_class(cls)")
         state = dict(meta.get("model", {}))
         stored = state.pop(CALIBRATION_KEY, None)
+        intervals, horizon = intervals_from_metadata(state.pop(INTERVALS_KEY, None))
         inner = cls.inner_class.load(directory, {**meta, "model": state})
         if stored is None:
-            return cls(inner, "identity")
-        model = cls(inner, check_method(stored.get("requested", stored["calibrator"]["method"])))
-        model.calibrator = Calibrator.from_dict(stored["calibrator"])
-        model.report = {k: v for k, v in stored.items() if k not in ("calibrator", "n_bins")}
+            model = cls(inner, "identity")
+        else:
+            method = check_method(stored.get("requested", stored["calibrator"]["method"]))
+            model = cls(inner, method)
+            model.calibrator = Calibrator.from_dict(stored["calibrator"])
+            model.report = {k: v for k, v in stored.items() if k not in ("calibrator", "n_bins")}
+        model.intervals, model.horizon = intervals, horizon
         return model
 
     def metadata(self) -> dict[str, Any]:
         state = self.inner.metadata()
-        if CALIBRATION_KEY in state:
-            raise ValueError(f"{self.name}'s metadata already has a {CALIBRATION_KEY!r} key")
+        for key in (CALIBRATION_KEY, INTERVALS_KEY):
+            if key in state:
+                raise ValueError(f"{self.name}'s metadata already has a {key!r} key")
         stored = {**self.report, "n_bins": N_BINS, "calibrator": self.calibrator.to_dict()}
-        return {**state, CALIBRATION_KEY: stored}
+        if self.horizon is None:
+            return {**state, CALIBRATION_KEY: stored}
+        intervals = intervals_metadata(self.intervals, self.horizon)
+        return {**state, CALIBRATION_KEY: stored, INTERVALS_KEY: intervals}
 
     def __getattr__(self, attr: str) -> Any:
         # Only reached for attributes the wrapper lacks; never for dunders or

@@ -14,6 +14,11 @@ walk-forward evaluation, ``load_model(directory, signals)`` loads one for the
 head-to-head, so both versions there size the same signal. Without signals
 both are exactly ``calibrated_family(name)``. A version of a multi-symbol
 model (metadata ``symbol`` = ``multi``) loads as ``models.multi.multi_family(name)``.
+
+A family that reads context features (``xgb``, ``lgbm``: ``use_context``)
+takes a ``FeatureContext`` the same way: ``training_family(name, signals,
+context)`` fits with it, ``load_model(directory, signals, context)`` gives a
+loaded version the reference bars it predicts with. Other families ignore it.
 """
 
 from __future__ import annotations
@@ -22,12 +27,15 @@ import functools
 import importlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from quantum_daemon.domain.families import SIZER_FAMILIES
 from quantum_daemon.domain.ids import MULTI_SYMBOL
 from quantum_daemon.domain.signals import RecordedSignals
 from quantum_daemon.models.base import Family
+
+if TYPE_CHECKING:
+    from quantum_daemon.core.context_features import FeatureContext
 
 _FAMILY_MODULES: dict[str, tuple[str, str]] = {
     "xgb": ("quantum_daemon.models.xgb", "XGBFamily"),
@@ -64,20 +72,27 @@ def calibrated_family(name: str) -> type[Family]:
     return calibrated_class(family_class(name))
 
 
-def training_family(name: str, signals: RecordedSignals | None = None) -> Callable[[], Family]:
+def training_family(
+    name: str, signals: RecordedSignals | None = None, context: FeatureContext | None = None
+) -> Callable[[], Family]:
     """What a training job fits: ``calibrated_family(name)``, sizing ``signals``
-    where the family consumes the ensemble signal and signals are given."""
+    where the family consumes the ensemble signal and signals are given,
+    with context features where the family reads them and a context is given."""
     cls = calibrated_family(name)
-    if signals is None or name not in SIZER_FAMILIES:
+    signals = signals if name in SIZER_FAMILIES else None
+    if signals is None and context is None:
         return cls
-    return functools.partial(_new_with_signals, cls, signals)
+    return functools.partial(_new_with, cls, signals, context)
 
 
 def load_model(
-    directory: Path, signals: RecordedSignals | None = None
+    directory: Path,
+    signals: RecordedSignals | None = None,
+    context: FeatureContext | None = None,
 ) -> tuple[Family, Mapping[str, Any]]:
     """Verify a version folder's checksums, then rebuild its fitted model
-    (sizing ``signals`` as ``training_family`` does)."""
+    (sizing ``signals``, reading ``context``'s reference bars, as
+    ``training_family`` does)."""
     from quantum_daemon.storage.artifacts import load_version
 
     version = load_version(directory)
@@ -90,12 +105,30 @@ def load_model(
     model = calibrated_family(name).load(version.path, version.metadata)
     if signals is not None and name in SIZER_FAMILIES:
         _use_signals(model, signals)
+    if context is not None:
+        use_context(model, context)
     return model, version.metadata
 
 
-def _new_with_signals(cls: type[Family], signals: RecordedSignals) -> Family:
+def use_context(model: Any, context: FeatureContext) -> None:
+    """Hand a model its context (no-op for a family without context features)."""
+    if hasattr(model, "use_context"):
+        model.use_context(context)
+
+
+def reference_symbols(model: Any) -> tuple[str, ...]:
+    """The symbols whose bars a loaded model needs to predict (none: no context)."""
+    return tuple(getattr(model, "reference_symbols", ()))
+
+
+def _new_with(
+    cls: type[Family], signals: RecordedSignals | None, context: FeatureContext | None
+) -> Family:
     model = cls()
-    _use_signals(model, signals)
+    if signals is not None:
+        _use_signals(model, signals)
+    if context is not None:
+        use_context(model, context)
     return model
 
 

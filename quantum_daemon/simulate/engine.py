@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from quantum_daemon.core.context_features import reference_window
 from quantum_daemon.core.drift import DriftWatch
 from quantum_daemon.core.ensemble import (
     EnsembleForecast,
@@ -48,6 +49,7 @@ from quantum_daemon.core.scheduling import Scheduler, SchedulerPolicy
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import Config
 from quantum_daemon.domain.families import SIZER_FAMILIES
+from quantum_daemon.domain.ids import model_id as id_of_model
 from quantum_daemon.domain.ids import model_keys
 from quantum_daemon.domain.multi_models import with_multi
 from quantum_daemon.domain.timeframes import timeframe_ms
@@ -88,10 +90,15 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk, DecayDesk, MultiDesk):
         executor: Executor,
         progress: Progress | None = None,
         params: Mapping[str, Mapping[str, Any]] | None = None,
+        reference: Sequence[Bars] = (),
     ) -> None:
         self.cfg = cfg
         self.params = dict(params or {})  # family -> the training jobs' hyper-parameters
         self.series = {s.key: s for s in series}
+        # context features' reference symbols: the simulated series and any reference-only ones
+        self.reference_bars = {b.symbol: b for b in reference} | {
+            s.bars.symbol: s.bars for s in series
+        }
         self.tf = series[0].bars.tf
         self.step = timeframe_ms(self.tf)
         self.families = list(families)
@@ -247,13 +254,25 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk, DecayDesk, MultiDesk):
         series = self.series[(bars.symbol, bars.tf)]
         stop = min(i + PREDICT_CHUNK, series.stop)
         begin = max(0, i - self.cfg.inference.context_bars)
+        window = bars.slice(begin, stop)
         return PredictSpec(
             job_id=f"predict-{record.model_id}-{record.version}-{i}",
             family=record.family,
             path=record.path,
-            bars=bars.slice(begin, stop),
+            bars=window,
             first=i - begin,
+            reference=self._prediction_reference(record.family, window),
         )
+
+    def _prediction_reference(self, family: str, window: Bars) -> dict[str, Bars]:
+        """The reference bars a context version reads over ``window`` (``[features]``)."""
+        if not self.cfg.features.applies_to(family, id_of_model(family, window.symbol, window.tf)):
+            return {}
+        return {
+            s: reference_window(self.reference_bars[s], window)
+            for s in self.cfg.features.reference_symbols
+            if s in self.reference_bars and s != window.symbol
+        }
 
     def _store_predictions(self, record: VersionRecord, i: int, outcome: JobOutcome) -> None:
         if not outcome.ok:
@@ -269,14 +288,14 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk, DecayDesk, MultiDesk):
         for k in range(len(result.mu)):
             position = None if result.position is None else float(result.position[k])
             record.predictions[i + k] = Prediction(
-                float(result.mu[k]), float(result.p_up[k]), position
+                float(result.mu[k]), float(result.p_up[k]), position, _quantiles(result, k)
             )
 
     def _pool(self, key: tuple[str, str], i: int) -> EnsembleForecast | None:
         """The active forecasters' pool under the trust weights (None: no
         active forecaster has a forecast for the bar)."""
         members = [
-            MemberForecast(r.family, r.model_id, r.version, p.mu, p.p_up)
+            MemberForecast(r.family, r.model_id, r.version, p.mu, p.p_up, p.quantiles)
             for stage, r in self.live_versions(key[0])
             if stage == ACTIVE and r.family not in SIZER_FAMILIES
             and (p := r.predictions.get(i)) is not None and _finite(p)
@@ -345,3 +364,11 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk, DecayDesk, MultiDesk):
 
 def _finite(p: Prediction) -> bool:
     return math.isfinite(p.mu) and math.isfinite(p.p_up)
+
+
+def _quantiles(result: PredictResult, k: int) -> tuple[float, float, float] | None:
+    """Row ``k``'s (q05, q50, q95), where the version gave finite ones."""
+    if result.quantiles is None:
+        return None
+    q05, q50, q95 = (float(v) for v in result.quantiles[k])
+    return (q05, q50, q95) if all(map(math.isfinite, (q05, q50, q95))) else None

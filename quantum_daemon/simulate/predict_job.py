@@ -12,7 +12,8 @@ probes), so a forecast never depends on a later bar of the span.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ class PredictSpec:
     path: str  # the version folder
     bars: Bars  # context then the bars to predict
     first: int  # index in ``bars`` of the first bar to predict
+    # context features: the reference symbols' bars over the same span
+    reference: Mapping[str, Bars] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -40,19 +43,29 @@ class PredictResult:
     p_up: np.ndarray
     position: np.ndarray | None
     horizon: int
+    quantiles: np.ndarray | None = None  # (n, 3): q05, q50, q95, where the version has them
 
 
 def predict_span(spec: PredictSpec) -> PredictResult:
     """Forecast ``bars[first:]`` with the version at ``spec.path``."""
     model, meta = loaded_model(spec.path)
+    if spec.reference:
+        from quantum_daemon.core.context_features import ContextSpec, FeatureContext
+        from quantum_daemon.models.families import use_context
+
+        use_context(model, FeatureContext(ContextSpec(), spec.reference))
     idx = np.arange(spec.first, len(spec.bars))
     forecast = model.predict(spec.bars, idx)
     position = None if forecast.position is None else np.asarray(forecast.position, np.float64)
+    quantiles = None
+    if forecast.q05 is not None and forecast.q50 is not None and forecast.q95 is not None:
+        quantiles = np.column_stack([forecast.q05, forecast.q50, forecast.q95]).astype(np.float64)
     return PredictResult(
         mu=np.asarray(forecast.mu, np.float64),
         p_up=np.asarray(forecast.p_up, np.float64),
         position=position,
         horizon=int(meta.get("horizon", 1)),
+        quantiles=quantiles,
     )
 
 

@@ -17,6 +17,7 @@ class Prediction:
     mu: float
     p_up: float
     position: float | None
+    quantiles: tuple[float, float, float] | None = None  # q05, q50, q95
 
 
 @dataclass

@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 
 from quantum_daemon.simulate.engine import Simulation
+from quantum_daemon.simulate.intervals import interval_stats, interval_summary
 from quantum_daemon.simulate.records import ACTIVE
 from quantum_daemon.simulate.variants import VariantResult
 
 SIGNAL_FIELDS = (
     "ts", "symbol", "tf", "mu", "p_up", "position", "position_source", "plain_position",
-    "contributions", "versions", "status", "reason", "shadow",
+    "contributions", "versions", "status", "reason", "shadow", "q05", "q50", "q95",
 )  # fmt: skip
 TIMELINE_FIELDS = ("time", "ts", "event", "model_id", "version", "detail")
 VARIANT_RETURNS_FILE = "variant_returns.csv"
@@ -49,7 +50,7 @@ def write_report(
         "families": list(sim.families),
         "costs_bps": sim.cfg.evaluation.fee_bps + sim.cfg.evaluation.slippage_bps,
         **summary,
-        "models": model_stats(sim),
+        **_with_intervals(model_stats(sim), sim),
     }
     (out / "summary.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     (out / "run.json").write_text(json.dumps(dict(run_info), indent=2, sort_keys=True) + "\n")
@@ -105,6 +106,19 @@ def model_stats(sim: Simulation) -> dict[str, Any]:
     return out
 
 
+def _with_intervals(models: dict[str, Any], sim: Simulation) -> dict[str, Any]:
+    """``models`` with each model's out-of-sample interval record
+    (``interval_n``, ``coverage_90``, ``pinball``), and ``intervals`` per family."""
+    bars_of = {symbol: s.bars for (symbol, _), s in sim.series.items()}
+    per_model, per_family = interval_stats(sim.versions.values(), bars_of)
+    empty = interval_summary(np.zeros(0), np.zeros((0, 3)))
+    for mid, stats in models.items():
+        found = per_model.get(mid, empty)
+        stats.update(interval_n=found["n"], coverage_90=found["coverage_90"],
+                     pinball=found["pinball"])  # fmt: skip
+    return {"models": models, "intervals": per_family}
+
+
 def write_signals(path: Path, sim: Simulation) -> None:
     """The published signal per bar: the fields of ``quantum:signals:{S}:{TF}`` plus ``ts``."""
     rows = [r.signal for records in sim.bars.values() for r in records if r.signal]
@@ -113,7 +127,7 @@ def write_signals(path: Path, sim: Simulation) -> None:
         writer = csv.writer(f)
         writer.writerow(SIGNAL_FIELDS)
         for s in rows:
-            writer.writerow([_cell(s[k]) for k in SIGNAL_FIELDS])
+            writer.writerow([_cell(s.get(k)) for k in SIGNAL_FIELDS])
 
 
 def write_timeline(path: Path, sim: Simulation) -> None:
@@ -205,11 +219,12 @@ def _table(variants: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def _models_table(models: Mapping[str, Mapping[str, Any]]) -> str:
-    cols = ("trained", "promoted", "rejected", "retired", "bars_active", "bars_in_shadow")
+    cols = ("trained", "promoted", "rejected", "retired", "bars_active", "bars_in_shadow",
+            "coverage_90", "pinball")  # fmt: skip
     head = "".join(f"<th>{c}</th>" for c in ("model", *cols, "rejected_by_gate"))
     rows = []
     for mid, m in models.items():
-        cells = "".join(f"<td>{m[c]}</td>" for c in cols)
+        cells = "".join(f"<td>{_fmt(m.get(c))}</td>" for c in cols)
         gates = html.escape(json.dumps(m["rejected_by_gate"]))
         rows.append(f"<tr><td>{html.escape(mid)}</td>{cells}<td>{gates}</td></tr>")
     return f"<table id='models'><tr>{head}</tr>{''.join(rows)}</table>"

@@ -57,12 +57,35 @@ def load_bars(cfg: Config, request: SimulateRequest) -> list[Any]:
         if request.symbols:
             bars = [b for b in bars if b.symbol in request.symbols]
         return bars
+    return [_store(cfg).read_bars(s, _tf(cfg, request)) for s in _symbols(cfg, request)]
+
+
+def reference_bars(cfg: Config, request: SimulateRequest) -> list[Any]:
+    """Context features' reference series that are not simulated themselves
+    (``--symbols`` left them out): read from the same files or store."""
+    if not cfg.features.context or (request.data and not request.symbols):
+        return []  # off, or every file is simulated
+    wanted = [s for s in cfg.features.reference_symbols if s not in _symbols(cfg, request)]
+    if not wanted:
+        return []
+    if request.data:
+        bars = bars_from_files(request.data, None, request.tf)
+        return [b for b in bars if b.symbol in wanted]
+    return [_store(cfg).read_bars(s, _tf(cfg, request)) for s in wanted]
+
+
+def _symbols(cfg: Config, request: SimulateRequest) -> list[str]:
+    return list(request.symbols) or list(cfg.models.symbols)
+
+
+def _tf(cfg: Config, request: SimulateRequest) -> str:
+    return request.tf or cfg.models.timeframes[0]
+
+
+def _store(cfg: Config) -> Any:
     from quantum_daemon.storage.bar_store import BarStore
 
-    store = BarStore(cfg.storage.data_dir / "bars.sqlite3")
-    tf = request.tf or cfg.models.timeframes[0]
-    symbols = list(request.symbols) or list(cfg.models.symbols)
-    return [store.read_bars(s, tf) for s in symbols]
+    return BarStore(cfg.storage.data_dir / "bars.sqlite3")
 
 
 def simulate(cfg: Config, request: SimulateRequest, err: TextIO = sys.stderr) -> int:
@@ -71,14 +94,20 @@ def simulate(cfg: Config, request: SimulateRequest, err: TextIO = sys.stderr) ->
         start = parse_date(request.start) if request.start else None
         end = parse_date(request.end) if request.end else None
         series = plan_series(load_bars(cfg, request), cfg.training.history_bars, start, end)
+        reference = reference_bars(cfg, request)
     except SimulationInputError as exc:
         print(f"quantum-daemon simulate: {exc}", file=err)
         return EX_USAGE
-    return asyncio.run(_simulate(cfg, request, series, families, err))
+    return asyncio.run(_simulate(cfg, request, series, families, err, reference))
 
 
 async def _simulate(
-    cfg: Config, request: SimulateRequest, series: Sequence[Any], families: list[str], err: TextIO
+    cfg: Config,
+    request: SimulateRequest,
+    series: Sequence[Any],
+    families: list[str],
+    err: TextIO,
+    reference: Sequence[Any] = (),
 ) -> int:
     from quantum_daemon.lifecycle.service import make_executor
 
@@ -94,7 +123,10 @@ async def _simulate(
     tty = err.isatty() if request.progress is None else request.progress
     executor = make_executor(cfg)
     async with executor:
-        sim = Simulation(cfg, series, families, data_dir, executor, Progress(err, tty, started))
+        sim = Simulation(
+            cfg, series, families, data_dir, executor, Progress(err, tty, started),
+            reference=reference,
+        )  # fmt: skip
         await sim.run(stop)
     seconds = time.monotonic() - started
     # a family only a global model runs has its "family:" variant too

@@ -13,7 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from quantum_daemon.core.context_features import (
+    FeatureContext,
+    empty_bars,
+    feature_context,
+    reference_window,
+)
 from quantum_daemon.core.scheduling import Scheduler, TrainRequest
+from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import Config
 from quantum_daemon.domain.families import SIZER_FAMILIES
 from quantum_daemon.domain.ids import ModelKey
@@ -56,6 +63,7 @@ class TrainingDesk:
     recorded_signals: Callable[[tuple[str, str], int], RecordedSignals]
     multi: dict[str, tuple[str, ...]]
     add_views: Callable[[VersionRecord, Mapping[str, int]], list[VersionRecord]]
+    reference_bars: dict[str, Bars]
 
     async def _train_ready(self, now_ms: int, index: dict[tuple[str, str], int]) -> None:
         """Start every job the scheduler hands out now; simulated time stands
@@ -104,7 +112,22 @@ class TrainingDesk:
                 if key.family in SIZER_FAMILIES and len(bars)
                 else None
             ),
+            # a global model takes no context features (docs/families.md)
+            context=None if multi else self._feature_context(key.family, bars),
         )
+
+    def _feature_context(self, family: str, bars: Bars) -> FeatureContext | None:
+        """The reference series of the simulation over ``bars``' span (none
+        after it: the job's bars end at the simulated time)."""
+        if len(bars) == 0:
+            return None
+        return feature_context(self.cfg.features, family, bars, self._reference_bars)
+
+    def _reference_bars(self, symbol: str, bars: Bars) -> Bars:
+        reference = self.reference_bars.get(symbol)
+        if reference is None or reference.tf != bars.tf:  # the job fails naming it
+            return empty_bars(symbol, bars.tf)
+        return reference_window(reference, bars)
 
     def _has(self, key: ModelKey) -> bool:
         return key.model_id in self._known_models()

@@ -220,3 +220,12 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under ``folder`` (before renaming it into place)."""
+    _fsync_tree(Path(folder))
+
+
+def fsync_dir(folder: Path) -> None:
+    _fsync_dir(Path(folder))

@@ -7,7 +7,10 @@ One SQLite file (WAL) in ``storage.data_dir``, beside the bar store:
   (``active`` or ``candidate``), ``due_ts`` (the open time of the bar whose
   close settles it: ``horizon`` bars later for a forecast, the next bar for
   a position), and once settled its ``loss`` (``status`` ``scored``) or
-  ``void`` (the bar it needed never came);
+  ``void`` (the bar it needed never came); a forecast with intervals also
+  keeps its ``q05``/``q50``/``q95`` and, once scored, their mean ``pinball``
+  loss and whether ``[q05, q95]`` ``covered`` the outcome (``interval_scores``:
+  live coverage per version, over the settled rows kept);
 - ``decisions``: one row per published signal: the ensemble and the plain
   rule's position, which position families are scored against;
 - ``model_record``: one row per (model, symbol, bar): the costed one-bar
@@ -26,8 +29,9 @@ harmlessly applied again. Used from one thread (the service's I/O thread).
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +45,7 @@ _SCHEMA = (
         tf TEXT NOT NULL, ts INTEGER NOT NULL, family TEXT NOT NULL, stage TEXT NOT NULL,
         due_ts INTEGER NOT NULL, mu REAL NOT NULL, p_up REAL NOT NULL, position REAL,
         status TEXT NOT NULL DEFAULT 'pending', loss REAL,
+        q05 REAL, q50 REAL, q95 REAL, pinball REAL, covered INTEGER,
         PRIMARY KEY (model_id, version, symbol, ts)
     ) WITHOUT ROWID""",
     """CREATE INDEX IF NOT EXISTS predictions_due
@@ -72,7 +77,8 @@ WHERE excluded.version > model_record.version
 
 _DUE = """
 SELECT p.model_id, p.version, p.family, p.stage, p.ts, p.due_ts, p.mu, p.p_up, p.position,
-       prev.position, d.plain_position, dprev.plain_position, prev.mu, prev.p_up
+       prev.position, d.plain_position, dprev.plain_position, prev.mu, prev.p_up,
+       p.q05, p.q50, p.q95
 FROM predictions p
 LEFT JOIN predictions prev ON prev.model_id = p.model_id AND prev.version = p.version
      AND prev.symbol = p.symbol AND prev.ts = p.ts - :step
@@ -115,6 +121,7 @@ class PredictionRow:
     mu: float
     p_up: float
     position: float | None
+    quantiles: tuple[float, float, float] | None = None  # q05, q50, q95
 
 
 @dataclass(frozen=True)
@@ -154,6 +161,7 @@ class DuePrediction:
     previous_plain: float | None
     previous_mu: float | None = None  # the version's forecast one bar before, if any
     previous_p_up: float | None = None
+    quantiles: tuple[float, float, float] | None = None  # q05, q50, q95, if it had them
 
 
 @dataclass(frozen=True)
@@ -168,6 +176,18 @@ class Settled:
     ts: int
     loss: float | None
     net: float | None = None
+    pinball: float | None = None  # mean over q05 / q50 / q95, where it had intervals
+    covered: bool | None = None  # the outcome inside [q05, q95]
+
+
+@dataclass(frozen=True)
+class IntervalScore:
+    """A version's live interval record: scored forecasts with intervals,
+    the share whose outcome ``[q05, q95]`` held, their mean pinball loss."""
+
+    n: int
+    coverage_90: float
+    pinball: float
 
 
 class PredictionRecords:
@@ -204,10 +224,11 @@ class PredictionRecords:
         with _transaction(conn):
             conn.executemany(
                 "INSERT OR IGNORE INTO predictions (model_id, version, symbol, tf, ts, family, "
-                "stage, due_ts, mu, p_up, position) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "stage, due_ts, mu, p_up, position, q05, q50, q95) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (p.model_id, p.version, p.symbol, p.tf, p.ts, p.family, p.stage,
-                     p.due_ts, p.mu, p.p_up, p.position)
+                     p.due_ts, p.mu, p.p_up, p.position, *(p.quantiles or (None,) * 3))
                     for p in predictions
                 ],
             )  # fmt: skip
@@ -230,9 +251,10 @@ class PredictionRecords:
             DuePrediction(
                 model_id, version, family, stage, symbol, tf, ts, due_ts, mu, p_up,
                 position, prev, plain, prev_plain, prev_mu, prev_p_up,
+                None if None in (q05, q50, q95) else (q05, q50, q95),
             )
             for (model_id, version, family, stage, ts, due_ts, mu, p_up, position, prev,
-                 plain, prev_plain, prev_mu, prev_p_up) in rows
+                 plain, prev_plain, prev_mu, prev_p_up, q05, q50, q95) in rows
         ]  # fmt: skip
 
     def settle(self, settled: Sequence[Settled], due: Sequence[DuePrediction] = ()) -> None:
@@ -250,14 +272,28 @@ class PredictionRecords:
                     ],
                 )
             conn.executemany(
-                "UPDATE predictions SET status = ?, loss = ? "
+                "UPDATE predictions SET status = ?, loss = ?, pinball = ?, covered = ? "
                 "WHERE model_id = ? AND version = ? AND symbol = ? AND ts = ?",
                 [
-                    ("void" if s.loss is None else "scored", s.loss, s.model_id, s.version,
+                    ("void" if s.loss is None else "scored", s.loss, s.pinball,
+                     None if s.covered is None else int(s.covered), s.model_id, s.version,
                      s.symbol, s.ts)
                     for s in settled
                 ],
             )  # fmt: skip
+
+    def interval_scores(self, model_id: str | None = None) -> dict[tuple[str, str], IntervalScore]:
+        """(model_id, version) -> its live interval record (one model's, or all)."""
+        rows = self.connection().execute(
+            "SELECT model_id, version, COUNT(*), AVG(covered), AVG(pinball) FROM predictions "
+            "WHERE status = 'scored' AND covered IS NOT NULL AND (? IS NULL OR model_id = ?) "
+            "GROUP BY 1, 2",
+            (model_id, model_id),
+        )
+        return {
+            (str(m), str(v)): IntervalScore(int(n), float(cov), float(pin))
+            for m, v, n, cov, pin in rows
+        }
 
     def losses(self, model_id: str, version: str) -> dict[int, float]:
         """The version's scored losses by bar (the mean over symbols for a
@@ -354,11 +390,43 @@ class PredictionRecords:
         return int(gone)
 
 
+_ADDED_COLUMNS = (  # (table, column, its declaration): columns added after the first files
+    ("decisions", "status", "TEXT NOT NULL DEFAULT 'live'"),
+    ("predictions", "q05", "REAL"),
+    ("predictions", "q50", "REAL"),
+    ("predictions", "q95", "REAL"),
+    ("predictions", "pinball", "REAL"),
+    ("predictions", "covered", "INTEGER"),
+)
+
+
+def read_interval_scores(path: Path) -> dict[tuple[str, str], IntervalScore]:
+    """``PredictionRecords.interval_scores`` of the file at ``path``, opened
+    and closed here (a reader's: a missing file is no scores, never created)."""
+    if not Path(path).exists():
+        return {}
+    records = PredictionRecords(path)
+    try:
+        return records.interval_scores()
+    finally:
+        records.close()
+
+
+def live_intervals_json(
+    scores: Mapping[tuple[str, str], IntervalScore], model_id: str, version: str
+) -> dict[str, float | int] | None:
+    """A version's ``live_intervals`` as JSON (None: nothing scored yet)."""
+    found = scores.get((model_id, version))
+    return None if found is None else dataclasses.asdict(found)
+
+
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
     """A file written before a column existed gets it, with its default."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
-    if "status" not in columns:
-        conn.execute("ALTER TABLE decisions ADD COLUMN status TEXT NOT NULL DEFAULT 'live'")
+    for table in {t for t, _, _ in _ADDED_COLUMNS}:
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for _, column, declaration in (c for c in _ADDED_COLUMNS if c[0] == table):
+            if column not in columns:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
 class _transaction:

@@ -8,7 +8,8 @@ the model's active version (``promotion.HeadToHead``). The bars travel in the
 spec as arrays, so a worker never opens the bar store; so do, for
 ``rl_sizer``, the ensemble signals the daemon recorded
 (``recorded_signals``): the sizer is trained on them, and in the head to head
-both versions size that same signal. Model libraries are imported inside the
+both versions size that same signal. The reference bars of context features
+(``context``) travel the same way. Model libraries are imported inside the
 function only: the daemon imports this module.
 """
 
@@ -23,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from quantum_daemon.core.context_features import ContextMissing, FeatureContext
 from quantum_daemon.core.promotion import HeadToHead
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import EvaluationConfig, TuningConfig
@@ -63,6 +65,7 @@ class TrainJobSpec:
     tuning: TuningConfig | None = None  # search the family's space first (training.tuning)
     # a multi-symbol model: the bars of every symbol (``bars`` is the first's)
     series: tuple[Bars, ...] = ()
+    context: FeatureContext | None = None  # context features: spec and reference bars
 
     @property
     def symbol(self) -> str:
@@ -114,6 +117,7 @@ def run_job(spec: TrainJobSpec) -> TrainJobResult:
             signals=spec.signals,
             tuning=spec.tuning,
             series=spec.series,
+            context=spec.context,
         )
     )
     h2h = None if spec.active is None else head_to_head(spec, Path(trained.artifact_dir))
@@ -167,15 +171,18 @@ def head_to_head(spec: TrainJobSpec, new_dir: Path) -> HeadToHead:
 
         return head_to_head_multi(spec, new_dir)
     try:
-        active, active_meta = load_model(Path(spec.active.path), spec.signals)
+        active, active_meta = load_model(Path(spec.active.path), spec.signals, spec.context)
     except ArtifactCorrupt as exc:
         return HeadToHead(spec.active.version, 0, None, None, 0.0, 0.0, refused=str(exc))
-    new, new_meta = load_model(new_dir, spec.signals)
+    new, new_meta = load_model(new_dir, spec.signals, spec.context)
     idx = common_unseen_decisions(spec, new_meta, active_meta)
     if idx.size == 0:
         return HeadToHead(spec.active.version, 0, None, None, 0.0, 0.0)
     new_score = _score(spec, new, idx)
-    active_score = _score(spec, active, idx)
+    try:
+        active_score = _score(spec, active, idx)
+    except ContextMissing as exc:  # fitted with context the job was not given ([features])
+        return HeadToHead(spec.active.version, 0, None, None, 0.0, 0.0, refused=str(exc))
     return HeadToHead(
         active_version=spec.active.version,
         n_decisions=int(idx.size),

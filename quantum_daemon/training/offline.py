@@ -19,6 +19,11 @@ that sizes the ensemble signal (``rl_sizer``) is trained and evaluated on
 ``recorded_fraction_test``, the share of the evaluation's test decisions
 (``data_window.evaluation_test``, those the metrics judge) that sized a
 recorded signal, beside the family's own train and validation fractions.
+
+``spec.context`` (``[features] context``: reference bars and coarse
+timeframes) is what the tree families fit their context features on; the
+version's metadata records the spec (``model.context``, ``context``) so that
+it is served with the same features.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from quantum_daemon.core.context_features import FeatureContext
 from quantum_daemon.core.evaluation.report import finite_or_none, metrics_json, returns_csv
 from quantum_daemon.core.evaluation.splits import Fold
 from quantum_daemon.core.evaluation.walkforward import (
@@ -75,6 +81,7 @@ class OfflineSpec:
     # a multi-symbol model (``{family}_multi_{TF}``): the bars of every symbol
     # (``bars`` is the first's); trained by ``offline_multi``
     series: tuple[Bars, ...] = ()
+    context: FeatureContext | None = None  # context features (core.context_features)
 
     @property
     def symbol(self) -> str:
@@ -112,7 +119,7 @@ def train_offline(spec: OfflineSpec) -> OfflineResult:
     started = time.perf_counter()
     now = spec.now or datetime.now(UTC)
     settings = spec.settings()
-    make_family = training_family(spec.family, spec.signals)
+    make_family = training_family(spec.family, spec.signals, spec.context)
     params = with_evaluation_keys(spec.family, spec.params, settings)
     tuned = None
     if spec.tuning is not None:
@@ -183,6 +190,7 @@ def _metadata(
         "horizon": settings.horizon,
         "data_window": _data_window(spec.bars, last.fold, report),
         "features": state.get("features", []),
+        **({"context": state["context"]} if "context" in state else {}),
         "params": state.get("params", dict(spec.params)),
         "params_set": dict(spec.params),  # what config.toml / --param set; the rest: defaults
         "seed": spec.seed,
@@ -201,6 +209,8 @@ def _metadata(
         "metrics": {
             **_numbers_only(metrics_json(report, "", "", spec.family)),
             "ece": finite_or_none(report.ece),
+            "coverage_90": finite_or_none(report.coverage_90),
+            "pinball": finite_or_none(report.pinball),
         },
         "model": state,
     }

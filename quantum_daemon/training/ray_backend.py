@@ -7,26 +7,42 @@ Ray instance with ``workers`` CPUs; otherwise the daemon joins the cluster
 there. Each job is one Ray task running ``run_in_ray_worker(fn, spec,
 settings)``, which sets the worker process up once (logging, seed; the
 thread variables come through the task's ``runtime_env``) and calls
-``fn(spec)``. Torch families ask for ``num_gpus=1`` when ``gpu = "auto"`` and
-the cluster has GPUs. At most ``workers`` jobs run at once; a job past its
-time limit is cancelled with ``force=True`` (Ray kills its worker process);
-a worker that dies fails its job (``crashed``), never retried; failures
-count against the same restart budget as the local pool.
+``fn(spec)``.
+
+A training job (``TrainJobSpec``) travels by value (``training.by_value``):
+the worker gets the bars, params, seed and the active version's files in
+the task, runs in a temporary folder of its own disk, and sends the new
+version folder back as checksummed bytes, which the daemon verifies and
+commits atomically under its data dir: no worker needs the daemon's disk.
+
+Torch families ask for ``[training.ray] num_gpus`` (per family:
+``family_num_gpus``) when ``gpu = "auto"`` and the cluster has GPUs. At most
+``workers`` jobs run at once; a job past its time limit is cancelled with
+``force=True`` (Ray kills its worker process); a worker or node that dies
+fails its job (``crashed``), never retried; failures count against the same
+restart budget as the local pool.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from quantum_daemon.domain.config import Config
 from quantum_daemon.runtime.logs import get_logger
 from quantum_daemon.runtime.restarts import RestartBudget
+from quantum_daemon.training.by_value import (
+    ShippedVersion,
+    pack_job,
+    receive_version,
+    run_by_value,
+)
 from quantum_daemon.training.executor import JobFn, JobOutcome, PoolCrashLoop
-from quantum_daemon.training.jobs import TORCH_FAMILIES
+from quantum_daemon.training.jobs import TORCH_FAMILIES, TrainJobSpec
 from quantum_daemon.training.worker import (
     THREAD_ENV_VARS,
     TrainingWorkerSettings,
@@ -59,11 +75,19 @@ class RaySettings:
     restart_budget: int = 5
     restart_window_s: float = 300.0
     object_store_mb: int = 256  # local instance only
+    num_gpus: float = 1.0  # what a torch family's job asks for
+    family_num_gpus: Mapping[str, float] = field(default_factory=dict)  # wins, any family
+    max_version_mb: float = 64.0  # the files that travel each way
+    data_dir: str = ""  # where shipped versions are committed (the daemon's data dir)
 
     @classmethod
     def from_config(cls, cfg: Config) -> RaySettings:
         t = cfg.training
         return cls(
+            num_gpus=t.ray.num_gpus,
+            family_num_gpus=dict(t.ray.family_num_gpus.by_family),
+            max_version_mb=t.ray.max_version_mb,
+            data_dir=str(cfg.storage.data_dir),
             address=t.ray_address,
             max_jobs=t.workers,
             gpu=t.gpu == "auto",
@@ -74,6 +98,17 @@ class RaySettings:
             restart_budget=t.restart_budget,
             restart_window_s=t.restart_window_s,
         )
+
+    def gpus_for(self, family: str) -> float:
+        """GPUs a job of ``family`` asks for when the cluster has some."""
+        chosen = self.family_num_gpus.get(family)
+        if chosen is not None:
+            return chosen
+        return self.num_gpus if family in TORCH_FAMILIES else 0.0
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_version_mb * 2**20)
 
 
 class RayExecutor:
@@ -163,8 +198,9 @@ class RayExecutor:
         threads = str(self.settings.threads)
         env = {var: threads for var in THREAD_ENV_VARS}
         options: dict[str, Any] = {"num_cpus": 1, "name": f"train:{job_id}"}
-        if family in TORCH_FAMILIES and self.settings.gpu and self._gpus > 0:
-            options["num_gpus"] = 1
+        gpus = self.settings.gpus_for(family)
+        if gpus > 0 and self.settings.gpu and self._gpus > 0:
+            options["num_gpus"] = gpus
         else:
             env["CUDA_VISIBLE_DEVICES"] = ""
         options["runtime_env"] = {"env_vars": env}
@@ -186,15 +222,10 @@ class RayExecutor:
         import ray
 
         self.release(family)
-        options = self._options(family, job_id)
-        ref = self._task.options(**options).remote(fn, spec, self._worker_settings(options))
         started = self.clock()
         self.running[job_id] = started
         try:
-            outcome = await self._await(ray, ref, job_id, timeout_s)
-        except asyncio.CancelledError:
-            ray.cancel(ref, force=True)
-            raise
+            outcome = await self._run(ray, fn, spec, family, job_id, timeout_s)
         finally:
             self.running.pop(job_id, None)
             self._busy_s += self.clock() - started
@@ -209,6 +240,42 @@ class RayExecutor:
             "ray",
             outcome.detail,
         )
+
+    async def _run(
+        self, ray: Any, fn: JobFn, spec: Any, family: str, job_id: str, timeout_s: float
+    ) -> JobOutcome:
+        """A training job by value (packed here, its version committed here);
+        any other job function as it is."""
+        by_value = isinstance(spec, TrainJobSpec)
+        if by_value and not self.settings.data_dir:
+            return JobOutcome(job_id, "error", reason="no data dir to commit the version to")
+        if by_value:
+            try:
+                packed = await asyncio.to_thread(pack_job, fn, spec, self.settings.max_bytes)
+            except Exception as exc:  # a job that cannot be sent fails alone
+                return JobOutcome(job_id, "error", reason=f"not sent: {type(exc).__name__}: {exc}")
+            fn, spec = run_by_value, packed
+        options = self._options(family, job_id)
+        ref = self._task.options(**options).remote(fn, spec, self._worker_settings(options))
+        try:
+            outcome = await self._await(ray, ref, job_id, timeout_s)
+        except asyncio.CancelledError:
+            ray.cancel(ref, force=True)
+            raise
+        if by_value and outcome.ok:
+            return await self._receive(outcome)
+        return outcome
+
+    async def _receive(self, outcome: JobOutcome) -> JobOutcome:
+        """Commit the shipped version under the daemon's data dir."""
+        shipped: ShippedVersion = outcome.result
+        try:
+            result = await asyncio.to_thread(
+                receive_version, Path(self.settings.data_dir), shipped, self.settings.max_bytes
+            )
+        except Exception as exc:  # a refused version fails its job; nothing was registered
+            return JobOutcome(outcome.job_id, "error", reason=f"{type(exc).__name__}: {exc}")
+        return JobOutcome(outcome.job_id, "ok", result=result)
 
     async def _await(self, ray: Any, ref: Any, job_id: str, timeout_s: float) -> JobOutcome:
         future = asyncio.wrap_future(ref.future())

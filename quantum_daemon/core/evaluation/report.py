@@ -8,9 +8,11 @@ epoch-ms open time of the bar whose return it is. Numbers that are undefined
 
 ``calibration_json`` gives ``calibration.json`` for the report folder: the
 test-window ECE of ``p_up`` with its reliability bins, and per test window
-the validation ECE before and after calibration (``models.calibrated``). The
-ECE is not a ``JSON_KEYS`` key: the artifact metadata's ``metrics`` carry it
-as ``ece`` beside them.
+the validation ECE before and after calibration (``models.calibrated``), and
+``intervals``: the forecast intervals' test-window ``coverage_90`` and
+``pinball`` (``core.conformal``; each window's calibration size is its
+``intervals_n_cal``). The ECE is not a ``JSON_KEYS`` key: the artifact
+metadata's ``metrics`` carry it as ``ece`` beside them.
 
 Pure: ``storage.report_files`` writes the report folder (``metrics.json``,
 ``returns.csv``, ``equity.png``, ``calibration.json``).
@@ -82,6 +84,7 @@ def metrics_json(
 CALIBRATION_FILE = "calibration.json"
 N_BINS = 10
 _FIT_PREFIX = "calibration_"
+_INTERVALS_N_CAL = "intervals_n_cal"  # the fit's calibration size of its intervals
 
 
 def calibration_json(report: EvaluationReport) -> dict[str, Any]:
@@ -95,7 +98,10 @@ def calibration_json(report: EvaluationReport) -> dict[str, Any]:
             for k, v in outcome.fit.extra.items()
             if k.startswith(_FIT_PREFIX)
         }
-        windows.append({"window": number, "refitted": outcome.refitted, **found})
+        n_cal = outcome.fit.extra.get(_INTERVALS_N_CAL)
+        windows.append(
+            {"window": number, "refitted": outcome.refitted, **found, _INTERVALS_N_CAL: n_cal}
+        )
     return {
         "n_bins": N_BINS,
         "test": {
@@ -113,6 +119,11 @@ def calibration_json(report: EvaluationReport) -> dict[str, Any]:
             ],
         },
         "validation": windows,
+        "intervals": {
+            "coverage_90": finite_or_none(report.coverage_90),
+            "pinball": finite_or_none(report.pinball),
+            "n": int(np.sum(np.isfinite(report.outcome))) if report.quantiles is not None else 0,
+        },
     }
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from quantum_daemon.core.calibration import expected_calibration_error
+from quantum_daemon.core.conformal import LEVELS, interval_coverage, mean_pinball
 from quantum_daemon.core.evaluation.backtest import (
     BacktestResult,
     buy_and_hold,
@@ -91,6 +92,10 @@ class EvaluationReport:
     baseline_metrics: Mapping[str, TradingMetrics]
     folds: tuple[FoldOutcome, ...] = field(default=())
     ece: float = float("nan")  # expected calibration error of p_up on the test decisions
+    # q05 / q50 / q95 columns per test decision where the model gives intervals
+    quantiles: np.ndarray | None = None
+    coverage_90: float = float("nan")  # share of known outcomes inside [q05, q95]
+    pinball: float = float("nan")  # mean pinball loss over the three levels
 
     @property
     def n_test_bars(self) -> int:
@@ -176,6 +181,7 @@ def _report(
     baselines = {"buy_and_hold": buy_and_hold(asset, rate), "flat": flat(asset, rate)}
     periods = bars_per_year(bars.tf)
     outcome = horizon_log_return(bars.close, settings.horizon)[idx]
+    quantiles = quantiles_of(forecasts)
     return EvaluationReport(
         symbol=bars.symbol,
         tf=bars.tf,
@@ -194,4 +200,26 @@ def _report(
         baseline_metrics={k: trading_metrics(v, periods) for k, v in baselines.items()},
         folds=outcomes,
         ece=expected_calibration_error(p_up, np.where(np.isnan(outcome), np.nan, outcome > 0)),
+        **interval_scores(outcome, quantiles),
     )
+
+
+def quantiles_of(forecasts: list[Forecast]) -> np.ndarray | None:
+    """The forecasts' (q05, q50, q95) columns, concatenated; None unless all have them."""
+    parts = []
+    for f in forecasts:
+        if f.q05 is None or f.q50 is None or f.q95 is None:
+            return None
+        parts.append(np.column_stack([f.q05, f.q50, f.q95]).astype(np.float64))
+    return np.concatenate(parts) if parts else None
+
+
+def interval_scores(outcome: np.ndarray, quantiles: np.ndarray | None) -> dict[str, Any]:
+    """The report's interval fields: empirical 90 % coverage and mean pinball."""
+    if quantiles is None:
+        return {}
+    return {
+        "quantiles": quantiles,
+        "coverage_90": interval_coverage(outcome, quantiles[:, 0], quantiles[:, 2]),
+        "pinball": mean_pinball(outcome, quantiles, LEVELS),
+    }
