@@ -20,8 +20,15 @@ pruning, no time limit) on the first fold's validation window, then the same
 walk-forward evaluation with the best parameters; beside the untuned row of
 the same family in the same run.
 
+The multi-symbol rows (``--multi``, default ``lgbm``; ``none`` skips them)
+time one version of a global model (``{family}_multi_1h``,
+``walkforward_multi``) over the last 2,105 1h bars of BTC, ETH and SOL
+against its baseline in the same process: three single-symbol versions, one
+per symbol, on the same bars. ``ratio`` is the multi version's median over
+the median of the three single versions together.
+
     .venv/bin/python scripts/bench_train.py [--repeats 3] [--families xgb,lgbm,lgbm-tuned]
-        [--trials 10] [--json FILE]
+        [--trials 10] [--multi lgbm,nhits] [--json FILE]
 """
 
 from __future__ import annotations
@@ -36,8 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from quantum_daemon.core.evaluation.walkforward import EvaluationSettings, walk_forward
+from quantum_daemon.core.evaluation.walkforward_multi import walk_forward_multi
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import TuningConfig
+from quantum_daemon.models import multi
 from quantum_daemon.models.families import family_class
 from quantum_daemon.storage.bar_files import read_bar_file
 from quantum_daemon.training.tuning import tune
@@ -136,21 +145,82 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+MULTI_FILES = ("BTC_USDT-1h.feather", "ETH_USDT-1h.feather", "SOL_USDT-1h.feather")
+MULTI_BARS = 2105
+
+
+def multi_series() -> dict[str, Bars]:
+    series = [load(Dataset(name, name, MULTI_BARS)) for name in MULTI_FILES]
+    return {bars.symbol: bars for bars in series}
+
+
+def time_multi_once(family: str, series: dict[str, Bars]) -> tuple[float, float]:
+    """(seconds of one multi version, seconds of the single versions of every symbol)."""
+    settings = EvaluationSettings()
+    started = time.perf_counter()
+    walk_forward_multi(multi.family_class(family), series, settings, seed=0)
+    multi_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for bars in series.values():
+        walk_forward(family_class(family), bars, settings, seed=0)
+    return multi_s, time.perf_counter() - started
+
+
+def bench_multi(family: str, repeats: int) -> dict[str, Any]:
+    series = multi_series()
+    time_multi_once(family, series)  # warm-up
+    runs = [time_multi_once(family, series) for _ in range(repeats)]
+    multi_s = statistics.median(r[0] for r in runs)
+    singles_s = statistics.median(r[1] for r in runs)
+    return {
+        "family": f"{family}-multi",
+        "symbols": list(series),
+        "n_bars_each": MULTI_BARS,
+        "repeats": repeats,
+        "multi_median_s": round(multi_s, 4),
+        "singles_median_s": round(singles_s, 4),
+        "ratio": round(multi_s / singles_s, 3),
+    }
+
+
+def multi_table(rows: list[dict[str, Any]]) -> str:
+    head = f"{'family':<14}{'symbols':<26}{'bars each':>10}{'multi s':>10}{'3 singles s':>13}"
+    lines = [head + f"{'ratio':>8}"]
+    for r in rows:
+        lines.append(
+            f"{r['family']:<14}{','.join(r['symbols']):<26}{r['n_bars_each']:>10}"
+            f"{r['multi_median_s']:>10.3f}{r['singles_median_s']:>13.3f}{r['ratio']:>8.3f}"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--trials", type=int, default=10, help="tuning trials of -tuned rows")
+    parser.add_argument("--multi", default="lgbm", help="families of multi-symbol rows, or none")
     args = parser.parse_args()
     TRIALS["n"] = args.trials
     rows = [
         bench(family, dataset, args.repeats)
         for dataset in DATASETS
         for family in args.families.split(",")
+        if family
     ]
-    result = {"machine": platform.platform(), "python": platform.python_version(), "rows": rows}
-    print(table(rows))
+    multi_families = [] if args.multi == "none" else args.multi.split(",")
+    multi_rows = [bench_multi(family, args.repeats) for family in multi_families]
+    result = {
+        "machine": platform.platform(),
+        "python": platform.python_version(),
+        "rows": rows,
+        "multi_rows": multi_rows,
+    }
+    if rows:
+        print(table(rows))
+    if multi_rows:
+        print(multi_table(multi_rows))
     print(json.dumps(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -42,6 +42,7 @@ import numpy as np
 from quantum_daemon.core.evaluation.significance import dsr_of_returns, sharpe_moments
 from quantum_daemon.domain import config as config_module
 from quantum_daemon.domain.config import Config
+from quantum_daemon.domain.multi_models import MULTI_FAMILIES
 from quantum_daemon.simulate.report import VARIANT_RETURNS_FILE
 from quantum_daemon.simulate.run import SimulateRequest, simulate
 from quantum_daemon.storage.registry.registry import Registry
@@ -65,7 +66,9 @@ def _tuned(cfg: Config, args: argparse.Namespace) -> Config:
 
 def _multi(cfg: Config, args: argparse.Namespace) -> Config:
     symbols = args.symbols or list(cfg.models.symbols)
-    return config_module.with_keys(cfg, "models", multi={f: symbols for f in args.families})
+    # evo_model and rl_sizer stay single-symbol (domain/multi_models.py)
+    multi = {f: symbols for f in args.families if f in MULTI_FAMILIES}
+    return config_module.with_keys(cfg, "models", multi=multi)
 
 
 ARMS: dict[str, Arm] = {"base": _base, "context": _context, "tuned": _tuned, "multi": _multi}

@@ -22,7 +22,11 @@ evaluated version passes these gates, in this order, to become a
    version than the active one, or an active artifact refused: it fails.
 
 About 300 test bars are too few for significance: these gates only keep out
-what is plainly broken. **Stage 2, the model's record.** A candidate carries
+what is plainly broken. A multi-symbol version (``{family}_multi_{TF}``,
+its metrics holding ``per_symbol``) passes each of gates 1-4 only if it
+passes on every symbol's test record (``per_symbol_gates``).
+
+**Stage 2, the model's record.** A candidate carries
 weight in the signal (``active``) only when
 
 - the model's record (``RecordEvidence``: the out-of-sample returns of its
@@ -62,6 +66,9 @@ from quantum_daemon.core.evaluation.diebold_mariano import diebold_mariano, pair
 from quantum_daemon.core.evaluation.significance import dsr_of_returns, sharpe_moments
 from quantum_daemon.domain.config import PromotionConfig
 from quantum_daemon.domain.stages import Stage
+
+# a multi-symbol version's metrics hold each symbol's under this key (training.offline_multi)
+PER_SYMBOL_KEY = "per_symbol"
 
 GATES = ("min_trades", "min_profit_factor", "beats_baselines", "max_ece", "beats_active")
 RECORD_GATE = "min_dsr"
@@ -200,13 +207,13 @@ def judge(
 ) -> Verdict:
     """The verdict on a new version; see the module docstring. ``evidence``
     is the model's record when the version is judged (None: none yet)."""
-    gates = (
-        trades_gate(metrics, cfg.min_trades),
-        profit_factor_gate(metrics, cfg.min_profit_factor),
-        baselines_gate(metrics, cfg.beat_baselines),
-        calibration_gate(metrics, cfg.max_ece),
-        beats_active_gate(active_version, head_to_head),
+    per_symbol = metrics.get(PER_SYMBOL_KEY)
+    sanity = (
+        per_symbol_gates(per_symbol, cfg)
+        if isinstance(per_symbol, Mapping) and per_symbol
+        else sanity_gates(metrics, cfg)
     )
+    gates = (*sanity, beats_active_gate(active_version, head_to_head))
     failed = next((g for g in gates if not g.passed), None)
     if failed is not None:
         return Verdict(Stage.REJECTED, gates, False, f"{failed.gate}: {failed.detail}")
@@ -220,6 +227,34 @@ def judge(
         return Verdict(Stage.CANDIDATE, gates, True, beats)
     waits = f"; waits in shadow for {cfg.shadow_min_bars} bars of live record"
     return Verdict(Stage.CANDIDATE, gates, False, beats + waits)
+
+
+def sanity_gates(metrics: Mapping[str, Any], cfg: PromotionConfig) -> tuple[GateResult, ...]:
+    """Stage 1's gates on one test record, in order."""
+    return (
+        trades_gate(metrics, cfg.min_trades),
+        profit_factor_gate(metrics, cfg.min_profit_factor),
+        baselines_gate(metrics, cfg.beat_baselines),
+        calibration_gate(metrics, cfg.max_ece),
+    )
+
+
+def per_symbol_gates(
+    per_symbol: Mapping[str, Any], cfg: PromotionConfig
+) -> tuple[GateResult, ...]:
+    """A multi-symbol version's stage 1: each gate must pass on every
+    symbol's test record (the model weighs in each symbol's ensemble, so it
+    is held to what a single-symbol model of each series is held to); a
+    failing gate names the first symbol it fails on."""
+    by_symbol = {s: sanity_gates(m, cfg) for s, m in per_symbol.items() if isinstance(m, Mapping)}
+    gates = []
+    for i, name in enumerate(g.gate for g in next(iter(by_symbol.values()))):
+        failed = next(((s, g[i]) for s, g in by_symbol.items() if not g[i].passed), None)
+        if failed is not None:
+            gates.append(GateResult(name, False, f"{failed[0]}: {failed[1].detail}"))
+        else:
+            gates.append(GateResult(name, True, f"passes on all {len(by_symbol)} symbols"))
+    return tuple(gates)
 
 
 def trades_gate(metrics: Mapping[str, Any], minimum: int) -> GateResult:

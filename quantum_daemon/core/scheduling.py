@@ -14,6 +14,13 @@ A model is one (family, symbol, timeframe) of ``[models]``; its id is
 - ``drift``: a live version's loss drifted up (``core.drift``; at most once
   per ``[promotion] drift_cooldown_bars``).
 
+A multi-symbol model (``{family}_multi_{TF}``, ``symbols`` given per model
+id) reads the series of each of its symbols: its ``bars`` trigger counts the
+new bars of its busiest series (three symbols closing one bar each is one
+bar, not three, so the model retrains on the same cadence as a
+single-symbol one and no storm of jobs follows a round of bars), and it is
+ready once every one of its series holds ``min_bars`` bars.
+
 One job per model at a time: a trigger for a model that is already pending
 merges into that request (reasons are united, the earliest request time
 kept); a trigger while the model runs becomes the model's next request. A
@@ -30,7 +37,7 @@ daemon and starts the jobs it hands out.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from quantum_daemon.domain.ids import ModelKey, UnknownModel
@@ -101,14 +108,25 @@ class _Model:
     last_started_at: float | None = None
     running: bool = False
     pending: TrainRequest | None = None
+    series: tuple[tuple[str, str], ...] = ()  # (symbol, tf) of every series it reads
+    new_bars: dict[tuple[str, str], int] = field(default_factory=dict)  # per series, since train
 
 
 class Scheduler:
     """The pure state machine; see the module docstring."""
 
-    def __init__(self, keys: Iterable[ModelKey], policy: SchedulerPolicy) -> None:
+    def __init__(
+        self,
+        keys: Iterable[ModelKey],
+        policy: SchedulerPolicy,
+        symbols: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        """``symbols``: the symbols of each multi-symbol model, by model id."""
         self.policy = policy
-        self._models = {k.model_id: _Model(k) for k in keys}
+        symbols = symbols or {}
+        self._models = {
+            k.model_id: _Model(k, series=_series(k, symbols.get(k.model_id, ()))) for k in keys
+        }
         self._available: dict[tuple[str, str], int] = {}
 
     # -- inputs ------------------------------------------------------------
@@ -131,11 +149,14 @@ class Scheduler:
 
     def bars_stored(self, symbol: str, tf: str, count: int, now: float) -> None:
         """``count`` new bars of a series were stored."""
-        self._available[(symbol, tf)] = self._available.get((symbol, tf), 0) + count
+        series = (symbol, tf)
+        self._available[series] = self._available.get(series, 0) + count
         for model in self._models.values():
-            if (model.key.symbol, model.key.tf) != (symbol, tf):
+            if series not in model.series:
                 continue
-            model.bars_since_train += count
+            model.new_bars[series] = model.new_bars.get(series, 0) + count
+            # the busiest series: a round of bars over a multi model's symbols counts once
+            model.bars_since_train = max(model.bars_since_train, model.new_bars[series])
             if model.bars_since_train >= self.policy.retrain_every_bars:
                 self._request(model, Trigger.BARS, now)
 
@@ -186,6 +207,7 @@ class Scheduler:
             model.pending = None
             model.running = True
             model.bars_since_train = 0
+            model.new_bars.clear()
             model.last_started_at = now
             return request
         return None
@@ -196,8 +218,8 @@ class Scheduler:
         return sorted(waiting, key=TrainRequest.priority)
 
     def is_ready(self, request: TrainRequest, now: float) -> bool:
-        series = (request.key.symbol, request.key.tf)
-        enough = self._available.get(series, 0) >= self.policy.min_bars
+        series = self._models[request.model_id].series
+        enough = all(self._available.get(s, 0) >= self.policy.min_bars for s in series)
         return enough and now >= request.not_before
 
     def running(self) -> list[str]:
@@ -214,6 +236,10 @@ class Scheduler:
     def knows(self, model_id: str) -> bool:
         return model_id in self._models
 
+    def series_of(self, model_id: str) -> tuple[tuple[str, str], ...]:
+        """(symbol, tf) of every series the model reads."""
+        return self._models[model_id].series
+
     def available(self, symbol: str, tf: str) -> int:
         return self._available.get((symbol, tf), 0)
 
@@ -222,3 +248,8 @@ class Scheduler:
     ) -> None:
         new = TrainRequest(model.key, frozenset({trigger}), now, model.has_active, not_before)
         model.pending = new if model.pending is None else model.pending.merged(new)
+
+
+def _series(key: ModelKey, symbols: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The series a model reads: its own, or each of a multi model's symbols'."""
+    return tuple((s, key.tf) for s in symbols) if symbols else ((key.symbol, key.tf),)

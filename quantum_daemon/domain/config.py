@@ -43,8 +43,10 @@ from quantum_daemon.domain.ids import (
     ModelKey,
     check_model_id,
     check_symbol,
+    model_keys,
     symbol_of_pair,
 )
+from quantum_daemon.domain.multi_models import MultiModels, with_multi
 from quantum_daemon.domain.params.catalog import ParamTables
 from quantum_daemon.domain.ray_config import RayTrainingConfig
 from quantum_daemon.domain.secrets import Redactor, url_secrets
@@ -237,6 +239,19 @@ class ModelsConfig:
     # [models.params.<family>] and [models.params."<model_id>"]: hyper-parameters
     # (docs/tuning.md); a model's own table wins over its family's, key by key
     params: ParamTables = field(default_factory=ParamTables)
+    # [models.multi] family_TF = [symbols]: one global model over those symbols
+    # (``{family}_multi_{TF}``; domain/multi_models.py, docs/families.md)
+    multi: MultiModels = field(default_factory=MultiModels)
+
+    def __post_init__(self) -> None:
+        # ``[models.multi] lgbm = [...]``: one global model per timeframe
+        object.__setattr__(self, "multi", self.multi.for_timeframes(self.timeframes))
+
+    def keys(self) -> list[ModelKey]:
+        """Every configured model: each family x symbol x timeframe that no
+        global model covers, then the global models (``multi_models.with_multi``)."""
+        singles = model_keys(self.families, self.symbols, self.timeframes)
+        return with_multi(singles, self.multi.models)
 
 
 def _tuning_targets_valid(names: tuple[str, ...]) -> bool:
@@ -497,6 +512,8 @@ class Config:
                 f"config key 'tuning.timeout_s' must be < training.job_timeout_s "
                 f"({self.training.job_timeout_s}): the search runs inside the job"
             )
+        if not self.ingest.discover:
+            _check_multi_is_ingested(self.models.multi, self.ingest)
         _check_references_are_ingested(self.features, self.ingest)
         if not self.feed.enabled:
             return
@@ -530,6 +547,18 @@ def _check_feed_is_ingested(feed: FeedConfig, ingest: IngestConfig) -> None:
                 "ingest does not read; add it to ingest.symbols and ingest.timeframes, "
                 "or set ingest.discover = true"
             )
+
+
+def _check_multi_is_ingested(multi: MultiModels, ingest: IngestConfig) -> None:
+    """A multi model trains on bars of its symbols: ingest must read them."""
+    for key in multi.keys():
+        for symbol in multi.symbols_of(key.model_id):
+            if symbol not in ingest.symbols or key.tf not in ingest.timeframes:
+                raise ConfigError(
+                    f"config key 'models.multi.{key.family}_{key.tf}': {symbol} {key.tf} is "
+                    "not read by ingest; add it to ingest.symbols and ingest.timeframes, "
+                    "or set ingest.discover = true"
+                )
 
 
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
@@ -611,7 +640,7 @@ def with_keys(cfg: Config, section: str, **values: Any) -> Config:
 
 
 def _as_toml(value: Any) -> Any:
-    if isinstance(value, ParamTables):
+    if isinstance(value, ParamTables | MultiModels):
         return value.to_toml()
     if isinstance(value, tuple):
         return [_as_toml(v) for v in value]

@@ -157,4 +157,6 @@ def configured_series(cfg: Config) -> list[Series]:
     """Every (symbol, timeframe) that ingest stores or a model serves."""
     pairs = [(s, t) for s in cfg.ingest.symbols for t in cfg.ingest.timeframes]
     pairs += [(s, t) for s in cfg.models.symbols for t in cfg.models.timeframes]
+    multi = cfg.models.multi
+    pairs += [(s, k.tf) for k in multi.keys() for s in multi.symbols_of(k.model_id)]
     return sorted(set(pairs))

@@ -236,14 +236,20 @@ class ShadowReferee:
         """Retire the series' active versions whose model has not trained
         successfully (a new version, whatever its verdict) for more than
         ``[promotion] max_age_bars`` bars: they leave the ensemble, and the
-        model, now without an active version, trains first."""
+        model, now without an active version, trains first. A global model
+        is checked on each of its symbols' series, its age counted from the
+        newest bar it was trained on."""
         max_age, step = self.cfg.promotion.max_age_bars, timeframe_ms(tf)
         checked = self._age_checked.get((symbol, tf))
         if max_age == 0 or (checked is not None and upto_ts < checked + STALE_CHECK_BARS * step):
             return
         self._age_checked[(symbol, tf)] = upto_ts
+        multi = self.cfg.models.multi
         for m in self.state.loaded:
-            if m.stage != Stage.ACTIVE or (m.symbol, m.tf) != (symbol, tf):
+            on_series = (m.symbol, m.tf) == (symbol, tf) or (
+                m.tf == tf and symbol in multi.symbols_of(m.model_id)  # a global model
+            )
+            if m.stage != Stage.ACTIVE or not on_series:
                 continue
             newest = await self.io.run(self.registry.newest, m.model_id)
             if newest is None or not newest[1]:  # no data window recorded: age unknown

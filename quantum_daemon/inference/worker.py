@@ -218,7 +218,7 @@ class InferenceServer:
         of_series = [
             m
             for m in self.models.values()
-            if m.info.tf == tf and m.info.symbol in (symbol, MULTI_SYMBOL)
+            if m.info.tf == tf and (m.info.symbol == symbol or _answers_for(m, symbol))
         ]
         chosen: dict[tuple[str, str], str] = {}  # (family, stage) -> model_id
         for live in sorted(of_series, key=lambda m: m.info.symbol == symbol):
@@ -308,6 +308,11 @@ class InferenceServer:
         before = self.loader.reported
         report = self.refresh()
         return None if (report.loaded, report.problems) == before else report
+
+
+def _answers_for(live: LiveModel, symbol: str) -> bool:
+    """A multi-symbol model answers for the symbols it was fitted on."""
+    return live.info.symbol == MULTI_SYMBOL and symbol in getattr(live.model, "symbols", ())
 
 
 def _pin_torch_threads(threads: int) -> None:

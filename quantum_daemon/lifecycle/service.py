@@ -38,7 +38,7 @@ from quantum_daemon.core.scheduling import (
     Trigger,
 )
 from quantum_daemon.domain.config import Config
-from quantum_daemon.domain.ids import ModelKey, model_keys
+from quantum_daemon.domain.ids import ModelKey
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.lifecycle.control import Command, ControlConsumer, apply_to_registry
 from quantum_daemon.lifecycle.decisions import decide_version
@@ -101,7 +101,9 @@ class LifecycleService:
             consumer=consumer,
             reconnect_max_s=cfg.redis.reconnect_max_s,
         )
-        self.scheduler = Scheduler(self._model_keys(), self._policy())
+        self.scheduler = Scheduler(
+            self._model_keys(), self._policy(), dict(cfg.models.multi.models)
+        )
         self.loop = SchedulerLoop(
             self.scheduler,
             self._can_run,
@@ -114,8 +116,7 @@ class LifecycleService:
         self.runner = self._job_runner(job_fn)
 
     def _model_keys(self) -> list[ModelKey]:
-        m = self.cfg.models
-        return model_keys(m.families, m.symbols, m.timeframes)
+        return self.cfg.models.keys()
 
     def _policy(self) -> SchedulerPolicy:
         return SchedulerPolicy(
@@ -204,8 +205,9 @@ class LifecycleService:
     async def _start_scheduler(self) -> None:
         known = await asyncio.to_thread(self._model_starts)
         for key in self.scheduler.keys():
-            n = await asyncio.to_thread(self.store.count, key.symbol, key.tf)
-            self.scheduler.set_available(key.symbol, key.tf, n)
+            for symbol, tf in self.scheduler.series_of(key.model_id):
+                n = await asyncio.to_thread(self.store.count, symbol, tf)
+                self.scheduler.set_available(symbol, tf, n)
         self.scheduler.start(self.clock(), known)
 
     def _model_starts(self) -> dict[str, ModelStart]:
@@ -218,7 +220,10 @@ class LifecycleService:
                 starts[key.model_id] = ModelStart()
                 continue
             created, last_ts = newest
-            since = len(self.store.read_bars(key.symbol, key.tf, start_ms=last_ts + 1))
+            since = max(
+                len(self.store.read_bars(symbol, tf, start_ms=last_ts + 1))
+                for symbol, tf in self.scheduler.series_of(key.model_id)
+            )
             active = self.registry.active_version(key.model_id) is not None
             starts[key.model_id] = ModelStart(active, created, since)
         return starts

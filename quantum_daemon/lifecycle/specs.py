@@ -4,7 +4,8 @@ The spec carries the series' last ``history_bars`` bars as arrays, a
 reference to the model's active version (for the head-to-head), the recorded
 ensemble signals for the families that learn from them, the reference
 symbols' bars over the same span where ``[features] context`` applies, and
-the name its new version will take. Store and registry reads run in threads.
+the name its new version will take. A multi-symbol model's spec carries the
+bars of each of its symbols (``series``). Store and registry reads run in threads.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ class JobSpecs:
 
     async def build(self, request: TrainRequest) -> TrainJobSpec:
         key = request.key
-        bars = await asyncio.to_thread(
+        series = await self.multi_series(key)
+        bars = series[0] if series else await asyncio.to_thread(
             self.store.read_bars, key.symbol, key.tf, last_n=self.cfg.training.history_bars
         )
         active = await asyncio.to_thread(self.registry.active_version, key.model_id)
@@ -87,12 +89,29 @@ class JobSpecs:
             version_time=await asyncio.to_thread(self.version_time, key.model_id),
             evaluation=self.cfg.evaluation,
             params=self.cfg.models.params.for_model(key.family, key.model_id),
-            tuning=self.cfg.tuning.plan_for(key.family, key.model_id),
+            # a multi model does not tune (training.offline_multi)
+            tuning=None if series else self.cfg.tuning.plan_for(key.family, key.model_id),
             seed=self.cfg.models.seed,
             timeout_s=self.cfg.training.job_timeout_s,
             active=ActiveRef(active, str(path)) if active and path else None,
             signals=signals,
-            context=await asyncio.to_thread(self.feature_context, key.family, bars),
+            series=series,
+            # a global model takes no context features (docs/families.md)
+            context=None
+            if series
+            else await asyncio.to_thread(self.feature_context, key.family, bars),
+        )
+
+    async def multi_series(self, key: ModelKey) -> tuple[Bars, ...]:
+        """The last ``history_bars`` bars of each symbol of a multi-symbol
+        model (``[models.multi]``); () for a single-symbol model."""
+        symbols = self.cfg.models.multi.symbols_of(key.model_id)
+        last_n = self.cfg.training.history_bars
+        return tuple(
+            [
+                await asyncio.to_thread(self.store.read_bars, symbol, key.tf, last_n=last_n)
+                for symbol in symbols
+            ]
         )
 
     def feature_context(self, family: str, bars: Bars) -> FeatureContext | None:

@@ -88,13 +88,13 @@ def jobs_view(
 
 
 def queued_view(scheduler: Scheduler, request: TrainRequest, now: float) -> dict[str, Any]:
-    key = request.key
+    series = scheduler.series_of(request.model_id)
     return {
         "model_id": request.model_id,
         "reasons": sorted(request.reasons),
         "requested_at": request.requested_at,
         "has_active": request.has_active,
         "ready": scheduler.is_ready(request, now),
-        "bars": scheduler.available(key.symbol, key.tf),
+        "bars": min(scheduler.available(symbol, tf) for symbol, tf in series),
         "min_bars": scheduler.policy.min_bars,
     }

@@ -12,7 +12,8 @@ A family that sizes the ensemble signal (``domain.families.SIZER_FAMILIES``:
 has them: ``training_family(name, signals)`` makes such models for the
 walk-forward evaluation, ``load_model(directory, signals)`` loads one for the
 head-to-head, so both versions there size the same signal. Without signals
-both are exactly ``calibrated_family(name)``.
+both are exactly ``calibrated_family(name)``. A version of a multi-symbol
+model (metadata ``symbol`` = ``multi``) loads as ``models.multi.multi_family(name)``.
 
 A family that reads context features (``xgb``, ``lgbm``: ``use_context``)
 takes a ``FeatureContext`` the same way: ``training_family(name, signals,
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from quantum_daemon.domain.families import SIZER_FAMILIES
+from quantum_daemon.domain.ids import MULTI_SYMBOL
 from quantum_daemon.domain.signals import RecordedSignals
 from quantum_daemon.models.base import Family
 
@@ -95,6 +97,11 @@ def load_model(
 
     version = load_version(directory)
     name = version.metadata["family"]
+    if version.metadata.get("symbol") == MULTI_SYMBOL:  # a global model (``models.multi``)
+        from quantum_daemon.models.multi import multi_family
+
+        multi = multi_family(name).load(version.path, version.metadata)
+        return cast(Family, multi), version.metadata  # it answers as a Family does
     model = calibrated_family(name).load(version.path, version.metadata)
     if signals is not None and name in SIZER_FAMILIES:
         _use_signals(model, signals)

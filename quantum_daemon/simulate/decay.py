@@ -47,6 +47,8 @@ class DecayDesk:
     _loaded: Callable[[str], list[tuple[str, str]]]
     _note: Callable[[Sequence[Any], str], None]
     _refresh_live: Callable[[], None]
+    keys_of: Callable[[str], list[ModelKey]]
+    record_of: Callable[[str, str, str], VersionRecord]
 
     def _watch_drift(self, model_id: str, version: str, ts: int, loss: float) -> None:
         drift = self.drift
@@ -80,11 +82,12 @@ class DecayDesk:
         max_age = self.cfg.promotion.max_age_bars
         if max_age == 0 or i % STALE_CHECK_BARS:
             return
-        for k in self.keys:
-            if (k.symbol, k.tf) != key or k.model_id not in self.newest:
+        for k in self.keys_of(key[0]):
+            if k.tf != key[1] or k.model_id not in self.newest:
                 continue
             active = next((v for v, st in self._loaded(k.model_id) if st == ACTIVE), None)
-            age = i - self.versions[(k.model_id, self.newest[k.model_id])].trained_at
+            # a global model's age on this series: its view's (``simulate.multi``)
+            age = i - self.record_of(k.model_id, self.newest[k.model_id], key[0]).trained_at
             if active is None or age <= max_age:
                 continue
             detail = f"no successful training for {age} bars (max_age_bars {max_age})"

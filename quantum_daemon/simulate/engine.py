@@ -51,11 +51,13 @@ from quantum_daemon.domain.config import Config
 from quantum_daemon.domain.families import SIZER_FAMILIES
 from quantum_daemon.domain.ids import model_id as id_of_model
 from quantum_daemon.domain.ids import model_keys
+from quantum_daemon.domain.multi_models import with_multi
 from quantum_daemon.domain.timeframes import timeframe_ms
 from quantum_daemon.models.sizer_book import SizerBook
 from quantum_daemon.simulate.decay import DecayDesk
 from quantum_daemon.simulate.dispatch import run_all
 from quantum_daemon.simulate.inputs import SimulationSeries
+from quantum_daemon.simulate.multi import MultiDesk, multi_models, one_per_family
 from quantum_daemon.simulate.predict_job import PredictResult, PredictSpec, predict_span
 from quantum_daemon.simulate.records import (
     ACTIVE,
@@ -75,7 +77,7 @@ from quantum_daemon.training.executor import Executor, JobOutcome
 PREDICT_CHUNK = 256  # bars forecast per batch call
 
 
-class Simulation(TrainingDesk, SettlingDesk, SizingDesk, DecayDesk):
+class Simulation(TrainingDesk, SettlingDesk, SizingDesk, DecayDesk, MultiDesk):
     """See the module docstring; ``run`` returns when the span is done or
     ``stop`` is set (then ``partial`` is true)."""
 
@@ -105,13 +107,16 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk, DecayDesk):
         self.progress = progress or (lambda _: None)
         self.registry = Registry(data_dir)
         symbols = [s.bars.symbol for s in series]
-        self.keys = model_keys(self.families, symbols, [self.tf])
+        self.multi = multi_models(cfg, symbols, self.tf)  # global models ([models.multi])
+        self.keys = with_multi(model_keys(self.families, symbols, [self.tf]), self.multi)
+        self.views: dict[tuple[str, str, str], VersionRecord] = {}
+        self._multi_nets: dict[tuple[str, str, int], dict[str, float]] = {}
         policy = SchedulerPolicy(
             retrain_every_bars=cfg.models.retrain_every_bars,
             retrain_interval_s=cfg.models.retrain_interval_s,
             min_bars=cfg.training.history_bars,
         )
-        self.scheduler = Scheduler(self.keys, policy)
+        self.scheduler = Scheduler(self.keys, policy, self.multi)
         self.cost_rate = cost_rate(cfg.evaluation.fee_bps, cfg.evaluation.slippage_bps)
         self.versions: dict[tuple[str, str], VersionRecord] = {}
         self.newest: dict[str, str] = {}
@@ -197,12 +202,14 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk, DecayDesk):
         """(stage, version) of every active and loaded candidate of the series'
         models, as the inference worker loads them."""
         out = []
-        for key in self.keys:
-            if key.symbol != symbol:
-                continue
+        for key in self.keys_of(symbol):
             for version, stage in self._loaded(key.model_id):
-                out.append((stage, self.versions[(key.model_id, version)]))
-        return out
+                out.append((stage, self.record_of(key.model_id, version, symbol)))
+        answering = {
+            stage: one_per_family([r.model_id for st, r in out if st == stage], symbol)
+            for stage in {st for st, _ in out}
+        }
+        return [(stage, r) for stage, r in out if r.model_id in answering[stage]]
 
     def _loaded(self, model_id: str) -> list[tuple[str, str]]:
         if model_id not in self._loaded_cache:
@@ -228,9 +235,9 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk, DecayDesk):
         for key, i in index.items():
             records = [v for _, v in self.live_versions(key[0])]
             records += [
-                self.versions[(k.model_id, self.newest[k.model_id])]
-                for k in self.keys
-                if k.symbol == key[0] and k.model_id in self.newest
+                self.record_of(k.model_id, self.newest[k.model_id], key[0])
+                for k in self.keys_of(key[0])
+                if k.model_id in self.newest
             ]
             for record in {id(r): r for r in records}.values():
                 if record.family in SIZER_FAMILIES:
@@ -316,11 +323,7 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk, DecayDesk):
         else:
             built = self._flat(key, i, threshold)
         signal = {k: v for k, v in signal_json(built).items() if k != "latency_ms"}
-        newest = {
-            k.model_id: self.newest[k.model_id]
-            for k in self.keys
-            if k.symbol == key[0] and k.model_id in self.newest
-        }
+        newest = self.newest_of(key[0])
         self.bar_row[key][int(bars.ts[i])] = len(self.bars[key])
         self.bars[key].append(
             BarRecord(
@@ -330,6 +333,7 @@ class Simulation(TrainingDesk, SettlingDesk, SizingDesk, DecayDesk):
                 newest=newest,
                 weights=dict(self.weights),
                 signal=signal,
+                symbol=key[0],
             )
         )
 

@@ -56,6 +56,7 @@ class BarRecord:
     newest: dict[str, str]  # model_id -> newest trained version
     weights: dict[str, float]
     signal: dict[str, Any] | None
+    symbol: str = ""  # of its series
 
 
 Progress = Callable[[dict[str, Any]], None]

@@ -129,7 +129,9 @@ async def _simulate(
         )  # fmt: skip
         await sim.run(stop)
     seconds = time.monotonic() - started
-    policy_map = policies(families, cfg.evaluation.position_threshold, _newest(sim))
+    # a family only a global model runs has its "family:" variant too
+    run_families = list(dict.fromkeys([*families, *(k.family for k in sim.keys)]))
+    policy_map = policies(run_families, cfg.evaluation.position_threshold, _newest(sim))
     results = evaluate({k[0]: v for k, v in sim.bars.items()}, policy_map, sim.cost_rate)
     summary = summarize(results, sim.tf, cfg.evaluation.trial_sharpe_variance)
     run_info = {
@@ -157,7 +159,7 @@ def _newest(sim: Simulation) -> Any:
     def members(record: Any) -> list[tuple[str, Any]]:
         out = []
         for model_id, version in sorted(record.newest.items()):
-            rec = sim.versions[(model_id, version)]
+            rec = sim.record_of(model_id, version, record.symbol)
             symbol_bars = sim.series[(rec.symbol, sim.tf)].bars
             i = int(symbol_bars.ts.searchsorted(record.ts))
             p = rec.predictions.get(i)

@@ -68,6 +68,10 @@ class SettlingDesk:
     _watch_drift: Callable[[str, str, int, float], None]
     _note: Callable[[Sequence[Any], str], None]
     _refresh_live: Callable[[], None]
+    keys_of: Callable[[str], list[ModelKey]]
+    record_of: Callable[[str, str, str], VersionRecord]
+    note_loss: Callable[[str, str, str, int, float], None]
+    record_net: Callable[[str, str, str, int, float], float]
 
     async def _settle(self, key: tuple[str, str], i: int) -> None:
         """Settle what bar ``i`` decides: forecasts made ``horizon`` bars ago
@@ -85,9 +89,10 @@ class SettlingDesk:
         settled = settle(due, window, self.cost_rate, self.cfg.evaluation.position_threshold)
         for d, s in zip(due, settled, strict=True):
             if s.loss is not None:
-                self.versions[(d.model_id, d.version)].losses[d.ts] = s.loss
+                self.note_loss(d.model_id, d.version, d.symbol, d.ts, s.loss)
             if s.net is not None:
-                self._add_to_record(d.model_id, d.ts, d.version, s.net)
+                net = self.record_net(d.model_id, d.version, d.symbol, d.ts, s.net)
+                self._add_to_record(d.model_id, d.ts, d.version, net)
             if s.loss is not None:
                 self._watch_drift(d.model_id, d.version, d.ts, s.loss)
         for round_ts, scores in trust_rounds(due, settled, self.step):
@@ -111,7 +116,7 @@ class SettlingDesk:
             if n is None:
                 continue
             for mine, (stage, p) in history[n].forecasts.items():
-                record = self.versions[mine]
+                record = self.record_of(mine[0], mine[1], key[0])
                 if _lag(record) == lag:
                     found.append((record, stage, p, n))
         found.sort(key=lambda made: self._rank[(made[0].model_id, made[0].version)])
@@ -170,7 +175,7 @@ class SettlingDesk:
         held = record.get(ts)
         if held is None:
             bisect.insort(self._record_ts.setdefault(model_id, []), ts)
-        if held is None or version > held[0]:
+        if held is None or version >= held[0]:  # same version: a multi model's new mean
             record[ts] = (version, net)
 
     def record_rule(self, model_id: str) -> GateResult:
@@ -191,8 +196,8 @@ class SettlingDesk:
         """The series' models with a loaded candidate."""
         return [
             k.model_id
-            for k in self.keys
-            if k.symbol == symbol and any(st == CANDIDATE for _, st in self._loaded(k.model_id))
+            for k in self.keys_of(symbol)
+            if any(st == CANDIDATE for _, st in self._loaded(k.model_id))
         ]
 
     def _judge_shadow(self, model_ids: list[str]) -> None:

@@ -61,6 +61,8 @@ class TrainingDesk:
     _known_models: Callable[[], set[str]]
     _track: Callable[[VersionRecord], None]
     recorded_signals: Callable[[tuple[str, str], int], RecordedSignals]
+    multi: dict[str, tuple[str, ...]]
+    add_views: Callable[[VersionRecord, Mapping[str, int]], list[VersionRecord]]
     reference_bars: dict[str, Bars]
 
     async def _train_ready(self, now_ms: int, index: dict[tuple[str, str], int]) -> None:
@@ -77,11 +79,16 @@ class TrainingDesk:
             for request, spec, outcome in zip(requests, specs, outcomes, strict=True):
                 self._completed(request, spec, outcome)
 
+    def _history(self, symbol: str, tf: str, now_ms: int) -> Any:
+        """The series' last ``history_bars`` bars closed by ``now_ms``."""
+        series = self.series[(symbol, tf)]
+        end = int(np.searchsorted(series.bars.ts, now_ms - self.step, side="right"))
+        return series.bars.slice(max(0, end - self.cfg.training.history_bars), end)
+
     def _train_spec(self, request: TrainRequest, now_ms: int) -> TrainJobSpec:
         key = request.key
-        series = self.series[(key.symbol, key.tf)]
-        end = int(np.searchsorted(series.bars.ts, now_ms - self.step, side="right"))
-        bars = series.bars.slice(max(0, end - self.cfg.training.history_bars), end)
+        multi = tuple(self._history(s, key.tf, now_ms) for s in self.multi.get(key.model_id, ()))
+        bars = multi[0] if multi else self._history(key.symbol, key.tf, now_ms)
         active = self.registry.active_version(key.model_id) if self._has(key) else None
         path = self.registry.version_path(key.model_id, active) if active else None
         return TrainJobSpec(
@@ -98,13 +105,15 @@ class TrainingDesk:
                 **self.cfg.models.params.for_model(key.family, key.model_id),
                 **self.params.get(key.family, {}),
             },
-            tuning=self.cfg.tuning.plan_for(key.family, key.model_id),
+            tuning=None if multi else self.cfg.tuning.plan_for(key.family, key.model_id),
+            series=multi,
             signals=(
                 self.recorded_signals((key.symbol, key.tf), int(bars.ts[-1]))
                 if key.family in SIZER_FAMILIES and len(bars)
                 else None
             ),
-            context=self._feature_context(key.family, bars),
+            # a global model takes no context features (docs/families.md)
+            context=None if multi else self._feature_context(key.family, bars),
         )
 
     def _feature_context(self, family: str, bars: Bars) -> FeatureContext | None:
@@ -150,13 +159,16 @@ class TrainingDesk:
         """The lifecycle's decision on a trained version (``judge_version``)."""
         self.jobs_done += 1
         mid, version = result.model_id, result.version
-        series = self.series[(spec.symbol, spec.tf)]
-        at = int(np.searchsorted(series.bars.ts, self.now_ms - self.step, side="right"))
+        symbols = [b.symbol for b in spec.series] or [spec.symbol]
+        at = {s: self._bar_index(s, spec.tf) for s in symbols}
         self.versions[(mid, version)] = VersionRecord(
-            mid, spec.family, spec.symbol, version, result.artifact_dir, at, live_from=at,
+            mid, spec.family, spec.symbol, version, result.artifact_dir, at[symbols[0]],
+            live_from=at[symbols[0]],
             horizon=int(result.metrics.get("horizon") or self.cfg.evaluation.horizon),
         )  # fmt: skip
-        self._track(self.versions[(mid, version)])
+        views = self.add_views(self.versions[(mid, version)], at) if spec.series else []
+        for record in views or [self.versions[(mid, version)]]:
+            self._track(record)
         self.newest[mid] = version
         self.timeline.append(TimelineEntry(self.now_ms, "trained", mid, version, _headline(result)))
         self._confirm(self.registry.register(mid, version, result.head_to_head, spec.job_id), mid)
@@ -165,6 +177,11 @@ class TrainingDesk:
         self._note(events, mid)
         self._note(self.registry.retire_superseded(mid, self.cfg.inference.max_candidates), mid)
         self._refresh_live()
+
+    def _bar_index(self, symbol: str, tf: str) -> int:
+        """The index in the series of the first bar after the simulated now."""
+        bars = self.series[(symbol, tf)].bars
+        return int(np.searchsorted(bars.ts, self.now_ms - self.step, side="right"))
 
     def _note(self, events: Sequence[Any], model_id: str) -> None:
         """Put the registry's events on the timeline, which is where a

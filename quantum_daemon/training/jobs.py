@@ -28,6 +28,7 @@ from quantum_daemon.core.context_features import ContextMissing, FeatureContext
 from quantum_daemon.core.promotion import HeadToHead
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import EvaluationConfig, TuningConfig
+from quantum_daemon.domain.ids import MULTI_SYMBOL
 from quantum_daemon.domain.signals import RecordedSignals
 from quantum_daemon.domain.timeframes import timeframe_ms
 
@@ -62,11 +63,13 @@ class TrainJobSpec:
     active: ActiveRef | None = None
     signals: RecordedSignals | None = None  # rl_sizer: the recorded ensemble signal
     tuning: TuningConfig | None = None  # search the family's space first (training.tuning)
+    # a multi-symbol model: the bars of every symbol (``bars`` is the first's)
+    series: tuple[Bars, ...] = ()
     context: FeatureContext | None = None  # context features: spec and reference bars
 
     @property
     def symbol(self) -> str:
-        return self.bars.symbol
+        return MULTI_SYMBOL if self.series else self.bars.symbol
 
     @property
     def tf(self) -> str:
@@ -113,6 +116,7 @@ def run_job(spec: TrainJobSpec) -> TrainJobResult:
             now=spec.version_time,
             signals=spec.signals,
             tuning=spec.tuning,
+            series=spec.series,
             context=spec.context,
         )
     )
@@ -128,7 +132,7 @@ def run_job(spec: TrainJobSpec) -> TrainJobResult:
         metrics=trained.metrics,
         head_to_head=h2h,
         seconds=time.perf_counter() - started,
-        n_bars=len(spec.bars),
+        n_bars=sum(len(b) for b in spec.series) if spec.series else len(spec.bars),
         pid=os.getpid(),
     )
 
@@ -162,6 +166,10 @@ def head_to_head(spec: TrainJobSpec, new_dir: Path) -> HeadToHead:
     from quantum_daemon.storage.artifacts import ArtifactCorrupt
 
     assert spec.active is not None
+    if spec.series:
+        from quantum_daemon.training.multi_jobs import head_to_head_multi
+
+        return head_to_head_multi(spec, new_dir)
     try:
         active, active_meta = load_model(Path(spec.active.path), spec.signals, spec.context)
     except ArtifactCorrupt as exc:

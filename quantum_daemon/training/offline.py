@@ -48,6 +48,7 @@ from quantum_daemon.core.evaluation.walkforward import (
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.domain.config import EvaluationConfig, TuningConfig
 from quantum_daemon.domain.families import SIZER_FAMILIES
+from quantum_daemon.domain.ids import MULTI_SYMBOL
 from quantum_daemon.domain.params.catalog import params_class
 from quantum_daemon.domain.signals import RecordedSignals
 from quantum_daemon.models.base import FitInfo
@@ -77,11 +78,14 @@ class OfflineSpec:
     now: datetime | None = None
     signals: RecordedSignals | None = None  # for rl_sizer: the recorded ensemble signal
     tuning: TuningConfig | None = None  # search the family's space first (training.tuning)
+    # a multi-symbol model (``{family}_multi_{TF}``): the bars of every symbol
+    # (``bars`` is the first's); trained by ``offline_multi``
+    series: tuple[Bars, ...] = ()
     context: FeatureContext | None = None  # context features (core.context_features)
 
     @property
     def symbol(self) -> str:
-        return self.bars.symbol
+        return MULTI_SYMBOL if self.series else self.bars.symbol
 
     @property
     def tf(self) -> str:
@@ -108,6 +112,10 @@ class OfflineResult:
 
 
 def train_offline(spec: OfflineSpec) -> OfflineResult:
+    if spec.series:
+        from quantum_daemon.training.offline_multi import train_offline_multi
+
+        return train_offline_multi(spec)
     started = time.perf_counter()
     now = spec.now or datetime.now(UTC)
     settings = spec.settings()
