@@ -142,7 +142,7 @@ def table(runs: Sequence[ArmRun]) -> list[str]:
     for run in runs:
         variants = run.summary["variants"]
         names = [v for v in SHOWN if v in variants] + sorted(
-            v for v in variants if v.startswith("family:")
+            v for v in variants if v.startswith(("family:", "newest:"))
         )
         for name in names:
             fig = variants[name]

@@ -321,3 +321,17 @@ def test_the_loop_finds_the_planted_edge_and_beats_buy_and_hold() -> None:
     wins = [s for s, (loop, hold, trades) in MOMENTUM.items() if loop > hold and trades > 0]
     assert len(wins) > len(MOMENTUM) / 2, MOMENTUM
     assert np.mean([v[0] for v in MOMENTUM.values()]) > np.mean([v[1] for v in MOMENTUM.values()])
+
+
+def test_each_familys_newest_versions_alone_are_a_variant_when_there_are_several() -> None:
+    from quantum_daemon.simulate.records import BarRecord, Prediction
+    from quantum_daemon.simulate.variants import policies, pooled_position
+
+    up, down = Prediction(0.01, 0.8, None), Prediction(-0.01, 0.2, None)
+    newest = [("lgbm_BTCUSDT_1h", up), ("xgb_BTCUSDT_1h", down)]
+    record = BarRecord(0, 100.0, {}, {}, {}, None, "BTCUSDT")
+    both = policies(["lgbm", "xgb", "rl_sizer"], 0.0, lambda _r: newest)
+    assert both["newest:lgbm"](record) == pooled_position(newest[:1], 0.0) > 0
+    assert both["newest:xgb"](record) == pooled_position(newest[1:], 0.0) < 0
+    assert "newest:rl_sizer" not in both
+    assert not any(name.startswith("newest:") for name in policies(["lgbm"], 0.0, lambda _r: []))

@@ -95,10 +95,22 @@ def policies(
     out: dict[str, Policy] = {"loop": loop, "equal_weights": equal, "newest_wins": newest_wins}
     if SIZER in families:  # the loop's own signal without the sizer: what the sizer adds
         out["loop_plain_rule"] = loop_plain_rule
-    for family in families:
-        if family != SIZER:
-            out[f"family:{family}"] = _alone(family, threshold)
+    forecasters = [f for f in families if f != SIZER]
+    for family in forecasters:
+        out[f"family:{family}"] = _alone(family, threshold)
+    if len(forecasters) > 1:  # with one family it is newest_wins itself
+        for family in forecasters:
+            out[f"newest:{family}"] = _newest_alone(family, threshold, newest)
     return out
+
+
+def _newest_alone(family: str, threshold: float, newest: Callable[[BarRecord], Any]) -> Policy:
+    """The family's newest versions alone, no gates: what the family trains, ungated."""
+
+    def position(r: BarRecord) -> float:
+        return pooled_position([(m, p) for m, p in newest(r) if family_of(m) == family], threshold)
+
+    return position
 
 
 def _alone(family: str, threshold: float) -> Policy:
