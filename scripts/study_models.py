@@ -4,7 +4,8 @@ Runs ``quantum-daemon simulate`` once per arm on the same bars, span, families,
 seeds and costs, each arm one change to the config (context features, tuning,
 one model over several symbols), and prints one table: per arm the loop as
 configured, ``newest_wins`` (each model's newest version, no gates: the raw
-quality of what the arm trains), each family alone and buy-and-hold, with
+quality of what the arm trains), ``newest:{family}`` (the same, one family),
+each family's gated active version alone and buy-and-hold, with
 
 - ``dsr_run``: the deflated Sharpe of ``summary.json`` (the run's variants as
   trials), and
