@@ -6,11 +6,12 @@ redis-server on a free port and ``--daemons`` real ``quantum-daemon run``
 processes on it (each with its own data dir and API port, the same ingest
 consumer group), configured for the N series (``[ingest]`` and ``[models]``
 symbols, family ``xgb``, one training worker at nice +10). Before the
-daemons start, every data dir holds one trained ``xgb_multi_{TF}`` version
-(a model over every symbol, trained once per timeframe on synthetic bars),
-active: each series gets a signal from its first bar on, and the scheduler
-queues a version of its own for each series once its history is in (the
-queue the run reports; one training job runs during the measurement).
+daemons start, every data dir holds an active ``xgb_{SYMBOL}_{TF}`` version
+for each series (copies of one version trained once per timeframe on
+synthetic bars: one model per series, as the zoo has it): each series gets
+a signal from its first bar on, and the scheduler queues a new version for
+each series once its history is in (the queue the run reports; one
+training job runs during the measurement).
 
 1. History: ``--history`` random-walk bars per series are published at once
    (pipelined XADD); the ingest rate is history bars / seconds until the
@@ -169,7 +170,8 @@ def feature_cost(repeats: int = 400) -> dict[str, float]:
 
 
 def train_template(tf: str, root: Path) -> Path:
-    """A data dir holding one active ``xgb_multi_{tf}`` version."""
+    """A data dir holding one ``xgb_multi_{tf}`` version, the one every
+    series' model is a copy of (``one_model_per_series``)."""
     data_dir = root / f"template-{tf}"
     if data_dir.exists():
         return data_dir
@@ -189,6 +191,27 @@ def train_template(tf: str, root: Path) -> Path:
     registry.apply_verdict(result.model_id, result.version, Verdict("candidate", (), True, "bench"))
     print(f"  trained {result.model_id} {result.version}", flush=True)
     return data_dir
+
+
+def one_model_per_series(template: Path, data_dir: Path, names: list[str], tf: str) -> None:
+    """``data_dir`` with the template's version active for every series as
+    ``xgb_{SYMBOL}_{tf}`` (a copy of its files each, the metadata naming the
+    series), as a zoo of one model per series would have it: the worker
+    loads one model per series and the registry holds one state per model."""
+    source_id = f"{FAMILY}_multi_{tf}"
+    (version_dir,) = (template / "models" / source_id).glob("v*")
+    registry = Registry(data_dir)
+    for name in names:
+        model_id = f"{FAMILY}_{name}_{tf}"
+        target = data_dir / "models" / model_id / version_dir.name
+        shutil.copytree(version_dir, target)
+        meta_path = target / "metadata.json"
+        meta = json.loads(meta_path.read_text())
+        meta.update(model_id=model_id, symbol=name)
+        meta_path.write_text(json.dumps(meta))
+        registry.register(model_id, version_dir.name)
+        verdict = Verdict("candidate", (), True, "bench")
+        registry.apply_verdict(model_id, version_dir.name, verdict)
 
 
 def config_text(
@@ -333,7 +356,7 @@ def daemons_on(
     try:
         for k in range(spec.daemons):
             data_dir = root / f"data-{k}"
-            shutil.copytree(template, data_dir)
+            one_model_per_series(template, data_dir, names, spec.tf)
             port = free_port()
             config = root / f"config-{k}.toml"
             config.write_text(
