@@ -32,7 +32,6 @@ import csv
 import json
 import math
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +66,8 @@ def _tuned(cfg: Config, args: argparse.Namespace) -> Config:
 
 def _multi(cfg: Config, args: argparse.Namespace) -> Config:
     symbols = args.symbols or list(cfg.models.symbols)
+    read = sorted(set(cfg.ingest.symbols) | set(symbols))  # a global model's symbols are ingested
+    cfg = config_module.with_keys(cfg, "ingest", symbols=read)
     # evo_model and rl_sizer stay single-symbol (domain/multi_models.py)
     multi = {f: symbols for f in args.families if f in MULTI_FAMILIES}
     return config_module.with_keys(cfg, "models", multi=multi)
@@ -97,7 +98,6 @@ def run_arm(name: str, cfg: Config, args: argparse.Namespace) -> ArmRun:
         end=args.end,
         progress=False,
     )
-    started = time.monotonic()
     if args.reuse and (out / "summary.json").is_file():
         print(f"    reusing {out}", file=sys.stderr)
     elif (code := simulate(cfg, request)) != 0:
@@ -105,7 +105,8 @@ def run_arm(name: str, cfg: Config, args: argparse.Namespace) -> ArmRun:
     returns, trials = read_variant_returns(out / VARIANT_RETURNS_FILE)
     ledger = Registry(out / "registry").zoo_trials()
     summary = json.loads((out / "summary.json").read_text())
-    return ArmRun(name, summary, returns, trials, ledger, time.monotonic() - started)
+    run_info = json.loads((out / "run.json").read_text())  # the simulation's own wall time
+    return ArmRun(name, summary, returns, trials, ledger, float(run_info["seconds"]))
 
 
 def read_variant_returns(path: Path) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:

@@ -246,11 +246,17 @@ def test_a_multi_model_trains_saves_loads_and_is_judged_per_symbol(
             (forecast.p_up > 0) & (forecast.p_up < 1)
         )
     assert not np.allclose(answers[0].mu, answers[2].mu)
+    for bars, forecast in zip(series, answers, strict=True):  # intervals fitted per symbol
+        assert forecast.q05 is not None and forecast.q95 is not None, bars.symbol
+        assert np.all(forecast.q05 < forecast.q95)
+        assert meta["model"]["intervals"][bars.symbol]["horizon"] == HORIZON
     with pytest.raises(UnknownSymbol, match="DDDUSDT"):
         model.predict(make_bars(700, seed=9, symbol="DDDUSDT"), idx)
     # what was saved is what was fitted
     again, _ = load_model(result.artifact_dir)
-    np.testing.assert_allclose(again.predict(series[1], idx).mu, answers[1].mu, rtol=1e-12)
+    reloaded = again.predict(series[1], idx)
+    np.testing.assert_allclose(reloaded.mu, answers[1].mu, rtol=1e-12)
+    np.testing.assert_allclose(reloaded.q95, answers[1].q95, rtol=1e-12)  # type: ignore[arg-type]
 
 
 def test_the_target_is_scaled_per_symbol(tmp_path: Path) -> None:
@@ -514,6 +520,11 @@ def test_the_simulation_runs_a_multi_model_beside_the_single_symbol_ones(tmp_pat
             known = [v.losses[ts] for v in views if ts in v.losses]
             assert loss == pytest.approx(float(np.mean(known)))
     assert sim.model_records.get("xgb_multi_1h")
+    from quantum_daemon.simulate.report import _with_intervals, model_stats
+
+    scored = _with_intervals(model_stats(sim), sim)
+    assert scored["models"]["xgb_multi_1h"]["interval_n"] > 0  # scored on its symbols' views
+    assert scored["intervals"]["xgb"]["coverage_90"] is not None
 
 
 def test_a_stale_global_model_leaves_the_ensemble_of_its_symbols(

@@ -13,8 +13,9 @@ symbol it was not fitted on is refused. How each family pools the series:
   windows of every symbol, each symbol z-scored with its own training
   statistics (PatchTST further normalises each window: RevIN).
 
-``MultiCalibrated`` calibrates ``p_up`` per symbol on that symbol's
-validation window, as ``models.calibrated`` does for a single symbol.
+``MultiCalibrated`` calibrates ``p_up`` and fits the forecast intervals
+(``models.intervals``) per symbol on that symbol's validation window, as
+``models.calibrated`` does for a single symbol.
 ``multi_family(name)`` is what training and loading use.
 """
 
@@ -42,6 +43,13 @@ from quantum_daemon.models.calibrated import (
     N_BINS,
     check_method,
     realized_up,
+)
+from quantum_daemon.models.intervals import (
+    INTERVALS_KEY,
+    fit_intervals,
+    intervals_from_metadata,
+    intervals_metadata,
+    with_quantiles,
 )
 
 _MULTI_MODULES: dict[str, tuple[str, str]] = {
@@ -125,6 +133,8 @@ class MultiCalibrated:
         self.inner: MultiFamily = inner
         self.calibrators: dict[str, Calibrator] = {}
         self.report: dict[str, dict[str, Any]] = {}
+        self.intervals: dict[str, Any] = {}  # symbol -> ConformalIntervals | None
+        self.horizon: int | None = None
 
     @property
     def symbols(self) -> tuple[str, ...]:
@@ -142,10 +152,14 @@ class MultiCalibrated:
     def _calibrate(self, symbol: str, data: TrainSet, method: Any) -> None:
         val = np.asarray(data.val_idx, dtype=np.int64)
         visible = data.bars.slice(0, int(val[-1]) + 1)
-        raw = np.asarray(self.inner.predict(visible, val).p_up, dtype=np.float64)
+        forecast = self.inner.predict(visible, val)
+        raw = np.asarray(forecast.p_up, dtype=np.float64)
         up = realized_up(data.bars.close, val, data.horizon)
         calibrator = fit_calibrator(raw, up, method)
         self.calibrators[symbol] = calibrator
+        self.horizon = data.horizon
+        mu = np.asarray(forecast.mu, dtype=np.float64)
+        self.intervals[symbol] = fit_intervals(data.bars, val, data.horizon, mu)
         self.report[symbol] = {
             "method": calibrator.method,
             "requested": method,
@@ -157,7 +171,11 @@ class MultiCalibrated:
     def predict(self, bars: Bars, idx: np.ndarray) -> Forecast:
         raw = self.inner.predict(bars, idx)
         calibrator = self.calibrators.get(bars.symbol, Calibrator())
-        return Forecast(mu=raw.mu, p_up=calibrator.apply(raw.p_up), position=raw.position)
+        calibrated = Forecast(mu=raw.mu, p_up=calibrator.apply(raw.p_up), position=raw.position)
+        if self.horizon is None:
+            return calibrated
+        intervals = self.intervals.get(bars.symbol)
+        return with_quantiles(calibrated, intervals, bars, idx, self.horizon)
 
     def save(self, directory: Path) -> list[Path]:
         return self.inner.save(directory)
@@ -168,10 +186,13 @@ class MultiCalibrated:
             raise TypeError("MultiCalibrated.load needs multi_family(name)")
         state = dict(meta.get("model", {}))
         stored = state.pop(CALIBRATION_KEY, {})
+        intervals = state.pop(INTERVALS_KEY, {})
         model = cls(cls.inner_class.load(directory, {**meta, "model": state}))
         for symbol, entry in stored.items():
             model.calibrators[symbol] = Calibrator.from_dict(entry["calibrator"])
             model.report[symbol] = {k: v for k, v in entry.items() if k != "calibrator"}
+        for symbol, entry in intervals.items():
+            model.intervals[symbol], model.horizon = intervals_from_metadata(entry)
         return model
 
     def metadata(self) -> dict[str, Any]:
@@ -180,7 +201,10 @@ class MultiCalibrated:
             s: {**self.report.get(s, {}), "calibrator": c.to_dict()}
             for s, c in self.calibrators.items()
         }
-        return {**state, CALIBRATION_KEY: stored}
+        if self.horizon is None:
+            return {**state, CALIBRATION_KEY: stored}
+        intervals = {s: intervals_metadata(i, self.horizon) for s, i in self.intervals.items()}
+        return {**state, CALIBRATION_KEY: stored, INTERVALS_KEY: intervals}
 
 
 @functools.cache

@@ -110,7 +110,9 @@ def _with_intervals(models: dict[str, Any], sim: Simulation) -> dict[str, Any]:
     """``models`` with each model's out-of-sample interval record
     (``interval_n``, ``coverage_90``, ``pinball``), and ``intervals`` per family."""
     bars_of = {symbol: s.bars for (symbol, _), s in sim.series.items()}
-    per_model, per_family = interval_stats(sim.versions.values(), bars_of)
+    # a multi version is scored on each of its series' views (symbol ``multi`` has no bars)
+    records = [*sim.versions.values(), *sim.views.values()]
+    per_model, per_family = interval_stats(records, bars_of)
     empty = interval_summary(np.zeros(0), np.zeros((0, 3)))
     for mid, stats in models.items():
         found = per_model.get(mid, empty)
