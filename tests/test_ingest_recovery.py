@@ -217,3 +217,24 @@ def test_a_deleted_stream_and_group_are_recreated(redis_url: str, tmp_path: Path
         asyncio.run(scenario(store))
     assert any(e["event"] == "ingest.group_missing" for e in logs)
     assert group_state(r, BTC) == (0, 0)
+
+
+def test_each_stale_entry_is_claimed_once_even_with_a_tiny_idle_time(
+    redis_url: str, tmp_path: Path
+) -> None:
+    r = redis.Redis.from_url(redis_url)
+    publish(r, make_bars(100, symbol="BTCUSDT"))
+    create_group(r, BTC)
+    r.xreadgroup(GROUP, "otherhost-1", {BTC: ">"}, count=70)
+    eager = make_config(redis_url, claim_idle_ms=1, batch_size=16)
+
+    async def claim(store: BarStore) -> int:
+        async with ingest_service(eager, store) as service:
+            await service.refresh_streams()
+            await asyncio.sleep(0.01)  # the other consumer's entries are idle now
+            return await service.claim_stale()
+
+    with BarStore.in_dir(tmp_path) as store:
+        assert asyncio.run(claim(store)) == 70  # one pass, not our own claims again
+    holders = {p["consumer"] for p in r.xpending_range(BTC, GROUP, "-", "+", 100)}
+    assert len(holders) == 1 and b"otherhost-1" not in holders  # all 70 now ours

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from quantum_daemon.domain.config import IngestConfig
 from quantum_daemon.ingest.batch import ReadBatch, StreamEntries
 from quantum_daemon.ingest.decode import Series
+from quantum_daemon.ingest.takeover import raw_ranges
 from quantum_daemon.ingest.wire import raw_reads
 from quantum_daemon.runtime.consumers import claim_from_dead_local_consumers
 from quantum_daemon.runtime.logs import get_logger
@@ -108,21 +109,22 @@ class StreamReader:
 
     async def claim_stale(self) -> int:
         """Move entries that other consumers left pending for ``claim_idle_ms``
-        into our pending list (ids only: the pending pass delivers them)."""
+        into our pending list (ids only: the pending pass delivers them).
+        One pass over each stream's pending list, following XAUTOCLAIM's
+        cursor: restarting from ``0-0`` would claim our own just-claimed
+        entries again once they are idle (with a short ``claim_idle_ms``,
+        millions of times)."""
         claimed = 0
+        raw = raw_ranges(self.redis)  # redis-py drops the cursor of a JUSTID reply
         for stream in list(self.streams):
+            cursor: bytes | str = "0-0"
             while True:
-                ids = await self.redis.xautoclaim(
-                    stream,
-                    self.cfg.group,
-                    self.consumer,
-                    self.cfg.claim_idle_ms,
-                    "0-0",
-                    count=self.cfg.batch_size,
-                    justid=True,
-                )
+                cursor, ids = (await raw.execute_command(
+                    "XAUTOCLAIM", stream, self.cfg.group, self.consumer,
+                    self.cfg.claim_idle_ms, cursor, "COUNT", self.cfg.batch_size, "JUSTID",
+                ))[:2]  # fmt: skip
                 claimed += len(ids)
-                if len(ids) < self.cfg.batch_size:
+                if cursor in (b"0-0", "0-0"):
                     break
         if claimed:
             log.info("ingest.claimed", entries=claimed)
