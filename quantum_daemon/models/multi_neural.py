@@ -20,7 +20,6 @@ the metadata.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -28,7 +27,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import safetensors
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from quantum_daemon.domain.bars import Bars
 from quantum_daemon.models.base import FitInfo, Forecast, TrainSet
@@ -47,6 +46,7 @@ from quantum_daemon.models.neural import (
     fit_scaling,
     horizon_return,
     padded,
+    save_network,
 )
 from quantum_daemon.models.torch_training import Windows, seed_everything, train
 
@@ -127,11 +127,7 @@ class MultiNeuralFamily:
         return self._views[bars.symbol].predict(bars, idx)
 
     def save(self, directory: Path) -> list[Path]:
-        state = self._state()
-        path = Path(directory) / ARTIFACT
-        tensors = {k: v.detach().cpu().contiguous() for k, v in state.network.state_dict().items()}
-        save_file(tensors, str(path), metadata={"quantum_daemon": json.dumps(self.metadata())})
-        return [path]
+        return [save_network(self._state().network, directory, self.metadata())]
 
     @classmethod
     def load(cls, directory: Path, meta: Mapping[str, Any]) -> Self:

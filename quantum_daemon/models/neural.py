@@ -97,6 +97,14 @@ def fit_scaling(bars: Bars, channels: tuple[str, ...], last_row: int) -> Scaling
     return Scaling(channels, tuple(np.nanmean(raw, axis=0).tolist()), tuple(std.tolist()))
 
 
+def save_network(network: torch.nn.Module, directory: Path, metadata: Any) -> Path:
+    """The network's weights as safetensors, the metadata in the file's header."""
+    path = Path(directory) / ARTIFACT
+    tensors = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    save_file(tensors, str(path), metadata={"quantum_daemon": json.dumps(metadata)})
+    return path
+
+
 def padded(z: np.ndarray, lookback: int) -> np.ndarray:
     """``lookback`` rows of zeros (the training mean) before the first bar, so
     that decision ``t``'s window starts at padded row ``t + 1``."""
@@ -194,11 +202,7 @@ class NeuralFamily:
         return Forecast(mu=mu, p_up=ndtr(mu / state.sigma))
 
     def save(self, directory: Path) -> list[Path]:
-        state = self._require_state()
-        path = Path(directory) / ARTIFACT
-        tensors = {k: v.detach().cpu().contiguous() for k, v in state.network.state_dict().items()}
-        save_file(tensors, str(path), metadata={"quantum_daemon": json.dumps(self.metadata())})
-        return [path]
+        return [save_network(self._require_state().network, directory, self.metadata())]
 
     @classmethod
     def load(cls, directory: Path, meta: Mapping[str, Any]) -> Self:
