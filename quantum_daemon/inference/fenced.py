@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import chain
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -48,13 +49,16 @@ return added
 """
 
 
-def publish_args(fence: str, signals: Sequence[Signal], maxlen: int) -> list[str | int]:
-    """``PUBLISH_LUA``'s ARGV for ``signals`` (in bar order)."""
+def queue_publish(
+    pipe: Any, lease_key: str, stream: str, fence: str, signals: Sequence[Signal], maxlen: int
+) -> None:
+    """Queue the fenced publish of ``signals`` (in bar order) on a pipeline;
+    its reply is the number added, or ``FENCE_REFUSED``."""
     args: list[str | int] = [fence, maxlen]
     for signal in signals:
         parts = list(chain.from_iterable(stream_fields(signal).items()))
         args += [signal.ts, len(parts), *parts]
-    return args
+    pipe.eval(PUBLISH_LUA, 2, lease_key, stream, *args)
 
 
 async def publish_signals(
@@ -67,5 +71,7 @@ async def publish_signals(
 ) -> int:
     """Add ``signals`` (in bar order) to ``stream``; the number added, or
     ``FENCE_REFUSED`` when ``fence`` is not the series' lease."""
-    args = publish_args(fence, signals, maxlen)
-    return int(await client.eval(PUBLISH_LUA, 2, lease_key, stream, *args))
+    async with client.pipeline(transaction=False) as pipe:
+        queue_publish(pipe, lease_key, stream, fence, signals, maxlen)
+        (added,) = await pipe.execute()
+    return int(added)

@@ -33,7 +33,7 @@ from quantum_daemon.domain.ids import ModelKey
 from quantum_daemon.domain.keys import Keys
 from quantum_daemon.domain.timeframes import timeframe_ms
 from quantum_daemon.inference.context import Answered, InferenceState, Series
-from quantum_daemon.inference.fenced import FENCE_REFUSED, PUBLISH_LUA, publish_args
+from quantum_daemon.inference.fenced import FENCE_REFUSED, queue_publish
 from quantum_daemon.inference.messages import PredictAnswer, PredictRequest, RequestFailed
 from quantum_daemon.inference.metrics import InferenceMetrics
 from quantum_daemon.inference.process import WorkerDied, WorkerLink
@@ -195,9 +195,8 @@ class Server:
             try:
                 async with self.client.pipeline(transaction=False) as pipe:
                     for signals, _, series, fence in owned:
-                        args = publish_args(fence, signals, maxlen)
                         lease, stream = self.keys.owner(*series), self.keys.signals(*series)
-                        pipe.eval(PUBLISH_LUA, 2, lease, stream, *args)
+                        queue_publish(pipe, lease, stream, fence, signals, maxlen)
                     added = await pipe.execute()
                 break
             except (RedisError, OSError) as exc:
